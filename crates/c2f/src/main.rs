@@ -1,0 +1,605 @@
+//! `c2f`: the coarse2fine command line.
+//!
+//! Each verb parses its flags, validates them into a plan (opening inputs, binding the
+//! network to the data), and only then runs, so a bad value fails before any work is done.
+
+mod ui;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use coarse2fine::backend::{self, BackendKind, Compute, Network};
+use coarse2fine::checkpoint::{Checkpoint, Hyper};
+use coarse2fine::data::prepare::{self, PrepareConfig, SourceFormat};
+use coarse2fine::data::resize::Fit;
+use coarse2fine::lr::LrPolicy;
+use coarse2fine::net::presets::{self, PRESETS};
+use coarse2fine::net::spec::InputShape;
+use coarse2fine::net::weights::Init;
+use coarse2fine::net::{NetSpec, WeightMap};
+use coarse2fine::progress::Progress;
+use coarse2fine::train::{self, CHECKPOINT_DIR, METRICS_FILE, Start, TrainConfig, TrainData};
+
+use crate::ui::Bars;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "c2f",
+    version,
+    about = "Incremental coarse-to-fine CNN training: tiny images first, then grow the net",
+    long_about = "coarse2fine trains convolutional networks coarse to fine: prepare a labelled image set \
+at a ladder of resolutions, train a small net on 8×8 images, grow it to larger inputs and keep training.\n\n\
+Typical session:\n  c2f prepare /usr/share/datasets/fashion-mnist --out data/fmnist --sizes 8,16,32 --pad-pow2\n  \
+c2f train --data data/fmnist --size 16 --net net-2 --epochs 2 --out runs/net2-16\n  \
+c2f eval runs/net2-16/checkpoint"
+)]
+struct Cli {
+    /// CPU threads for training and data preparation (default: all cores). The paper ran on one.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    /// No progress bars or notes; results only.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Prepare(PrepareArgs),
+    Train(TrainArgs),
+    Eval(EvalArgs),
+    Nets(NetsArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    Auto,
+    Idx,
+    Cifar,
+    Folder,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FitArg {
+    CenterCrop,
+    Squash,
+}
+
+/// Prepare a labelled image set as shards at a ladder of resolutions.
+///
+/// Reads MNIST/Fashion-MNIST IDX files (optionally .gz), CIFAR-10/100 binary batches, or a
+/// class-folder tree of JPEG/PNG images (root/<class>/<image>, or root/train/… with root/val/…),
+/// downscales every image from the original to each size by area averaging, and writes one
+/// folder per size plus dataset.json with per-channel mean/std of the training split.
+///
+/// Example:
+///   c2f prepare /usr/share/datasets/fashion-mnist --out data/fmnist --sizes 8,16,32 --pad-pow2
+#[derive(Args, Debug)]
+struct PrepareArgs {
+    /// Source folder (IDX files, CIFAR batches, or class folders).
+    source: PathBuf,
+    /// Output folder; built under a temporary name and renamed into place when complete.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Ladder sizes (square), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
+    sizes: Vec<usize>,
+    /// Source format.
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
+    /// Zero-pad fixed-size images to the next power of two first (Fashion-MNIST 28 → 32).
+    #[arg(long)]
+    pad_pow2: bool,
+    /// Channels for class-folder images: 1 (grey) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// How non-square folder images are made square.
+    #[arg(long, value_enum, default_value = "center-crop")]
+    fit: FitArg,
+    /// Held-out fraction per class for folder trees without val/.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Seed of that split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per shard file.
+    #[arg(long, default_value_t = 65_536)]
+    shard_images: usize,
+    /// Class names in label order, comma-separated (IDX sets carry none).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Train a network on prepared data at one size.
+///
+/// Writes RUN/metrics.jsonl (one JSON event per line: train loss, test accuracy, wall-clock,
+/// training and evaluation seconds) and RUN/checkpoint/ (spec.json, weights.safetensors,
+/// optimizer.safetensors, meta.json). Checkpoints are written whole or not at all; after an
+/// interruption, run the same command with --resume to continue exactly where it stopped.
+///
+/// Examples:
+///   c2f train --data data/fmnist --size 16 --net net-2 --epochs 2 --out runs/net2-16
+///   c2f train --data data/fmnist --size 32 --net my-net.toml --iterations 5000 --lr-policy step:0.1:2000 --out runs/mine
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Prepared data folder (from `c2f prepare`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Input size: one of the prepared sizes.
+    #[arg(long)]
+    size: usize,
+    /// Network: a preset name (see `c2f nets`) or a .toml/.json spec file.
+    #[arg(long, required_unless_present_any = ["init_from", "resume"])]
+    net: Option<String>,
+    /// Start from the spec and weights of this checkpoint (e.g. a grown one) instead of fresh weights.
+    #[arg(long, conflicts_with_all = ["net", "resume"])]
+    init_from: Option<PathBuf>,
+    /// Continue the checkpoint in --out exactly (same data order, optimizer state and clock).
+    #[arg(long)]
+    resume: bool,
+    /// Run folder.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Replace an existing run folder.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Training iterations (batches).
+    #[arg(long, conflicts_with = "epochs")]
+    iterations: Option<u64>,
+    /// Training epochs (converted to iterations, rounded up).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Base learning rate (Caffe's default 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// Learning-rate policy: fixed, step:GAMMA:STEPSIZE, or inv:GAMMA:POWER.
+    #[arg(long, default_value = "fixed")]
+    lr_policy: String,
+    /// Momentum (Caffe's form: the rate sits inside the momentum buffer).
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Weight decay on weights (not biases).
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f32,
+    /// Evaluate on the test split every N iterations (default: about 10 times per run).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Save a checkpoint every N iterations (default: about 10 times per run).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Seed of weight init, shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weight initialisation for fresh nets: kaiming, xavier, or gauss:SIGMA.
+    #[arg(long, default_value = "kaiming")]
+    init: String,
+    /// Compute backend: cpu, cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+/// Evaluate a checkpoint: top-1, top-5 accuracy and loss.
+///
+/// Example:
+///   c2f eval runs/net2-16/checkpoint
+///   c2f eval runs/net2-16/checkpoint --data data/fmnist --split train --json
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Checkpoint folder (or a run folder containing checkpoint/).
+    checkpoint: PathBuf,
+    /// Prepared data folder (default: the one the checkpoint was trained on).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Compute backend.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+/// List the preset networks, or show one network's layers.
+///
+/// Without --show, prints every preset with its parameter count and forward FLOPs per image
+/// at its native size (or at --size). With --show, prints the layer table of a preset, a spec
+/// file, or a checkpoint.
+///
+/// Examples:
+///   c2f nets
+///   c2f nets --size 32 --classes 10 --channels 1
+///   c2f nets --show net-4 --size 16
+///   c2f nets --show runs/net2-16/checkpoint
+#[derive(Args, Debug)]
+struct NetsArgs {
+    /// A preset, spec file or checkpoint folder to show layer by layer.
+    #[arg(long)]
+    show: Option<String>,
+    /// Input size (default: each preset's native size).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Input channels.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 1000)]
+    classes: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        backend::set_threads(n)?;
+    }
+    let bars = Bars::new(cli.quiet);
+    match cli.cmd {
+        Command::Prepare(a) => cmd_prepare(a, &bars),
+        Command::Train(a) => cmd_train(a, &bars),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Nets(a) => cmd_nets(a),
+    }
+}
+
+fn cmd_prepare(a: PrepareArgs, bars: &Bars) -> Result<()> {
+    let cfg = PrepareConfig {
+        sizes: a.sizes,
+        format: match a.format {
+            FormatArg::Auto => None,
+            FormatArg::Idx => Some(SourceFormat::Idx),
+            FormatArg::Cifar => Some(SourceFormat::Cifar),
+            FormatArg::Folder => Some(SourceFormat::Folder),
+        },
+        pad_pow2: a.pad_pow2,
+        channels: a.channels,
+        fit: match a.fit {
+            FitArg::CenterCrop => Fit::CenterCrop,
+            FitArg::Squash => Fit::Squash,
+        },
+        val_fraction: a.val_fraction,
+        seed: a.seed,
+        shard_images: a.shard_images,
+        class_names: a.classes,
+        strict: a.strict,
+        force: a.force,
+    };
+    let t0 = std::time::Instant::now();
+    let rep = prepare::prepare(&a.source, &a.out, &cfg, bars)?;
+    let m = &rep.manifest;
+    let total: usize = m.splits.values().sum();
+    println!(
+        "prepared {} ({} classes, {} channel{}) at sizes {:?} into {}: {} train, {} test images in {:.1}s ({:.0} images/s)",
+        a.source.display(),
+        m.classes.len(),
+        m.channels,
+        if m.channels == 1 { "" } else { "s" },
+        m.sizes,
+        a.out.display(),
+        m.splits.get("train").copied().unwrap_or(0),
+        m.splits.get("test").copied().unwrap_or(0),
+        t0.elapsed().as_secs_f64(),
+        total as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+    );
+    if m.skipped > 0 {
+        println!(
+            "skipped {} unreadable image(s); first: {}",
+            m.skipped,
+            rep.skipped_examples.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// A network from a preset name or a spec file.
+fn resolve_net(name: &str) -> Result<NetSpec> {
+    if let Some(spec) = presets::preset(name) {
+        return Ok(spec);
+    }
+    let path = Path::new(name);
+    if path.extension().is_some_and(|e| e == "toml" || e == "json") {
+        return Ok(NetSpec::load(path)?);
+    }
+    bail!(
+        "unknown network {name:?}: not a preset ({}) nor a .toml/.json spec file",
+        presets::preset_names().join(", ")
+    )
+}
+
+fn checkpoint_dir(p: &Path) -> PathBuf {
+    if p.join(CHECKPOINT_DIR).join("meta.json").is_file() {
+        p.join(CHECKPOINT_DIR)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
+    // Validate everything before touching the run folder.
+    let policy: LrPolicy = a.lr_policy.parse()?;
+    let init: Init = a.init.parse()?;
+    let compute = Compute::new(a.backend.parse::<BackendKind>()?)?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let data = TrainData::open(&a.data, a.size)?;
+    let n_train = data.train.set.len() as u64;
+    let iterations = match (a.iterations, a.epochs) {
+        (Some(i), _) => i,
+        (None, Some(e)) if e > 0.0 && e.is_finite() => {
+            ((e * n_train as f64) / a.batch as f64).ceil() as u64
+        }
+        (None, Some(e)) => bail!("--epochs {e} must be positive"),
+        (None, None) => bail!("give --iterations N or --epochs E"),
+    };
+    if iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let hyper = Hyper {
+        batch_size: a.batch,
+        base_lr: a.lr,
+        lr_policy: policy,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+    };
+    let metrics = a.out.join(METRICS_FILE);
+    let start = if a.resume {
+        let dir = a.out.join(CHECKPOINT_DIR);
+        let ckpt =
+            Checkpoint::load(&dir).with_context(|| format!("cannot resume {}", a.out.display()))?;
+        if ckpt.meta.hyper != hyper {
+            bail!(
+                "{}: the checkpoint was trained with different settings ({:?}); resume with the same flags",
+                dir.display(),
+                ckpt.meta.hyper
+            );
+        }
+        if ckpt.meta.size != a.size {
+            bail!(
+                "{}: the checkpoint is at size {}, not {}",
+                dir.display(),
+                ckpt.meta.size,
+                a.size
+            );
+        }
+        Start::resume(ckpt)
+    } else {
+        if a.out.exists() && std::fs::read_dir(&a.out)?.next().is_some() {
+            if !a.force {
+                bail!(
+                    "{}: run folder exists and is not empty (use --resume to continue it or --force to replace it)",
+                    a.out.display()
+                );
+            }
+            for p in [metrics.clone(), a.out.join(CHECKPOINT_DIR)] {
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).with_context(|| p.display().to_string())?;
+                } else if p.exists() {
+                    std::fs::remove_file(&p).with_context(|| p.display().to_string())?;
+                }
+            }
+        }
+        match (&a.net, &a.init_from) {
+            (_, Some(from)) => {
+                let c = Checkpoint::load(&checkpoint_dir(from))?;
+                Start::fresh(c.spec, c.weights)
+            }
+            (Some(name), None) => {
+                let spec = resolve_net(name)?.bind(data.input(), data.classes())?;
+                let w = WeightMap::init(&spec, init, a.seed)?;
+                Start::fresh(spec, w)
+            }
+            (None, None) => bail!("give --net, --init-from or --resume"),
+        }
+    };
+    let spec = start.spec.bind(data.input(), data.classes())?;
+    let per_run = (iterations / 10).max(1);
+    let cfg = TrainConfig {
+        iterations,
+        hyper,
+        eval_every: a.eval_every.unwrap_or(per_run),
+        eval_at_start: true,
+        log_every: (iterations / 200).clamp(1, 50),
+        checkpoint_every: a.checkpoint_every.unwrap_or(per_run),
+        eval_batch: 500,
+    };
+    bars.note(&format!(
+        "training {} ({} parameters, {:.2} MFLOP/image) at {}×{} on {} train images, {} iterations of {} on {} with {} thread(s)",
+        spec.name,
+        spec.num_params()?,
+        spec.flops()? as f64 / 1e6,
+        a.size,
+        a.size,
+        n_train,
+        iterations,
+        a.batch,
+        compute.kind(),
+        backend::threads()
+    ));
+    let ckpt = train::train(&a.out, start, &data, &cfg, &compute, bars)?;
+    let m = &ckpt.meta;
+    match m.last_eval {
+        Some(e) => println!(
+            "iteration {}: test top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  (train {:.1}s, eval {:.1}s, wall {:.1}s) → {}",
+            m.iteration,
+            100.0 * e.top1,
+            100.0 * e.top5,
+            e.loss,
+            m.train_seconds,
+            m.eval_seconds,
+            m.wall_seconds,
+            a.out.join(CHECKPOINT_DIR).display()
+        ),
+        None => println!(
+            "iteration {} → {}",
+            m.iteration,
+            a.out.join(CHECKPOINT_DIR).display()
+        ),
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let compute = Compute::new(a.backend.parse::<BackendKind>()?)?;
+    let dir = checkpoint_dir(&a.checkpoint);
+    let ckpt = Checkpoint::load(&dir)?;
+    let data_root = a
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&ckpt.meta.dataset));
+    let manifest = prepare::DatasetManifest::load(&data_root)?;
+    if manifest.classes != ckpt.meta.classes {
+        bail!(
+            "{}: its classes differ from those the checkpoint was trained on",
+            data_root.display()
+        );
+    }
+    let set = std::sync::Arc::new(manifest.open_split(&data_root, ckpt.meta.size, &a.split)?);
+    let net = Network::new(&ckpt.spec, &ckpt.weights, &compute)?;
+    // The checkpoint's own normalisation, so evaluation on other data matches training.
+    let s = train::evaluate(&net, &set, &ckpt.meta.normalization, a.batch.max(1))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "checkpoint": dir.display().to_string(),
+                "data": data_root.display().to_string(),
+                "split": a.split,
+                "size": ckpt.meta.size,
+                "images": s.images,
+                "top1": s.top1,
+                "top5": s.top5,
+                "loss": s.loss,
+            })
+        );
+    } else {
+        println!(
+            "{} on {} {} ({} images at {}×{}): top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
+            dir.display(),
+            data_root.display(),
+            a.split,
+            s.images,
+            ckpt.meta.size,
+            ckpt.meta.size,
+            100.0 * s.top1,
+            100.0 * s.top5,
+            s.loss
+        );
+    }
+    Ok(())
+}
+
+fn print_layers(spec: &NetSpec) -> Result<()> {
+    let input = spec.input.context("network is not bound to an input")?;
+    println!(
+        "{}: input {}×{}×{}, {} classes",
+        spec.name,
+        input.channels,
+        input.height,
+        input.width,
+        spec.classes.unwrap_or(0)
+    );
+    println!(
+        "{:<4} {:<32} {:>14} {:>12} {:>12}",
+        "#", "layer", "output", "params", "MFLOP"
+    );
+    for (i, r) in spec.summary()?.iter().enumerate() {
+        println!(
+            "{:<4} {:<32} {:>14} {:>12} {:>12.3}",
+            i + 1,
+            r.layer,
+            r.output.to_string(),
+            r.params,
+            r.flops as f64 / 1e6
+        );
+    }
+    println!(
+        "{:<4} {:<32} {:>14} {:>12} {:>12.3}",
+        "",
+        "total",
+        "",
+        spec.num_params()?,
+        spec.flops()? as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn cmd_nets(a: NetsArgs) -> Result<()> {
+    let input = |side: usize| InputShape {
+        channels: a.channels,
+        height: side,
+        width: side,
+    };
+    if let Some(what) = &a.show {
+        let p = Path::new(what);
+        let spec = if p.is_dir() {
+            Checkpoint::load(&checkpoint_dir(p))?.spec
+        } else {
+            let spec = resolve_net(what)?;
+            let side = a
+                .size
+                .or_else(|| {
+                    PRESETS
+                        .iter()
+                        .find(|pr| pr.name == what)
+                        .map(|pr| pr.native_size)
+                })
+                .or(spec.input.map(|i| i.height))
+                .context("give --size for a spec file without an input size")?;
+            spec.bind(
+                spec.input.unwrap_or(input(side)),
+                spec.classes.unwrap_or(a.classes),
+            )?
+        };
+        return print_layers(&spec);
+    }
+    println!(
+        "{:<12} {:>6} {:>12} {:>12}  about",
+        "preset", "input", "params", "MFLOP/img"
+    );
+    for p in PRESETS {
+        let side = a.size.unwrap_or(p.native_size);
+        let spec = presets::preset(p.name).context("preset table out of sync")?;
+        match spec.bind(input(side), a.classes) {
+            Ok(b) => println!(
+                "{:<12} {:>6} {:>12} {:>12.3}  {}",
+                p.name,
+                format!("{side}"),
+                b.num_params()?,
+                b.flops()? as f64 / 1e6,
+                p.about
+            ),
+            Err(e) => println!(
+                "{:<12} {:>6} {:>12} {:>12}  does not fit: {e}",
+                p.name, side, "-", "-"
+            ),
+        }
+    }
+    Ok(())
+}

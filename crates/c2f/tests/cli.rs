@@ -1,0 +1,409 @@
+//! End-to-end tests of the `c2f` binary on tiny generated fixtures and on Fashion-MNIST.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use coarse2fine::data::idx::encode_idx;
+use coarse2fine::data::synthetic::write_quadrant_idx;
+
+/// Where Debian's dataset-fashion-mnist package puts the data.
+const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+fn c2f(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(["--threads", "2", "--quiet"])
+        .args(args)
+        .output()
+        .expect("c2f runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = c2f(args);
+    assert!(
+        out.status.success(),
+        "c2f {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail with a single-line error containing every `needle`.
+fn fails(args: &[&str], needles: &[&str]) {
+    let out = c2f(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "c2f {args:?} should fail");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "error should be one line, got:\n{err}"
+    );
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "error of c2f {args:?} should mention {n:?}: {err}"
+        );
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// No staging leftovers in `dir`.
+fn assert_clean(dir: &Path) {
+    let junk: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("readable")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.to_string_lossy().contains("c2f-tmp") || p.to_string_lossy().contains("c2f-old")
+        })
+        .collect();
+    assert!(junk.is_empty(), "left behind: {junk:?}");
+}
+
+#[test]
+fn prepare_train_eval_resume_on_synthetic_idx() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 512, 128, 8, 3).expect("fixture");
+    let data = tmp.path().join("data");
+    let out = ok(&[
+        "prepare",
+        s(&src),
+        "--out",
+        s(&data),
+        "--sizes",
+        "4,8",
+        "--classes",
+        "tl,tr,bl,br",
+    ]);
+    assert!(out.contains("512 train, 128 test"), "{out}");
+    assert!(data.join("4x4").join("train-00000.c2fs").is_file());
+
+    let run = tmp.path().join("run");
+    let out = ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--net",
+        "net-1",
+        "--iterations",
+        "40",
+        "--batch",
+        "16",
+        "--lr",
+        "0.02",
+        "--out",
+        s(&run),
+    ]);
+    assert!(out.contains("test top-1"), "{out}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    let evals: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .filter(|v: &serde_json::Value| v["event"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 11, "eval at 0 and every 4 iterations");
+    for key in [
+        "wall_s", "train_s", "eval_s", "top1", "top5", "images", "epoch",
+    ] {
+        assert!(evals[10].get(key).is_some(), "eval event lacks {key}");
+    }
+
+    let json = ok(&["eval", s(&run), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("eval json");
+    assert_eq!(v["images"], 128);
+    assert!(
+        v["top1"].as_f64().expect("top1") > 0.9,
+        "quadrants are easy: {v}"
+    );
+
+    // Continue the same run further with --resume.
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--resume",
+        "--iterations",
+        "60",
+        "--batch",
+        "16",
+        "--lr",
+        "0.02",
+        "--out",
+        s(&run),
+    ]);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoint/meta.json")).expect("meta"),
+    )
+    .expect("json");
+    assert_eq!(meta["iteration"], 60);
+
+    // Starting a new run into a used folder is refused and leaves it as it was.
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--size",
+            "8",
+            "--net",
+            "net-2",
+            "--iterations",
+            "5",
+            "--out",
+            s(&run),
+        ],
+        &["run", "not empty", "--resume"],
+    );
+    assert!(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .count()
+            > 0
+    );
+    assert_clean(tmp.path());
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 64, 16, 8, 3).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "4,8"]);
+
+    // Missing source.
+    fails(
+        &[
+            "prepare",
+            s(&tmp.path().join("nope")),
+            "--out",
+            s(&tmp.path().join("x")),
+        ],
+        &["nope"],
+    );
+    // Wrong IDX magic.
+    let bad = tmp.path().join("bad-magic");
+    write_quadrant_idx(&bad, 8, 8, 8, 1).expect("fixture");
+    let f = bad.join("train-images-idx3-ubyte");
+    let mut bytes = std::fs::read(&f).expect("read");
+    bytes[0] = 0x1f;
+    std::fs::write(&f, bytes).expect("write");
+    fails(
+        &["prepare", s(&bad), "--out", s(&tmp.path().join("y"))],
+        &["train-images-idx3-ubyte", "magic"],
+    );
+    // Truncated IDX.
+    let trunc = tmp.path().join("truncated");
+    write_quadrant_idx(&trunc, 8, 8, 8, 1).expect("fixture");
+    let f = trunc.join("t10k-labels-idx1-ubyte");
+    std::fs::write(&f, &encode_idx(&[8], &[0; 8])[..10]).expect("write");
+    fails(
+        &["prepare", s(&trunc), "--out", s(&tmp.path().join("z"))],
+        &["t10k-labels-idx1-ubyte", "truncated"],
+    );
+    // Empty class folder.
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("cats")).expect("mkdir");
+    std::fs::create_dir_all(tree.join("dogs")).expect("mkdir");
+    image::RgbImage::from_pixel(5, 5, image::Rgb([9, 9, 9]))
+        .save(tree.join("cats/a.png"))
+        .expect("png");
+    fails(
+        &["prepare", s(&tree), "--out", s(&tmp.path().join("w"))],
+        &["dogs", "empty class folder"],
+    );
+    // Unknown preset.
+    let run = tmp.path().join("run");
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--size",
+            "8",
+            "--net",
+            "net-9",
+            "--iterations",
+            "1",
+            "--out",
+            s(&run),
+        ],
+        &["net-9", "net-2"],
+    );
+    // A size the net does not fit (net-4's 3×3/2 pool has nothing left at 4×4).
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--size",
+            "4",
+            "--net",
+            "net-4",
+            "--iterations",
+            "1",
+            "--out",
+            s(&run),
+        ],
+        &["net-4", "max-pool 3/2", "4×4"],
+    );
+    // A size that was not prepared.
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--size",
+            "16",
+            "--net",
+            "net-1",
+            "--iterations",
+            "1",
+            "--out",
+            s(&run),
+        ],
+        &["size 16", "[4, 8]"],
+    );
+    // Bad hyper-parameter values.
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--size",
+            "8",
+            "--net",
+            "net-1",
+            "--iterations",
+            "1",
+            "--lr-policy",
+            "step:x",
+            "--out",
+            s(&run),
+        ],
+        &["step:x"],
+    );
+    // Not a prepared folder.
+    fails(
+        &[
+            "train",
+            "--data",
+            s(&src),
+            "--size",
+            "8",
+            "--net",
+            "net-1",
+            "--iterations",
+            "1",
+            "--out",
+            s(&run),
+        ],
+        &["dataset.json", "c2f prepare"],
+    );
+    assert!(
+        !run.exists(),
+        "failed validations must not create the run folder"
+    );
+    for p in ["x", "y", "z", "w"] {
+        assert!(
+            !tmp.path().join(p).exists(),
+            "{p} was created by a failed prepare"
+        );
+    }
+    assert_clean(tmp.path());
+}
+
+#[test]
+fn nets_lists_presets_and_shows_layers() {
+    let out = ok(&["nets"]);
+    for name in [
+        "net-1",
+        "net-2",
+        "net-3",
+        "net-4",
+        "alexnet-s5",
+        "alexnet-s4",
+        "alexnet-s3",
+        "alexnet",
+    ] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+    let out = ok(&[
+        "nets",
+        "--show",
+        "net-2",
+        "--size",
+        "8",
+        "--channels",
+        "1",
+        "--classes",
+        "10",
+    ]);
+    // conv1 6×2×2 on 1×8×8 → 6×7×7 (30 params), fc6 294→256, fc8 256→10.
+    assert!(out.contains("6×7×7"), "{out}");
+    assert!(
+        out.contains(&format!("{}", 30 + 294 * 256 + 256 + 2570)),
+        "{out}"
+    );
+}
+
+/// Real data: Fashion-MNIST from Debian's `dataset-fashion-mnist` package (CI installs it).
+#[test]
+fn fashion_mnist_prepare_and_short_training() {
+    let src = Path::new(FASHION_MNIST);
+    assert!(
+        src.join("train-images-idx3-ubyte.gz").is_file(),
+        "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist"
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("fmnist");
+    let out = ok(&[
+        "prepare",
+        FASHION_MNIST,
+        "--out",
+        s(&data),
+        "--sizes",
+        "8,16",
+        "--pad-pow2",
+    ]);
+    assert!(out.contains("60000 train, 10000 test"), "{out}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("dataset.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["padded_to"], 32);
+    assert_eq!(manifest["classes"][9], "Ankle boot");
+
+    let run = tmp.path().join("run");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--net",
+        "net-2",
+        "--iterations",
+        "300",
+        "--batch",
+        "64",
+        "--eval-every",
+        "300",
+        "--out",
+        s(&run),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(ok(&["eval", s(&run), "--json"]).trim()).expect("json");
+    assert_eq!(v["images"], 10000);
+    let top1 = v["top1"].as_f64().expect("top1");
+    // 300 steps of 64 images (a third of an epoch) at 8×8; chance is 10%.
+    assert!(top1 > 0.65, "net-2 at 8×8 after 300 steps: top-1 {top1}");
+}

@@ -1,0 +1,805 @@
+//! The one module that talks to the deep-learning framework (burn).
+//!
+//! Everything else in the library works on plain specs, [`WeightMap`]s and [`Batch`]es; this
+//! module turns them into framework tensors, runs forward and backward passes, and applies
+//! the optimizer. The backend is chosen at run time through [`BackendKind`]; GPU backends
+//! exist only when the crate is built with the `cuda` or `wgpu` feature.
+//!
+//! Parameters are kept as flat 1-D tensors in the order of [`NetSpec::param_shapes`] and
+//! reshaped inside the forward pass. That keeps the optimizer a loop over same-rank
+//! tensors, and makes its momentum buffers a [`WeightMap`] with the weights' own names,
+//! which growth operators can transform exactly like the weights.
+
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+
+use crate::data::loader::Batch;
+use crate::error::{Error, Result};
+use crate::net::spec::{Layer, NetSpec};
+use crate::net::weights::{Tensor as HostTensor, WeightMap};
+
+/// Which compute backend runs the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// burn's pure-Rust CPU backend (`flex`), the default.
+    #[default]
+    Cpu,
+    /// NVIDIA GPU `n` through CUDA (feature `cuda`).
+    Cuda(usize),
+    /// Any GPU through wgpu (feature `wgpu`).
+    Wgpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" | "flex" => Ok(BackendKind::Cpu),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            "cuda" => Ok(BackendKind::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(BackendKind::Cuda)
+                .ok_or_else(|| {
+                    Error::invalid(format!("backend {s:?}: use cpu, cuda, cuda:N or wgpu"))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendKind::Cpu => write!(f, "cpu"),
+            BackendKind::Cuda(n) => write!(f, "cuda:{n}"),
+            BackendKind::Wgpu => write!(f, "wgpu"),
+        }
+    }
+}
+
+/// A device of the chosen backend.
+#[derive(Debug, Clone)]
+pub struct Compute {
+    device: Device,
+    kind: BackendKind,
+}
+
+impl Compute {
+    /// Opens the backend; fails with a clear message if it was not compiled in.
+    pub fn new(kind: BackendKind) -> Result<Self> {
+        let device = match kind {
+            BackendKind::Cpu => Device::flex(),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda(n) => Device::cuda(n),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Device::wgpu(Default::default()),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(Error::invalid(format!(
+                    "backend {other} is not built in; rebuild with `--features {}`",
+                    if matches!(other, BackendKind::Wgpu) {
+                        "wgpu"
+                    } else {
+                        "cuda"
+                    }
+                )));
+            }
+        };
+        Ok(Self { device, kind })
+    }
+
+    /// The backend kind.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+}
+
+/// Sets the number of CPU threads used by the backend and data preparation. Must be called
+/// before any parallel work; a second call with a different count fails.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::invalid("--threads must be at least 1"));
+    }
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
+        Ok(()) => Ok(()),
+        Err(_) if rayon::current_num_threads() == n => Ok(()),
+        Err(e) => Err(Error::invalid(format!("cannot set {n} threads: {e}"))),
+    }
+}
+
+/// Threads the backend currently uses.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+enum Op {
+    Conv {
+        w: usize,
+        shape: [usize; 4],
+        opts: ConvOptions<2>,
+    },
+    Relu,
+    Pool(MaxPoolOptions<2>),
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        k: f32,
+    },
+    Dropout(f32),
+    Fc {
+        w: usize,
+        shape: [usize; 2],
+    },
+}
+
+enum Act {
+    Map(Tensor<4>),
+    Flat(Tensor<2>),
+}
+
+/// A network ready to run: compiled layer list plus parameters on the device.
+pub struct Network {
+    spec: NetSpec,
+    ops: Vec<Op>,
+    names: Vec<(String, Vec<usize>)>,
+    params: Vec<Tensor<1>>,
+    compute: Compute,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("spec", &self.spec.name)
+            .field("backend", &self.compute.kind)
+            .finish()
+    }
+}
+
+fn upload(t: &HostTensor, device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(t.data.clone(), [t.numel()]), device)
+}
+
+fn host_values(data: TensorData) -> Result<Vec<f32>> {
+    data.try_to_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+}
+
+fn download(t: &Tensor<1>) -> Result<Vec<f32>> {
+    host_values(t.to_data())
+}
+
+impl Network {
+    /// Builds the network of a bound spec with the given weights.
+    pub fn new(spec: &NetSpec, weights: &WeightMap, compute: &Compute) -> Result<Self> {
+        let names = spec.param_shapes()?;
+        weights.check_against(spec, std::path::Path::new("<weights>"))?;
+        let mut params = Vec::with_capacity(names.len());
+        for (n, _) in &names {
+            let t = weights
+                .get(n)
+                .ok_or_else(|| Error::invalid(format!("missing tensor {n:?}")))?;
+            params.push(upload(t, &compute.device));
+        }
+        let index = |n: &str| names.iter().position(|(k, _)| k == n);
+        let mut ops = Vec::new();
+        for l in spec.logit_layers() {
+            ops.push(match l {
+                Layer::Conv(c) => {
+                    let w = index(&format!("{}.weight", c.name))
+                        .ok_or_else(|| Error::invalid(format!("no weights for {}", c.name)))?;
+                    let s = &names[w].1;
+                    Op::Conv {
+                        w,
+                        shape: [s[0], s[1], s[2], s[3]],
+                        opts: ConvOptions::new([c.stride; 2], [c.padding; 2], [c.dilation; 2], 1),
+                    }
+                }
+                Layer::Relu => Op::Relu,
+                Layer::MaxPool(p) => Op::Pool(
+                    MaxPoolOptions::new([p.kernel; 2])
+                        .with_stride([p.stride(); 2])
+                        .with_padding([p.padding; 2])
+                        .with_dilation([p.dilation; 2])
+                        .with_ceil_mode(p.ceil_mode),
+                ),
+                Layer::Lrn(n) => Op::Lrn {
+                    size: n.size,
+                    alpha: n.alpha,
+                    beta: n.beta,
+                    k: n.k,
+                },
+                Layer::Dropout(d) => Op::Dropout(d.p),
+                Layer::Fc(f) => {
+                    let w = index(&format!("{}.weight", f.name))
+                        .ok_or_else(|| Error::invalid(format!("no weights for {}", f.name)))?;
+                    let s = &names[w].1;
+                    Op::Fc {
+                        w,
+                        shape: [s[0], s[1]],
+                    }
+                }
+                Layer::Softmax => continue,
+            });
+        }
+        Ok(Self {
+            spec: spec.clone(),
+            ops,
+            names,
+            params,
+            compute: compute.clone(),
+        })
+    }
+
+    /// The spec this network runs.
+    pub fn spec(&self) -> &NetSpec {
+        &self.spec
+    }
+
+    /// Logits `N × classes` for input `x` (`N × C × H × W`), using `params` (which may be
+    /// autodiff-tracked copies of the network's own). `dropout` draws masks when training.
+    fn forward(
+        &self,
+        params: &[Tensor<1>],
+        x: Tensor<4>,
+        mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
+    ) -> Tensor<2> {
+        let mut a = Act::Map(x);
+        for op in &self.ops {
+            a = match (op, a) {
+                (Op::Conv { w, shape, opts }, Act::Map(x)) => {
+                    let weight = params[*w].clone().reshape(*shape);
+                    let bias = params[*w + 1].clone();
+                    Act::Map(conv2d(x, weight, Some(bias), opts.clone()))
+                }
+                (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
+                (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
+                (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
+                (
+                    Op::Lrn {
+                        size,
+                        alpha,
+                        beta,
+                        k,
+                    },
+                    Act::Map(x),
+                ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
+                (Op::Dropout(p), a) => match dropout.as_deref_mut() {
+                    None => a,
+                    Some(rng) => match a {
+                        Act::Map(x) => {
+                            let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                            Act::Map(x * m)
+                        }
+                        Act::Flat(x) => {
+                            let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                            Act::Flat(x * m)
+                        }
+                    },
+                },
+                (Op::Fc { w, shape }, a) => {
+                    let x = match a {
+                        Act::Map(x) => {
+                            let [n, c, h, ww] = x.dims();
+                            x.reshape([n, c * h * ww])
+                        }
+                        Act::Flat(x) => x,
+                    };
+                    let weight = params[*w].clone().reshape(*shape);
+                    let bias = params[*w + 1].clone().reshape([1, shape[0]]);
+                    Act::Flat(x.matmul(weight.transpose()) + bias)
+                }
+                // Shape inference in `NetSpec::summary` rules these out.
+                (_, a) => a,
+            };
+        }
+        match a {
+            Act::Flat(x) => x,
+            Act::Map(x) => {
+                let [n, c, h, w] = x.dims();
+                x.reshape([n, c * h * w])
+            }
+        }
+    }
+
+    fn input(&self, batch: &Batch) -> Result<Tensor<4>> {
+        let input = self
+            .spec
+            .input
+            .ok_or_else(|| Error::invalid("network spec is not bound to an input size"))?;
+        let [_, c, h, w] = batch.shape;
+        if (c, h, w) != (input.channels, input.height, input.width) {
+            return Err(Error::invalid(format!(
+                "batch of {c}×{h}×{w} images for a net built for {}×{}×{}",
+                input.channels, input.height, input.width
+            )));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(batch.images.clone(), batch.shape),
+            &self.compute.device,
+        ))
+    }
+
+    /// Logits for a batch, row-major `N × classes`.
+    pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let x = self.input(batch)?;
+        let out = self.forward(&self.params, x, None);
+        host_values(out.into_data())
+    }
+
+    /// The current weights as a host map.
+    pub fn weights(&self) -> Result<WeightMap> {
+        let mut map = WeightMap::new();
+        for ((name, shape), p) in self.names.iter().zip(&self.params) {
+            map.insert(
+                name.clone(),
+                HostTensor {
+                    shape: shape.clone(),
+                    data: download(p)?,
+                },
+            );
+        }
+        Ok(map)
+    }
+}
+
+fn lrn(x: Tensor<4>, size: usize, alpha: f32, beta: f32, k: f32) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    // Average of x² over a window of `size` channels: an average pool over the channel
+    // axis once channels are laid out as the pool's height.
+    let sq = (x.clone() * x.clone()).reshape([n, 1, c, h * w]);
+    let opts = AvgPoolOptions::new([size, 1])
+        .with_stride([1, 1])
+        .with_padding([(size - 1) / 2, 0])
+        .with_count_include_pad(true);
+    let avg = avg_pool2d(sq, opts).reshape([n, c, h, w]);
+    x / avg.mul_scalar(alpha).add_scalar(k).powf_scalar(beta)
+}
+
+fn dropout_mask<const D: usize>(
+    dims: [usize; D],
+    p: f32,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    device: &Device,
+) -> Tensor<D> {
+    let n: usize = dims.iter().product();
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect();
+    Tensor::from_data(TensorData::new(mask, dims), device)
+}
+
+/// Cross-entropy of logits against labels, averaged over the batch.
+fn cross_entropy(logits: Tensor<2>, labels: &[u32], device: &Device) -> Tensor<1> {
+    let [n, k] = logits.dims();
+    let mut onehot = vec![0f32; n * k];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * k + l as usize] = 1.0;
+    }
+    let onehot: Tensor<2> = Tensor::from_data(TensorData::new(onehot, [n, k]), device);
+    (log_softmax(logits, 1) * onehot)
+        .sum()
+        .mul_scalar(-1.0 / n as f32)
+}
+
+/// SGD with momentum and weight decay in Caffe's form, which the paper used:
+/// `v ← μ·v − lr·(∇L + λ·w)`, `w ← w + v`. The learning rate sits inside the
+/// momentum buffer, so a change of rate takes effect smoothly. Weight decay applies to
+/// weights, not biases.
+pub struct Sgd {
+    momentum: f32,
+    weight_decay: f32,
+    velocity: Vec<Tensor<1>>,
+    decay_mask: Vec<bool>,
+}
+
+impl std::fmt::Debug for Sgd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sgd")
+            .field("momentum", &self.momentum)
+            .field("weight_decay", &self.weight_decay)
+            .finish()
+    }
+}
+
+impl Sgd {
+    /// An optimizer for `net`; `state` restores momentum buffers saved by [`Sgd::state`].
+    pub fn new(
+        net: &Network,
+        momentum: f32,
+        weight_decay: f32,
+        state: Option<&WeightMap>,
+    ) -> Result<Self> {
+        let mut velocity = Vec::with_capacity(net.names.len());
+        for (name, shape) in &net.names {
+            let host = match state.and_then(|s| s.get(name)) {
+                Some(t) if &t.shape == shape => t.clone(),
+                Some(t) => {
+                    return Err(Error::invalid(format!(
+                        "optimizer state for {name:?} has shape {:?}, the net needs {shape:?}",
+                        t.shape
+                    )));
+                }
+                None if state.is_some() => {
+                    return Err(Error::invalid(format!(
+                        "optimizer state has no buffer for {name:?}"
+                    )));
+                }
+                None => HostTensor::zeros(shape),
+            };
+            velocity.push(upload(&host, &net.compute.device));
+        }
+        let decay_mask = net
+            .names
+            .iter()
+            .map(|(n, _)| n.ends_with(".weight"))
+            .collect();
+        Ok(Self {
+            momentum,
+            weight_decay,
+            velocity,
+            decay_mask,
+        })
+    }
+
+    /// Momentum buffers by parameter name.
+    pub fn state(&self, net: &Network) -> Result<WeightMap> {
+        let mut map = WeightMap::new();
+        for ((name, shape), v) in net.names.iter().zip(&self.velocity) {
+            map.insert(
+                name.clone(),
+                HostTensor {
+                    shape: shape.clone(),
+                    data: download(v)?,
+                },
+            );
+        }
+        Ok(map)
+    }
+}
+
+/// One training step on `batch` at learning rate `lr`; returns the batch's mean loss
+/// (before the update). `dropout_seed` fixes the dropout masks of this step.
+pub fn train_step(
+    net: &mut Network,
+    sgd: &mut Sgd,
+    batch: &Batch,
+    lr: f32,
+    dropout_seed: u64,
+) -> Result<f32> {
+    let x = net.input(batch)?;
+    let tracked: Vec<Tensor<1>> = net
+        .params
+        .iter()
+        .map(|p| p.clone().autodiff().require_grad())
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
+    let logits = net.forward(&tracked, x.autodiff(), Some(&mut rng));
+    let loss = cross_entropy(
+        logits,
+        &batch.labels,
+        &net.compute.device.clone().autodiff(),
+    );
+    let loss_value = host_values(loss.clone().inner().into_data())?;
+    let grads = loss.backward();
+    for (i, t) in tracked.iter().enumerate() {
+        let g = t
+            .grad(&grads)
+            .ok_or_else(|| Error::Backend(format!("no gradient for {}", net.names[i].0)))?;
+        let p = net.params[i].clone();
+        let g = if sgd.decay_mask[i] && sgd.weight_decay != 0.0 {
+            g + p.clone().mul_scalar(sgd.weight_decay)
+        } else {
+            g
+        };
+        let v = sgd.velocity[i].clone().mul_scalar(sgd.momentum) - g.mul_scalar(lr);
+        net.params[i] = p + v.clone();
+        sgd.velocity[i] = v;
+    }
+    loss_value
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Backend("empty loss".into()))
+}
+
+/// Loss and accuracy counts of one evaluation batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalCounts {
+    /// Images seen.
+    pub n: usize,
+    /// Sum of per-image cross-entropy.
+    pub loss_sum: f64,
+    /// Images whose label is the top-scoring class.
+    pub top1: usize,
+    /// Images whose label is among the 5 top-scoring classes.
+    pub top5: usize,
+}
+
+impl EvalCounts {
+    /// Adds another batch's counts.
+    pub fn merge(&mut self, o: EvalCounts) {
+        self.n += o.n;
+        self.loss_sum += o.loss_sum;
+        self.top1 += o.top1;
+        self.top5 += o.top5;
+    }
+}
+
+/// Scores logits against labels on the host (shared by evaluation and checks).
+pub fn score_logits(logits: &[f32], labels: &[u32]) -> EvalCounts {
+    let n = labels.len();
+    let k = logits.len().checked_div(n).unwrap_or(0);
+    let mut c = EvalCounts {
+        n,
+        ..Default::default()
+    };
+    for (row, &l) in logits.chunks_exact(k.max(1)).zip(labels) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+        c.loss_sum += f64::from(lse - row[l as usize]);
+        let target = row[l as usize];
+        // Rank as a stable arg-sort would give it: higher scores first, ties by class
+        // index, so a constant output is not counted as right for every class.
+        let rank = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, &v)| v > target || (v == target && j < l as usize))
+            .count();
+        c.top1 += usize::from(rank == 0);
+        c.top5 += usize::from(rank < 5);
+    }
+    c
+}
+
+/// Evaluates one batch.
+pub fn eval_batch(net: &Network, batch: &Batch) -> Result<EvalCounts> {
+    Ok(score_logits(&net.logits(batch)?, &batch.labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::reference;
+    use crate::net::spec::{Conv, Dropout, Fc, InputShape, Lrn, Pool, Units};
+    use crate::net::weights::Init;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    fn cpu() -> Compute {
+        Compute::new(BackendKind::Cpu).expect("cpu backend is always built")
+    }
+
+    /// Exercises every layer type and option the backend maps to burn.
+    fn mixed_spec() -> NetSpec {
+        let conv = |name: &str, filters, kernel, stride, padding, dilation| {
+            Layer::Conv(Conv {
+                name: name.into(),
+                filters,
+                kernel,
+                stride,
+                padding,
+                dilation,
+            })
+        };
+        NetSpec {
+            name: "mixed".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                conv("c1", 4, 3, 1, 1, 1),
+                Layer::Relu,
+                Layer::Lrn(Lrn {
+                    size: 3,
+                    alpha: 0.5,
+                    beta: 0.75,
+                    k: 2.0,
+                }),
+                Layer::MaxPool(Pool {
+                    kernel: 3,
+                    stride: Some(2),
+                    padding: 1,
+                    dilation: 1,
+                    ceil_mode: true,
+                }),
+                conv("c2", 5, 2, 2, 0, 2),
+                Layer::Relu,
+                Layer::MaxPool(Pool {
+                    kernel: 2,
+                    stride: Some(1),
+                    padding: 0,
+                    dilation: 1,
+                    ceil_mode: false,
+                }),
+                Layer::Dropout(Dropout { p: 0.5 }),
+                Layer::Fc(Fc {
+                    name: "f1".into(),
+                    outputs: Units::Fixed(7),
+                }),
+                Layer::Relu,
+                Layer::Fc(Fc {
+                    name: "f2".into(),
+                    outputs: Units::Classes,
+                }),
+                Layer::Softmax,
+            ],
+        }
+    }
+
+    #[test]
+    fn backend_matches_reference_forward() -> Result<()> {
+        let spec = mixed_spec().bind(
+            InputShape {
+                channels: 2,
+                height: 11,
+                width: 11,
+            },
+            3,
+        )?;
+        let w = WeightMap::init(&spec, Init::Gaussian(0.5), 3)?;
+        let n = 4;
+        let x = rand_vec(n * 2 * 11 * 11, 9);
+        let want = reference::forward(&spec, &w, &x, n)?;
+        let net = Network::new(&spec, &w, &cpu())?;
+        let got = net.logits(&Batch {
+            images: x,
+            labels: vec![0; n],
+            shape: [n, 2, 11, 11],
+        })?;
+        assert_eq!(got.len(), want.len());
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        assert!(
+            err <= 1e-4 * scale.max(1.0),
+            "max abs error {err} (scale {scale})"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn sgd_step_matches_hand_computed_caffe_update() -> Result<()> {
+        // A single fully connected layer: the cross-entropy gradient is known in closed form,
+        // (softmax(Wx + b) − onehot) xᵀ / n, so the whole step can be checked by hand.
+        let spec = NetSpec {
+            name: "linear".into(),
+            input: None,
+            classes: None,
+            layers: vec![Layer::Fc(Fc {
+                name: "fc".into(),
+                outputs: Units::Classes,
+            })],
+        }
+        .bind(
+            InputShape {
+                channels: 1,
+                height: 2,
+                width: 2,
+            },
+            3,
+        )?;
+        let w0 = WeightMap::init(&spec, Init::Gaussian(0.3), 1)?;
+        let (n, k, d) = (2usize, 3usize, 4usize);
+        let x = rand_vec(n * d, 5);
+        let labels = vec![2u32, 0];
+        let batch = Batch {
+            images: x.clone(),
+            labels: labels.clone(),
+            shape: [n, 1, 2, 2],
+        };
+        let mut net = Network::new(&spec, &w0, &cpu())?;
+        let mut v0 = WeightMap::zeros_for(&spec)?;
+        v0.insert(
+            "fc.weight",
+            HostTensor {
+                shape: vec![k, d],
+                data: rand_vec(k * d, 7),
+            },
+        );
+        v0.insert(
+            "fc.bias",
+            HostTensor {
+                shape: vec![k],
+                data: rand_vec(k, 8),
+            },
+        );
+        let (lr, mu, wd) = (0.1f32, 0.9f32, 0.01f32);
+        let mut sgd = Sgd::new(&net, mu, wd, Some(&v0))?;
+        let loss = train_step(&mut net, &mut sgd, &batch, lr, 0)?;
+
+        let wt = &w0.get("fc.weight").expect("w").data;
+        let bias = &w0.get("fc.bias").expect("b").data;
+        let mut gw = vec![0f32; k * d];
+        let mut gb = vec![0f32; k];
+        let mut want_loss = 0f32;
+        for i in 0..n {
+            let z: Vec<f32> = (0..k)
+                .map(|o| bias[o] + (0..d).map(|j| wt[o * d + j] * x[i * d + j]).sum::<f32>())
+                .collect();
+            let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            want_loss += -(e[labels[i] as usize] / s).ln() / n as f32;
+            for o in 0..k {
+                let g = (e[o] / s - f32::from(o == labels[i] as usize)) / n as f32;
+                gb[o] += g;
+                for j in 0..d {
+                    gw[o * d + j] += g * x[i * d + j];
+                }
+            }
+        }
+        assert!(
+            (loss - want_loss).abs() < 1e-5,
+            "loss {loss} vs {want_loss}"
+        );
+        let vw = &v0.get("fc.weight").expect("v").data;
+        let vb = &v0.get("fc.bias").expect("v").data;
+        let new_w = net.weights()?;
+        let new_v = sgd.state(&net)?;
+        for idx in 0..k * d {
+            let v = mu * vw[idx] - lr * (gw[idx] + wd * wt[idx]);
+            assert!((new_v.get("fc.weight").expect("v").data[idx] - v).abs() < 1e-5);
+            assert!((new_w.get("fc.weight").expect("w").data[idx] - (wt[idx] + v)).abs() < 1e-5);
+        }
+        for o in 0..k {
+            // No weight decay on biases.
+            let v = mu * vb[o] - lr * gb[o];
+            assert!((new_w.get("fc.bias").expect("b").data[o] - (bias[o] + v)).abs() < 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn loss_decreases_on_a_fixed_batch() -> Result<()> {
+        let spec = crate::net::presets::preset("net-2").expect("net-2").bind(
+            InputShape {
+                channels: 1,
+                height: 8,
+                width: 8,
+            },
+            10,
+        )?;
+        let w = WeightMap::init(&spec, Init::Kaiming, 0)?;
+        let mut net = Network::new(&spec, &w, &cpu())?;
+        let mut sgd = Sgd::new(&net, 0.9, 5e-4, None)?;
+        let n = 32;
+        let batch = Batch {
+            images: rand_vec(n * 64, 1),
+            labels: (0..n as u32).map(|i| i % 10).collect(),
+            shape: [n, 1, 8, 8],
+        };
+        let first = train_step(&mut net, &mut sgd, &batch, 0.05, 0)?;
+        let mut last = first;
+        for t in 1..40 {
+            last = train_step(&mut net, &mut sgd, &batch, 0.05, t)?;
+        }
+        assert!(last < 0.5 * first, "loss went from {first} to {last}");
+        Ok(())
+    }
+
+    #[test]
+    fn scoring_counts_top1_top5_and_ties() {
+        // Row 0: label 2 is the max. Row 1: label 0 ranks 3rd (top-5, not top-1).
+        let logits = [0.0, 1.0, 5.0, 0.0, 0.0, 0.0, 2.0, 3.0, 5.0, 1.0, 0.0, 0.0];
+        let c = score_logits(&logits, &[2, 0]);
+        assert_eq!((c.n, c.top1, c.top5), (2, 1, 2));
+        // All equal: label 3 ranks 4th by index, so it is not top-1.
+        let tie = score_logits(&[1.0; 6], &[3]);
+        assert_eq!((tie.top1, tie.top5), (0, 1));
+        let want = (6.0f64).ln();
+        assert!((tie.loss_sum - want).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,149 @@
+//! Checkpoint folders: `spec.json`, `weights.safetensors`, `optimizer.safetensors` and
+//! `meta.json`, written as a unit (staged, then renamed) so a crash never leaves a mixed or
+//! partial checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::prepare::ChannelStats;
+use crate::error::{Error, Result};
+use crate::fsutil::{self, StagedDir};
+use crate::lr::LrPolicy;
+use crate::net::{NetSpec, WeightMap};
+
+/// `format` field of `meta.json`.
+pub const CHECKPOINT_FORMAT: &str = "coarse2fine-checkpoint";
+/// Checkpoint version written by this build.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// Latest evaluation stored with a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalSummary {
+    /// Top-1 accuracy in [0, 1].
+    pub top1: f64,
+    /// Top-5 accuracy in [0, 1].
+    pub top5: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Images evaluated.
+    pub images: usize,
+}
+
+/// Training hyper-parameters, stored so a run can be continued exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hyper {
+    /// Images per step.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub base_lr: f32,
+    /// Learning-rate policy.
+    pub lr_policy: LrPolicy,
+    /// Momentum μ.
+    pub momentum: f32,
+    /// Weight decay λ.
+    pub weight_decay: f32,
+    /// Seed of shuffling and dropout.
+    pub seed: u64,
+}
+
+/// `meta.json` of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMeta {
+    /// Always [`CHECKPOINT_FORMAT`].
+    pub format: String,
+    /// [`CHECKPOINT_VERSION`] when written.
+    pub version: u32,
+    /// Prepared data folder trained on.
+    pub dataset: String,
+    /// Input side.
+    pub size: usize,
+    /// Class names by label.
+    pub classes: Vec<String>,
+    /// Normalisation applied to inputs (training-split statistics at `size`).
+    pub normalization: ChannelStats,
+    /// Iterations done.
+    pub iteration: u64,
+    /// Training images consumed.
+    pub images_seen: u64,
+    /// Seconds spent in training steps.
+    pub train_seconds: f64,
+    /// Seconds spent evaluating.
+    pub eval_seconds: f64,
+    /// Wall-clock seconds since the run started.
+    pub wall_seconds: f64,
+    /// Hyper-parameters.
+    pub hyper: Hyper,
+    /// Threads used.
+    pub threads: usize,
+    /// Backend used.
+    pub backend: String,
+    /// Last evaluation, if any.
+    pub last_eval: Option<EvalSummary>,
+}
+
+/// A loaded checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Bound network spec.
+    pub spec: NetSpec,
+    /// Weights.
+    pub weights: WeightMap,
+    /// Momentum buffers (same names as the weights).
+    pub optimizer: WeightMap,
+    /// Metadata.
+    pub meta: CheckpointMeta,
+}
+
+const SPEC: &str = "spec.json";
+const WEIGHTS: &str = "weights.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const META: &str = "meta.json";
+
+impl Checkpoint {
+    /// Writes the checkpoint to `dir`, replacing any previous one there only once the new
+    /// one is complete.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf> {
+        let staged = StagedDir::new(dir)?;
+        self.spec.save_json(&staged.path().join(SPEC))?;
+        self.weights.save(&staged.path().join(WEIGHTS), None)?;
+        self.optimizer.save(&staged.path().join(OPTIMIZER), None)?;
+        fsutil::write_json_atomic(&staged.path().join(META), &self.meta)?;
+        staged.commit()
+    }
+
+    /// Reads and validates a checkpoint folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.join(META).is_file() {
+            return Err(Error::format(
+                dir,
+                format!("not a checkpoint folder: no {META}"),
+            ));
+        }
+        let meta: CheckpointMeta = fsutil::read_json(&dir.join(META))?;
+        if meta.format != CHECKPOINT_FORMAT || meta.version != CHECKPOINT_VERSION {
+            return Err(Error::format(
+                dir.join(META),
+                format!(
+                    "format {:?} version {} is not {CHECKPOINT_FORMAT:?} version {CHECKPOINT_VERSION}",
+                    meta.format, meta.version
+                ),
+            ));
+        }
+        let spec = NetSpec::load(&dir.join(SPEC))?;
+        spec.summary()
+            .map_err(|e| Error::format(dir.join(SPEC), e.to_string()))?;
+        let weights = WeightMap::load(&dir.join(WEIGHTS))?;
+        weights.check_against(&spec, &dir.join(WEIGHTS))?;
+        let optimizer = WeightMap::load(&dir.join(OPTIMIZER))?;
+        optimizer.check_against(&spec, &dir.join(OPTIMIZER))?;
+        Ok(Self {
+            spec,
+            weights,
+            optimizer,
+            meta,
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! Crash-safe file and folder writes.
+//!
+//! Everything the tool writes goes to a temporary name in the destination's folder and is
+//! renamed into place only when complete, so an interrupted run never leaves a half-written
+//! file where a good one (or none) was expected.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes a file atomically: `fill` writes into a temporary file beside `path`, which is
+/// synced and renamed over `path` only if `fill` succeeds.
+pub fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = parent_of(path);
+    let tmp = tempfile::Builder::new()
+        .prefix(".c2f-tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    {
+        let mut w = BufWriter::new(tmp.as_file());
+        fill(&mut w).map_err(|e| Error::io(path, e))?;
+        w.flush().map_err(|e| Error::io(path, e))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
+
+/// Serialises `value` as pretty JSON to `path` atomically.
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
+    write_bytes_atomic(path, format!("{text}\n").as_bytes())
+}
+
+/// Reads and parses a JSON file, naming the file in any error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))
+}
+
+/// A folder being built under a temporary name; [`StagedDir::commit`] renames it to its
+/// final name, replacing any previous folder there only at that moment. Dropped without
+/// commit, the temporary folder is removed.
+#[derive(Debug)]
+pub struct StagedDir {
+    tmp: Option<PathBuf>,
+    dest: PathBuf,
+}
+
+impl StagedDir {
+    /// Starts staging a folder that will become `dest`.
+    pub fn new(dest: &Path) -> Result<Self> {
+        let dir = parent_of(dest);
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::invalid(format!("{}: not a folder name", dest.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.c2f-tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Self {
+            tmp: Some(tmp),
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// The temporary folder to write into.
+    pub fn path(&self) -> &Path {
+        self.tmp.as_deref().unwrap_or(&self.dest)
+    }
+
+    /// Moves the staged folder to its destination. A previous folder at the destination is
+    /// moved aside first and deleted only after the new one is in place.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let Some(tmp) = self.tmp.take() else {
+            return Ok(self.dest.clone());
+        };
+        let old = self.dest.with_file_name(format!(
+            ".{}.c2f-old-{}",
+            self.dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let had_old = self.dest.exists();
+        if had_old {
+            fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, e))?;
+        }
+        if let Err(e) = fs::rename(&tmp, &self.dest) {
+            if had_old {
+                let _ = fs::rename(&old, &self.dest);
+            }
+            return Err(Error::io(&self.dest, e));
+        }
+        if had_old {
+            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_dir_all(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_dir_replaces_only_on_commit() -> Result<()> {
+        let root = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let dest = root.path().join("out");
+        fs::create_dir(&dest).map_err(|e| Error::io(&dest, e))?;
+        fs::write(dest.join("old.txt"), "old").map_err(|e| Error::io(&dest, e))?;
+
+        let staged = StagedDir::new(&dest)?;
+        fs::write(staged.path().join("new.txt"), "new").map_err(|e| Error::io(&dest, e))?;
+        drop(staged);
+        assert!(
+            dest.join("old.txt").exists(),
+            "an abandoned stage must not touch the old folder"
+        );
+
+        let staged = StagedDir::new(&dest)?;
+        fs::write(staged.path().join("new.txt"), "new").map_err(|e| Error::io(&dest, e))?;
+        staged.commit()?;
+        assert!(dest.join("new.txt").exists());
+        assert!(!dest.join("old.txt").exists());
+        let leftovers: Vec<_> = fs::read_dir(root.path())
+            .map_err(|e| Error::io(root.path(), e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("c2f-"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "temporary folders left behind: {leftovers:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn failed_write_keeps_previous_file() -> Result<()> {
+        let root = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let path = root.path().join("f.txt");
+        write_bytes_atomic(&path, b"first")?;
+        let res = write_atomic(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("simulated failure"))
+        });
+        assert!(res.is_err());
+        assert_eq!(fs::read(&path).map_err(|e| Error::io(&path, e))?, b"first");
+        Ok(())
+    }
+}

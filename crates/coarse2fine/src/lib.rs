@@ -1,0 +1,19 @@
+//! coarse2fine: incremental, coarse-to-fine training of convolutional networks.
+//!
+//! Train a tiny network on images downscaled to 8×8, grow its learned weights into a
+//! larger network for 16×16, 32×32 … images, and keep training (Liu et al., *Incremental
+//! Convolutional Neural Network Training*). This crate holds the data pipeline
+//! ([`data`]), networks as data ([`net`]), the training loop ([`train`]) and checkpoints;
+//! the deep-learning framework is confined to [`backend`].
+
+pub mod backend;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod fsutil;
+pub mod lr;
+pub mod net;
+pub mod progress;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,309 @@
+//! The networks of the paper's Table I, and the original AlexNet, as specs.
+//!
+//! Table I lists, per network, the filters (kernel) of conv layers L1–L3, the pooling
+//! window/stride after L1 and L2 (`P3/2` = 3×3 window, stride 2), and the units of fully
+//! connected layers L6 and L8. How we complete it (see docs/networks.md):
+//!
+//! * Fractional kernels (0.3, 0.7, 1.3) are rounded to the nearest size ≥ 1, i.e. 1.
+//! * `P0/0`, `P1/0` and `P1/1` are a 1×1 window, the identity, so no pooling layer is made.
+//! * The column names L6 and L8 imply AlexNet's L4, L5 and L7 exist in the scaled AlexNets;
+//!   they are scaled like their neighbours (conv4 = conv3's filters, conv5 = conv2's,
+//!   fc7 = fc6's). AlexNet's pool5 is left out of the scaled nets, whose maps are already tiny.
+//! * Convolutions after the first are padded to keep their input size where the kernel is
+//!   odd (as AlexNet's are); conv1 is unpadded with stride 1 (AlexNet's stride 4 would
+//!   leave nothing of an 8×8 image).
+//! * AlexNet-family nets keep LRN after conv1 and conv2 and dropout 0.5 after fc6 and fc7;
+//!   net-1…net-4, which the table gives as plain conv–pool–fc nets, have neither.
+//! * The classifier L8 has as many outputs as the data set has classes.
+//! * Max pooling rounds down (PyTorch's convention); set `ceil_mode` for Caffe's.
+
+use super::spec::{Conv, Dropout, Fc, Layer, Lrn, NetSpec, Pool, Units};
+
+/// A named preset.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// The input side it was designed for.
+    pub native_size: usize,
+    /// One-line description.
+    pub about: &'static str,
+}
+
+/// All presets, smallest first.
+pub const PRESETS: [Preset; 8] = [
+    Preset {
+        name: "net-1",
+        native_size: 8,
+        about: "Table I net-1: conv 3(2), fc 128",
+    },
+    Preset {
+        name: "net-2",
+        native_size: 8,
+        about: "Table I net-2: conv 6(2), fc 256",
+    },
+    Preset {
+        name: "net-3",
+        native_size: 8,
+        about: "Table I net-3: conv 12(2), fc 512",
+    },
+    Preset {
+        name: "net-4",
+        native_size: 8,
+        about: "Table I net-4: conv 6(2) P2/1, conv 16(3) P3/2, fc 256",
+    },
+    Preset {
+        name: "alexnet-s5",
+        native_size: 8,
+        about: "AlexNet scaled by 2^5 (8×8)",
+    },
+    Preset {
+        name: "alexnet-s4",
+        native_size: 16,
+        about: "AlexNet scaled by 2^4 (16×16)",
+    },
+    Preset {
+        name: "alexnet-s3",
+        native_size: 32,
+        about: "AlexNet scaled by 2^3 (32×32)",
+    },
+    Preset {
+        name: "alexnet",
+        native_size: 227,
+        about: "Krizhevsky et al.'s AlexNet (227×227, no groups)",
+    },
+];
+
+fn conv(name: &str, filters: usize, kernel: usize, stride: usize, padding: usize) -> Layer {
+    Layer::Conv(Conv {
+        name: name.into(),
+        filters,
+        kernel,
+        stride,
+        padding,
+        dilation: 1,
+    })
+}
+
+fn pool(kernel: usize, stride: usize) -> Layer {
+    Layer::MaxPool(Pool {
+        kernel,
+        stride: Some(stride),
+        padding: 0,
+        dilation: 1,
+        ceil_mode: false,
+    })
+}
+
+fn fc(name: &str, outputs: usize) -> Layer {
+    Layer::Fc(Fc {
+        name: name.into(),
+        outputs: Units::Fixed(outputs),
+    })
+}
+
+fn classifier() -> Layer {
+    Layer::Fc(Fc {
+        name: "fc8".into(),
+        outputs: Units::Classes,
+    })
+}
+
+fn lrn() -> Layer {
+    Layer::Lrn(Lrn::default())
+}
+
+fn dropout() -> Layer {
+    Layer::Dropout(Dropout { p: 0.5 })
+}
+
+fn small_net(filters: usize, fc6: usize) -> Vec<Layer> {
+    vec![
+        conv("conv1", filters, 2, 1, 0),
+        Layer::Relu,
+        fc("fc6", fc6),
+        Layer::Relu,
+        classifier(),
+        Layer::Softmax,
+    ]
+}
+
+/// Filters of conv1–conv5, pool after conv1 and conv2 (window, stride; `None` = identity),
+/// conv1/conv2 kernels, fc6/fc7 units.
+struct AlexShape {
+    filters: [usize; 5],
+    kernels: [usize; 2],
+    pools: [Option<(usize, usize)>; 2],
+    fc: usize,
+}
+
+fn alexnet_like(s: AlexShape, original: bool) -> Vec<Layer> {
+    let mut v = Vec::new();
+    let (k1, k2) = (s.kernels[0], s.kernels[1]);
+    if original {
+        v.push(conv("conv1", s.filters[0], k1, 4, 0));
+    } else {
+        v.push(conv("conv1", s.filters[0], k1, 1, 0));
+    }
+    v.extend([Layer::Relu, lrn()]);
+    if let Some((k, st)) = s.pools[0] {
+        v.push(pool(k, st));
+    }
+    v.extend([
+        conv("conv2", s.filters[1], k2, 1, k2 / 2),
+        Layer::Relu,
+        lrn(),
+    ]);
+    if let Some((k, st)) = s.pools[1] {
+        v.push(pool(k, st));
+    }
+    v.extend([
+        conv("conv3", s.filters[2], 3, 1, 1),
+        Layer::Relu,
+        conv("conv4", s.filters[3], 3, 1, 1),
+        Layer::Relu,
+        conv("conv5", s.filters[4], 3, 1, 1),
+        Layer::Relu,
+    ]);
+    if original {
+        v.push(pool(3, 2));
+    }
+    v.extend([
+        fc("fc6", s.fc),
+        Layer::Relu,
+        dropout(),
+        fc("fc7", s.fc),
+        Layer::Relu,
+        dropout(),
+        classifier(),
+        Layer::Softmax,
+    ]);
+    v
+}
+
+/// The spec of preset `name` (unbound: input and classes come from the data).
+pub fn preset(name: &str) -> Option<NetSpec> {
+    let layers = match name {
+        "net-1" => small_net(3, 128),
+        "net-2" => small_net(6, 256),
+        "net-3" => small_net(12, 512),
+        "net-4" => vec![
+            conv("conv1", 6, 2, 1, 0),
+            Layer::Relu,
+            pool(2, 1),
+            conv("conv2", 16, 3, 1, 1),
+            Layer::Relu,
+            pool(3, 2),
+            fc("fc6", 256),
+            Layer::Relu,
+            classifier(),
+            Layer::Softmax,
+        ],
+        "alexnet-s5" => alexnet_like(
+            AlexShape {
+                filters: [3, 8, 12, 12, 8],
+                kernels: [1, 1],
+                pools: [None, None],
+                fc: 128,
+            },
+            false,
+        ),
+        "alexnet-s4" => alexnet_like(
+            AlexShape {
+                filters: [6, 16, 24, 24, 16],
+                kernels: [1, 3],
+                pools: [None, Some((2, 1))],
+                fc: 256,
+            },
+            false,
+        ),
+        "alexnet-s3" => alexnet_like(
+            AlexShape {
+                filters: [12, 32, 48, 48, 32],
+                kernels: [1, 4],
+                pools: [Some((2, 1)), Some((3, 2))],
+                fc: 512,
+            },
+            false,
+        ),
+        "alexnet" => alexnet_like(
+            AlexShape {
+                filters: [96, 256, 384, 384, 256],
+                kernels: [11, 5],
+                pools: [Some((3, 2)), Some((3, 2))],
+                fc: 4096,
+            },
+            true,
+        ),
+        _ => return None,
+    };
+    Some(NetSpec {
+        name: name.into(),
+        input: None,
+        classes: None,
+        layers,
+    })
+}
+
+/// Names of all presets, for error messages.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::spec::InputShape;
+
+    #[test]
+    fn every_preset_binds_at_its_native_size() -> crate::error::Result<()> {
+        for p in PRESETS {
+            let spec = preset(p.name).expect("listed preset exists");
+            spec.check_structure()?;
+            let bound = spec.bind(
+                InputShape {
+                    channels: 3,
+                    height: p.native_size,
+                    width: p.native_size,
+                },
+                1000,
+            )?;
+            assert!(bound.num_params()? > 0);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn original_alexnet_has_the_published_shapes() -> crate::error::Result<()> {
+        let spec = preset("alexnet").expect("alexnet preset").bind(
+            InputShape {
+                channels: 3,
+                height: 227,
+                width: 227,
+            },
+            1000,
+        )?;
+        let shapes = spec.param_shapes()?;
+        let find = |n: &str| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
+        assert_eq!(find("conv1.weight"), Some(vec![96, 3, 11, 11]));
+        assert_eq!(find("fc6.weight"), Some(vec![4096, 256 * 6 * 6]));
+        assert_eq!(find("fc8.weight"), Some(vec![1000, 4096]));
+        Ok(())
+    }
+
+    #[test]
+    fn net2_at_8x8() -> crate::error::Result<()> {
+        let spec = preset("net-2").expect("net-2").bind(
+            InputShape {
+                channels: 3,
+                height: 8,
+                width: 8,
+            },
+            1000,
+        )?;
+        let shapes = spec.param_shapes()?;
+        assert_eq!(shapes[0].1, vec![6, 3, 2, 2]);
+        assert_eq!(shapes[2].1, vec![256, 6 * 7 * 7]);
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! A plain-Rust forward pass: slow, obvious, framework-free.
+//!
+//! It is the oracle that the framework backend is tested against, and lets invariants of
+//! specs and weights (such as growth preserving a network's function) be checked without
+//! any deep-learning framework. Layouts follow PyTorch: inputs `N × C × H × W`, conv
+//! weights `out × in × kh × kw` applied as cross-correlation, flattening channel-major.
+
+use super::spec::{Layer, NetSpec, Shape};
+use super::weights::WeightMap;
+use crate::error::{Error, Result};
+
+fn tensor<'a>(w: &'a WeightMap, name: &str) -> Result<&'a [f32]> {
+    w.get(name)
+        .map(|t| t.data.as_slice())
+        .ok_or_else(|| Error::invalid(format!("missing tensor {name:?}")))
+}
+
+/// Logits (`n × classes`, row-major) of a bound spec for `n` images in `x`.
+pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let input = spec
+        .input
+        .ok_or_else(|| Error::invalid("spec is not bound"))?;
+    let rows = spec.summary()?;
+    let mut shape = Shape::Map {
+        c: input.channels,
+        h: input.height,
+        w: input.width,
+    };
+    if x.len() != n * shape.numel() {
+        return Err(Error::invalid(format!(
+            "input has {} values, expected {}",
+            x.len(),
+            n * shape.numel()
+        )));
+    }
+    let mut a = x.to_vec();
+    for (layer, row) in spec.logit_layers().iter().zip(&rows) {
+        let out = row.output;
+        a = match (layer, shape, out) {
+            (
+                Layer::Conv(c),
+                Shape::Map { c: ci, h, w },
+                Shape::Map {
+                    c: co,
+                    h: oh,
+                    w: ow,
+                },
+            ) => {
+                let wt = tensor(weights, &format!("{}.weight", c.name))?;
+                let b = tensor(weights, &format!("{}.bias", c.name))?;
+                let k = c.kernel;
+                let mut y = vec![0f32; n * co * oh * ow];
+                for i in 0..n {
+                    for o in 0..co {
+                        for yy in 0..oh {
+                            for xx in 0..ow {
+                                let mut s = b[o];
+                                for q in 0..ci {
+                                    for ky in 0..k {
+                                        for kx in 0..k {
+                                            let iy = (yy * c.stride + ky * c.dilation) as isize
+                                                - c.padding as isize;
+                                            let ix = (xx * c.stride + kx * c.dilation) as isize
+                                                - c.padding as isize;
+                                            if iy < 0
+                                                || ix < 0
+                                                || iy >= h as isize
+                                                || ix >= w as isize
+                                            {
+                                                continue;
+                                            }
+                                            let v = a[((i * ci + q) * h + iy as usize) * w
+                                                + ix as usize];
+                                            s += v * wt[((o * ci + q) * k + ky) * k + kx];
+                                        }
+                                    }
+                                }
+                                y[((i * co + o) * oh + yy) * ow + xx] = s;
+                            }
+                        }
+                    }
+                }
+                y
+            }
+            (Layer::MaxPool(p), Shape::Map { c, h, w }, Shape::Map { h: oh, w: ow, .. }) => {
+                let mut y = vec![f32::NEG_INFINITY; n * c * oh * ow];
+                for i in 0..n * c {
+                    for yy in 0..oh {
+                        for xx in 0..ow {
+                            let mut m = f32::NEG_INFINITY;
+                            for ky in 0..p.kernel {
+                                for kx in 0..p.kernel {
+                                    let iy = (yy * p.stride() + ky * p.dilation) as isize
+                                        - p.padding as isize;
+                                    let ix = (xx * p.stride() + kx * p.dilation) as isize
+                                        - p.padding as isize;
+                                    if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                        m = m.max(a[(i * h + iy as usize) * w + ix as usize]);
+                                    }
+                                }
+                            }
+                            y[(i * oh + yy) * ow + xx] = m;
+                        }
+                    }
+                }
+                y
+            }
+            (Layer::Lrn(l), Shape::Map { c, h, w }, _) => {
+                let half = (l.size - 1) / 2;
+                let plane = h * w;
+                let mut y = a.clone();
+                for i in 0..n {
+                    for q in 0..c {
+                        for p in 0..plane {
+                            let lo = q.saturating_sub(half);
+                            let hi = (q + half).min(c - 1);
+                            let sum: f32 =
+                                (lo..=hi).map(|r| a[(i * c + r) * plane + p].powi(2)).sum();
+                            let scale = l.k + l.alpha / l.size as f32 * sum;
+                            y[(i * c + q) * plane + p] =
+                                a[(i * c + q) * plane + p] / scale.powf(l.beta);
+                        }
+                    }
+                }
+                y
+            }
+            (Layer::Fc(f), s, _) => {
+                let inputs = s.numel();
+                let outputs = spec.units(f.outputs)?;
+                let wt = tensor(weights, &format!("{}.weight", f.name))?;
+                let b = tensor(weights, &format!("{}.bias", f.name))?;
+                let mut y = vec![0f32; n * outputs];
+                for i in 0..n {
+                    for o in 0..outputs {
+                        let row = &wt[o * inputs..(o + 1) * inputs];
+                        let xi = &a[i * inputs..(i + 1) * inputs];
+                        y[i * outputs + o] =
+                            b[o] + row.iter().zip(xi).map(|(p, q)| p * q).sum::<f32>();
+                    }
+                }
+                y
+            }
+            (Layer::Relu, _, _) => a.into_iter().map(|v| v.max(0.0)).collect(),
+            (Layer::Dropout(_) | Layer::Softmax, _, _) => a,
+            (l, s, _) => {
+                return Err(Error::invalid(format!(
+                    "layer {} cannot take a {s} input",
+                    l.describe()
+                )));
+            }
+        };
+        shape = out;
+    }
+    Ok(a)
+}

@@ -1,0 +1,745 @@
+//! The network spec: an ordered list of layers, bound to an input shape and class count.
+//!
+//! Spec files are TOML or JSON (by extension). A spec may leave its input and class count
+//! open (`input`/`classes` absent, the classifier's `outputs = "classes"`); binding it to a
+//! data set fills them in. Checkpoints always store bound specs.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+fn one() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// Input of a network: channels and spatial size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputShape {
+    /// Channels (1 grey, 3 RGB).
+    pub channels: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+}
+
+/// A 2-D convolution with `filters` square `kernel × kernel` filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv {
+    /// Unique name; its tensors are `<name>.weight` (`filters × in × k × k`) and `<name>.bias`.
+    pub name: String,
+    /// Output channels.
+    pub filters: usize,
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub stride: usize,
+    /// Zero padding on every side.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub padding: usize,
+    /// Dilation (spacing of kernel taps).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub dilation: usize,
+}
+
+/// Max pooling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Window side.
+    pub kernel: usize,
+    /// Stride; defaults to the window side.
+    #[serde(default)]
+    pub stride: Option<usize>,
+    /// Padding on every side (padded cells never win the max).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub padding: usize,
+    /// Dilation of the window.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub dilation: usize,
+    /// Round the output size up, as Caffe does, instead of down.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ceil_mode: bool,
+}
+
+impl Pool {
+    /// The effective stride.
+    pub fn stride(&self) -> usize {
+        self.stride.unwrap_or(self.kernel)
+    }
+}
+
+/// Local response normalisation across channels (Caffe's `ACROSS_CHANNELS`):
+/// `y = x / (k + α/n · Σ x²)^β` over `n = size` neighbouring channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lrn {
+    /// Channels in the window (odd).
+    #[serde(default = "Lrn::default_size")]
+    pub size: usize,
+    /// α.
+    #[serde(default = "Lrn::default_alpha")]
+    pub alpha: f32,
+    /// β.
+    #[serde(default = "Lrn::default_beta")]
+    pub beta: f32,
+    /// k.
+    #[serde(default = "Lrn::default_k")]
+    pub k: f32,
+}
+
+impl Lrn {
+    fn default_size() -> usize {
+        5
+    }
+    fn default_alpha() -> f32 {
+        1e-4
+    }
+    fn default_beta() -> f32 {
+        0.75
+    }
+    fn default_k() -> f32 {
+        1.0
+    }
+}
+
+impl Default for Lrn {
+    fn default() -> Self {
+        Self {
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 1.0,
+        }
+    }
+}
+
+/// Dropout with drop probability `p` (training only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dropout {
+    /// Probability of zeroing a unit.
+    pub p: f32,
+}
+
+/// Number of outputs of a fully connected layer: a count, or `"classes"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Units {
+    /// A fixed count.
+    Fixed(usize),
+    /// As many as the data set has classes.
+    Classes,
+}
+
+impl Serialize for Units {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Units::Fixed(n) => s.serialize_u64(*n as u64),
+            Units::Classes => s.serialize_str("classes"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Units {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Units::Fixed(n as usize)),
+            Raw::S(s) if s == "classes" => Ok(Units::Classes),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "outputs must be a number or \"classes\", not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// A fully connected layer; a spatial input is flattened (`C·H·W`, channel-major) first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fc {
+    /// Unique name; tensors `<name>.weight` (`outputs × inputs`) and `<name>.bias`.
+    pub name: String,
+    /// Output units.
+    pub outputs: Units,
+}
+
+/// One layer of a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Layer {
+    /// Convolution.
+    Conv(Conv),
+    /// Rectified linear unit.
+    Relu,
+    /// Max pooling.
+    MaxPool(Pool),
+    /// Local response normalisation.
+    Lrn(Lrn),
+    /// Dropout.
+    Dropout(Dropout),
+    /// Fully connected.
+    Fc(Fc),
+    /// Softmax over classes; only allowed last. Training uses the logits before it.
+    Softmax,
+}
+
+impl Layer {
+    /// Short description, e.g. `conv1 6×2×2/1`.
+    pub fn describe(&self) -> String {
+        match self {
+            Layer::Conv(c) => {
+                let mut s = format!("{} conv {}×{}×{}", c.name, c.filters, c.kernel, c.kernel);
+                if c.stride != 1 {
+                    s += &format!(" s{}", c.stride);
+                }
+                if c.padding != 0 {
+                    s += &format!(" p{}", c.padding);
+                }
+                if c.dilation != 1 {
+                    s += &format!(" d{}", c.dilation);
+                }
+                s
+            }
+            Layer::Relu => "relu".into(),
+            Layer::MaxPool(p) => {
+                let mut s = format!("max-pool {}/{}", p.kernel, p.stride());
+                if p.padding != 0 {
+                    s += &format!(" p{}", p.padding);
+                }
+                if p.dilation != 1 {
+                    s += &format!(" d{}", p.dilation);
+                }
+                if p.ceil_mode {
+                    s += " ceil";
+                }
+                s
+            }
+            Layer::Lrn(l) => format!("lrn n{}", l.size),
+            Layer::Dropout(d) => format!("dropout {}", d.p),
+            Layer::Fc(f) => match f.outputs {
+                Units::Fixed(n) => format!("{} fc {n}", f.name),
+                Units::Classes => format!("{} fc classes", f.name),
+            },
+            Layer::Softmax => "softmax".into(),
+        }
+    }
+
+    /// Name of a layer with parameters.
+    pub fn param_name(&self) -> Option<&str> {
+        match self {
+            Layer::Conv(c) => Some(&c.name),
+            Layer::Fc(f) => Some(&f.name),
+            _ => None,
+        }
+    }
+}
+
+/// Activation shape between layers (per image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Feature maps `C × H × W`.
+    Map {
+        /// Channels.
+        c: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+    },
+    /// A vector of `n` features.
+    Flat(usize),
+}
+
+impl Shape {
+    /// Number of values.
+    pub fn numel(&self) -> usize {
+        match *self {
+            Shape::Map { c, h, w } => c * h * w,
+            Shape::Flat(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Map { c, h, w } => write!(f, "{c}×{h}×{w}"),
+            Shape::Flat(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Output side of a sliding window (`None` if the window does not fit).
+pub fn window_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    ceil: bool,
+) -> Option<usize> {
+    let span = dil * (kernel - 1) + 1;
+    let padded = input + 2 * pad;
+    if span > padded || stride == 0 {
+        return None;
+    }
+    let room = padded - span;
+    let mut out = if ceil {
+        room.div_ceil(stride) + 1
+    } else {
+        room / stride + 1
+    };
+    // As in Caffe and PyTorch: the last window must start inside the input or left padding.
+    if ceil && pad > 0 && (out - 1) * stride >= input + pad {
+        out -= 1;
+    }
+    Some(out)
+}
+
+/// A network description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSpec {
+    /// Name, e.g. `net-2`.
+    pub name: String,
+    /// Input shape, once bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputShape>,
+    /// Class count, once bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    /// Layers in order.
+    pub layers: Vec<Layer>,
+}
+
+/// One row of [`NetSpec::summary`].
+#[derive(Debug, Clone)]
+pub struct LayerSummary {
+    /// Layer description.
+    pub layer: String,
+    /// Output shape per image.
+    pub output: Shape,
+    /// Parameters of this layer.
+    pub params: usize,
+    /// Forward multiply-adds ×2 per image.
+    pub flops: u64,
+}
+
+impl NetSpec {
+    /// Reads a spec from a `.toml` or `.json` file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let spec: NetSpec = match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => {
+                serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?
+            }
+            Some("toml") => toml::from_str(&text).map_err(|e| {
+                Error::format(path, e.to_string().replace('\n', " ").trim().to_string())
+            })?,
+            _ => return Err(Error::format(path, "spec files must end in .toml or .json")),
+        };
+        spec.check_structure()
+            .map_err(|e| Error::format(path, e.to_string()))?;
+        Ok(spec)
+    }
+
+    /// Writes the spec as pretty JSON, atomically.
+    pub fn save_json(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_json_atomic(path, self)
+    }
+
+    /// Checks names and layer order, independent of input size.
+    pub fn check_structure(&self) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(Error::invalid(format!("net {:?} has no layers", self.name)));
+        }
+        let mut names = BTreeSet::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let at = || format!("layer {} ({})", i + 1, l.describe());
+            if let Some(n) = l.param_name() {
+                if n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(Error::invalid(format!(
+                        "{}: name {n:?} must be non-empty ASCII letters, digits, '_' or '-'",
+                        at()
+                    )));
+                }
+                if !names.insert(n.to_string()) {
+                    return Err(Error::invalid(format!(
+                        "{}: duplicate layer name {n:?}",
+                        at()
+                    )));
+                }
+            }
+            match l {
+                Layer::Conv(c)
+                    if c.filters == 0 || c.kernel == 0 || c.stride == 0 || c.dilation == 0 =>
+                {
+                    return Err(Error::invalid(format!(
+                        "{}: filters, kernel, stride and dilation must be ≥ 1",
+                        at()
+                    )));
+                }
+                Layer::MaxPool(p) if p.kernel == 0 || p.stride() == 0 || p.dilation == 0 => {
+                    return Err(Error::invalid(format!(
+                        "{}: kernel, stride and dilation must be ≥ 1",
+                        at()
+                    )));
+                }
+                Layer::MaxPool(p) if p.padding * 2 > p.kernel => {
+                    return Err(Error::invalid(format!(
+                        "{}: padding must be at most half the kernel",
+                        at()
+                    )));
+                }
+                Layer::Lrn(n) if n.size % 2 == 0 || n.size == 0 => {
+                    return Err(Error::invalid(format!("{}: size must be odd", at())));
+                }
+                Layer::Dropout(d) if !(0.0..1.0).contains(&d.p) => {
+                    return Err(Error::invalid(format!("{}: p must be in [0, 1)", at())));
+                }
+                Layer::Fc(Fc {
+                    outputs: Units::Fixed(0),
+                    ..
+                }) => {
+                    return Err(Error::invalid(format!("{}: outputs must be ≥ 1", at())));
+                }
+                Layer::Softmax if i + 1 != self.layers.len() => {
+                    return Err(Error::invalid(format!(
+                        "{}: softmax is only allowed as the last layer",
+                        at()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        match self.logit_layers().last() {
+            Some(Layer::Fc(_)) => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "net {:?} must end with a fully connected classifier (optionally followed by softmax)",
+                self.name
+            ))),
+        }
+    }
+
+    /// The layers that produce the logits (everything but a final softmax).
+    pub fn logit_layers(&self) -> &[Layer] {
+        match self.layers.last() {
+            Some(Layer::Softmax) => &self.layers[..self.layers.len() - 1],
+            _ => &self.layers,
+        }
+    }
+
+    /// Binds the spec to an input shape and class count, checking every layer fits.
+    pub fn bind(&self, input: InputShape, classes: usize) -> Result<NetSpec> {
+        if let Some(have) = self.input
+            && have != input
+        {
+            return Err(Error::invalid(format!(
+                "net {:?} is built for {}×{}×{} input, the data is {}×{}×{}",
+                self.name,
+                have.channels,
+                have.height,
+                have.width,
+                input.channels,
+                input.height,
+                input.width
+            )));
+        }
+        if let Some(have) = self.classes
+            && have != classes
+        {
+            return Err(Error::invalid(format!(
+                "net {:?} has {have} classes, the data has {classes}",
+                self.name
+            )));
+        }
+        let bound = NetSpec {
+            input: Some(input),
+            classes: Some(classes),
+            ..self.clone()
+        };
+        bound.check_structure()?;
+        bound.summary()?;
+        if let Some(Layer::Fc(f)) = bound.logit_layers().last()
+            && let Units::Fixed(n) = f.outputs
+            && n != classes
+        {
+            return Err(Error::invalid(format!(
+                "classifier {} has {n} outputs but the data has {classes} classes (use outputs = \"classes\")",
+                f.name
+            )));
+        }
+        Ok(bound)
+    }
+
+    fn bound_input(&self) -> Result<(InputShape, usize)> {
+        match (self.input, self.classes) {
+            (Some(i), Some(c)) => Ok((i, c)),
+            _ => Err(Error::invalid(format!(
+                "net {:?} is not bound to an input size and class count",
+                self.name
+            ))),
+        }
+    }
+
+    /// Number of outputs of a fully connected layer.
+    pub fn units(&self, u: Units) -> Result<usize> {
+        match u {
+            Units::Fixed(n) => Ok(n),
+            Units::Classes => self.bound_input().map(|(_, c)| c),
+        }
+    }
+
+    /// Per-layer output shapes, parameter and FLOP counts; fails naming the first layer
+    /// that does not fit its input.
+    pub fn summary(&self) -> Result<Vec<LayerSummary>> {
+        let (input, _) = self.bound_input()?;
+        let mut shape = Shape::Map {
+            c: input.channels,
+            h: input.height,
+            w: input.width,
+        };
+        let mut rows = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let too_small = |what: &str| {
+                Error::invalid(format!(
+                    "net {:?}, layer {} ({}): {what} does not fit its {shape} input at {}×{} images",
+                    self.name,
+                    i + 1,
+                    l.describe(),
+                    input.height,
+                    input.width
+                ))
+            };
+            let (out, params, flops) = match (l, shape) {
+                (Layer::Conv(c), Shape::Map { c: ci, h, w }) => {
+                    let oh = window_out(h, c.kernel, c.stride, c.padding, c.dilation, false)
+                        .ok_or_else(|| too_small("the kernel"))?;
+                    let ow = window_out(w, c.kernel, c.stride, c.padding, c.dilation, false)
+                        .ok_or_else(|| too_small("the kernel"))?;
+                    let k2 = c.kernel * c.kernel;
+                    let params = c.filters * ci * k2 + c.filters;
+                    let flops = 2 * (c.filters * ci * k2 * oh * ow) as u64;
+                    (
+                        Shape::Map {
+                            c: c.filters,
+                            h: oh,
+                            w: ow,
+                        },
+                        params,
+                        flops,
+                    )
+                }
+                (Layer::MaxPool(p), Shape::Map { c, h, w }) => {
+                    let oh =
+                        window_out(h, p.kernel, p.stride(), p.padding, p.dilation, p.ceil_mode)
+                            .ok_or_else(|| too_small("the pooling window"))?;
+                    let ow =
+                        window_out(w, p.kernel, p.stride(), p.padding, p.dilation, p.ceil_mode)
+                            .ok_or_else(|| too_small("the pooling window"))?;
+                    (Shape::Map { c, h: oh, w: ow }, 0, 0)
+                }
+                (Layer::Conv(_) | Layer::MaxPool(_) | Layer::Lrn(_), Shape::Flat(_)) => {
+                    return Err(Error::invalid(format!(
+                        "net {:?}, layer {} ({}): needs feature maps but follows a fully connected layer",
+                        self.name,
+                        i + 1,
+                        l.describe()
+                    )));
+                }
+                (Layer::Fc(f), s) => {
+                    let n = self.units(f.outputs)?;
+                    let inputs = s.numel();
+                    (Shape::Flat(n), n * inputs + n, 2 * (n * inputs) as u64)
+                }
+                (Layer::Relu | Layer::Lrn(_) | Layer::Dropout(_) | Layer::Softmax, s) => (s, 0, 0),
+            };
+            shape = out;
+            rows.push(LayerSummary {
+                layer: l.describe(),
+                output: out,
+                params,
+                flops,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Names and shapes of every tensor, in layer order (`.weight` before `.bias`).
+    pub fn param_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let (input, _) = self.bound_input()?;
+        let mut shape = Shape::Map {
+            c: input.channels,
+            h: input.height,
+            w: input.width,
+        };
+        let rows = self.summary()?;
+        let mut out = Vec::new();
+        for (l, row) in self.layers.iter().zip(&rows) {
+            match l {
+                Layer::Conv(c) => {
+                    let ci = match shape {
+                        Shape::Map { c, .. } => c,
+                        Shape::Flat(_) => 0,
+                    };
+                    out.push((
+                        format!("{}.weight", c.name),
+                        vec![c.filters, ci, c.kernel, c.kernel],
+                    ));
+                    out.push((format!("{}.bias", c.name), vec![c.filters]));
+                }
+                Layer::Fc(f) => {
+                    let n = self.units(f.outputs)?;
+                    out.push((format!("{}.weight", f.name), vec![n, shape.numel()]));
+                    out.push((format!("{}.bias", f.name), vec![n]));
+                }
+                _ => {}
+            }
+            shape = row.output;
+        }
+        Ok(out)
+    }
+
+    /// Total parameter count.
+    pub fn num_params(&self) -> Result<usize> {
+        Ok(self.summary()?.iter().map(|r| r.params).sum())
+    }
+
+    /// Forward FLOPs per image.
+    pub fn flops(&self) -> Result<u64> {
+        Ok(self.summary()?.iter().map(|r| r.flops).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOML_SPEC: &str = r#"
+name = "tiny"
+
+[[layers]]
+type = "conv"
+name = "conv1"
+filters = 4
+kernel = 3
+padding = 1
+
+[[layers]]
+type = "relu"
+
+[[layers]]
+type = "max_pool"
+kernel = 2
+
+[[layers]]
+type = "fc"
+name = "fc1"
+outputs = "classes"
+
+[[layers]]
+type = "softmax"
+"#;
+
+    #[test]
+    fn toml_round_trip_and_shapes() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let p = dir.path().join("tiny.toml");
+        std::fs::write(&p, TOML_SPEC).map_err(|e| Error::io(&p, e))?;
+        let spec = NetSpec::load(&p)?;
+        let bound = spec.bind(
+            InputShape {
+                channels: 1,
+                height: 8,
+                width: 8,
+            },
+            10,
+        )?;
+        let j = dir.path().join("tiny.json");
+        bound.save_json(&j)?;
+        assert_eq!(NetSpec::load(&j)?, bound);
+        let shapes = bound.param_shapes()?;
+        assert_eq!(
+            shapes,
+            vec![
+                ("conv1.weight".to_string(), vec![4, 1, 3, 3]),
+                ("conv1.bias".to_string(), vec![4]),
+                ("fc1.weight".to_string(), vec![10, 64]),
+                ("fc1.bias".to_string(), vec![10]),
+            ]
+        );
+        assert_eq!(bound.num_params()?, 4 * 9 + 4 + 640 + 10);
+        assert_eq!(bound.flops()?, 2 * (4 * 9 * 64) + 2 * 640);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_names() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, TOML_SPEC.replace("\"max_pool\"", "\"avg_poo\""))
+            .map_err(|e| Error::io(&p, e))?;
+        let e = NetSpec::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("avg_poo"), "{e}");
+
+        std::fs::write(
+            &p,
+            TOML_SPEC.replace("kernel = 3", "kernel = 3\nfilterz = 2"),
+        )
+        .map_err(|e| Error::io(&p, e))?;
+        let e = NetSpec::load(&p).unwrap_err().to_string();
+        assert!(e.contains("filterz"), "{e}");
+
+        std::fs::write(&p, TOML_SPEC).map_err(|e| Error::io(&p, e))?;
+        let spec = NetSpec::load(&p)?;
+        let e = spec
+            .bind(
+                InputShape {
+                    channels: 1,
+                    height: 1,
+                    width: 1,
+                },
+                10,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer 3") && e.contains("max-pool"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn window_sizes_match_caffe_and_pytorch() {
+        assert_eq!(window_out(55, 3, 2, 0, 1, false), Some(27));
+        assert_eq!(window_out(6, 3, 2, 0, 1, false), Some(2));
+        assert_eq!(window_out(6, 3, 2, 0, 1, true), Some(3));
+        assert_eq!(window_out(5, 2, 2, 1, 1, true), Some(3));
+        assert_eq!(window_out(16, 4, 1, 0, 1, false), Some(13));
+        assert_eq!(window_out(2, 3, 1, 0, 1, false), None);
+        assert_eq!(window_out(7, 2, 1, 0, 2, false), Some(5));
+    }
+}
