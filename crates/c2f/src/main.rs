@@ -3,13 +3,14 @@
 //! Each verb parses its flags, validates them into a plan (opening inputs, binding the
 //! network to the data), and only then runs, so a bad value fails before any work is done.
 
+mod grow_cmd;
 mod ui;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use coarse2fine::backend::{self, BackendKind, Compute, Network};
 use coarse2fine::checkpoint::{Checkpoint, Hyper};
 use coarse2fine::data::prepare::{self, PrepareConfig, SourceFormat};
@@ -51,6 +52,8 @@ enum Command {
     Prepare(PrepareArgs),
     Train(TrainArgs),
     Eval(EvalArgs),
+    Grow(grow_cmd::GrowArgs),
+    Verify(grow_cmd::VerifyArgs),
     Nets(NetsArgs),
 }
 
@@ -140,7 +143,7 @@ struct TrainArgs {
     /// Network: a preset name (see `c2f nets`) or a .toml/.json spec file.
     #[arg(long, required_unless_present_any = ["init_from", "resume"])]
     net: Option<String>,
-    /// Start from the spec and weights of this checkpoint (e.g. a grown one) instead of fresh weights.
+    /// Start a new run from the spec, weights and momentum buffers of this checkpoint (e.g. a grown one).
     #[arg(long, conflicts_with_all = ["net", "resume"])]
     init_from: Option<PathBuf>,
     /// Continue the checkpoint in --out exactly (same data order, optimizer state and clock).
@@ -244,8 +247,12 @@ struct NetsArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -254,7 +261,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     if let Some(n) = cli.threads {
         backend::set_threads(n)?;
     }
@@ -263,6 +270,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prepare(a) => cmd_prepare(a, &bars),
         Command::Train(a) => cmd_train(a, &bars),
         Command::Eval(a) => cmd_eval(a),
+        Command::Grow(a) => {
+            let m = matches
+                .subcommand_matches("grow")
+                .context("grow arguments")?;
+            grow_cmd::cmd_grow(a, m, &bars)
+        }
+        Command::Verify(a) => grow_cmd::cmd_verify(a),
         Command::Nets(a) => cmd_nets(a),
     }
 }
@@ -331,7 +345,7 @@ fn resolve_net(name: &str) -> Result<NetSpec> {
     )
 }
 
-fn checkpoint_dir(p: &Path) -> PathBuf {
+pub(crate) fn checkpoint_dir(p: &Path) -> PathBuf {
     if p.join(CHECKPOINT_DIR).join("meta.json").is_file() {
         p.join(CHECKPOINT_DIR)
     } else {
@@ -406,10 +420,7 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
             }
         }
         match (&a.net, &a.init_from) {
-            (_, Some(from)) => {
-                let c = Checkpoint::load(&checkpoint_dir(from))?;
-                Start::fresh(c.spec, c.weights)
-            }
+            (_, Some(from)) => Start::from_checkpoint(Checkpoint::load(&checkpoint_dir(from))?),
             (Some(name), None) => {
                 let spec = resolve_net(name)?.bind(data.input(), data.classes())?;
                 let w = WeightMap::init(&spec, init, a.seed)?;

@@ -407,3 +407,185 @@ fn fashion_mnist_prepare_and_short_training() {
     // 300 steps of 64 images (a third of an epoch) at 8×8; chance is 10%.
     assert!(top1 > 0.65, "net-2 at 8×8 after 300 steps: top-1 {top1}");
 }
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("readable")).expect("json")
+}
+
+#[test]
+fn grow_verify_crosscheck_and_continue_training() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 256, 64, 16, 5).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8,16"]);
+    let small = tmp.path().join("small");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--net",
+        "net-4",
+        "--iterations",
+        "20",
+        "--batch",
+        "16",
+        "--out",
+        s(&small),
+    ]);
+
+    // Exact operators, composed in command-line order.
+    let grown = tmp.path().join("grown");
+    let out = ok(&[
+        "grow",
+        s(&small),
+        "--widen",
+        "conv1=+2",
+        "--init",
+        "flip-v",
+        "--upscale",
+        "--deepen",
+        "after=conv2",
+        "--out",
+        s(&grown),
+    ]);
+    let steps: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("top-1 agreement"))
+        .collect();
+    assert!(
+        steps[0].starts_with("widen conv1") && steps[1].starts_with("upscale exact"),
+        "{out}"
+    );
+    assert!(steps[2].starts_with("deepen after conv2"), "{out}");
+    let meta = json_of(&grown.join("meta.json"));
+    assert_eq!(meta["size"], 16);
+    let records = meta["growth"].as_array().expect("growth records");
+    assert_eq!(records.len(), 3);
+    for r in records {
+        assert_eq!(r["exact"], true);
+        assert!(r["data"]["rel"].as_f64().expect("rel") <= 1e-5, "{r}");
+        assert!(r["random"]["rel"].as_f64().expect("rel") <= 1e-5, "{r}");
+    }
+    let spec = json_of(&grown.join("spec.json"));
+    assert_eq!(spec["input"]["height"], 16);
+    assert_eq!(spec["layers"][0]["filters"], 8);
+
+    // `c2f verify` on the whole test split.
+    let v: serde_json::Value =
+        serde_json::from_str(ok(&["verify", s(&small), s(&grown), "--json"]).trim()).expect("json");
+    assert_eq!(v["data"]["images"], 64);
+    assert!(v["data"]["rel"].as_f64().expect("rel") <= 1e-5, "{v}");
+    assert_eq!(v["data"]["top1_agreement"], 1.0);
+
+    // An independent NumPy implementation agrees that g(upsample(x)) = f(x).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/crosscheck_growth.py");
+    let py = Command::new("python3")
+        .arg(&script)
+        .arg(&small)
+        .arg(&grown)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "NumPy cross-check failed (needs `python3 -m pip install numpy`):\n{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    // Paper mode is reported, not asserted, and the NumPy check sees the difference too.
+    let paper = tmp.path().join("paper");
+    ok(&[
+        "grow",
+        s(&small),
+        "--upscale",
+        "paper",
+        "--sigma",
+        "0.05",
+        "--out",
+        s(&paper),
+    ]);
+    let rel = json_of(&paper.join("meta.json"))["growth"][0]["random"]["rel"]
+        .as_f64()
+        .expect("rel");
+    assert!(rel > 1e-5, "paper mode adds noise: {rel}");
+    let py = Command::new("python3")
+        .arg(&script)
+        .arg(&small)
+        .arg(&paper)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        !py.status.success(),
+        "the cross-check must notice a non-preserving growth"
+    );
+
+    // Training continues from the grown checkpoint, at the new size, with carried momentum.
+    let cont = tmp.path().join("continued");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "16",
+        "--init-from",
+        s(&grown),
+        "--iterations",
+        "10",
+        "--batch",
+        "16",
+        "--out",
+        s(&cont),
+    ]);
+    let meta = json_of(&cont.join("checkpoint/meta.json"));
+    assert_eq!(
+        meta["growth"].as_array().map(Vec::len),
+        Some(3),
+        "growth history is kept"
+    );
+
+    // Refusals: the classifier, a dead configuration, an unknown layer, a used output folder.
+    fails(
+        &[
+            "grow",
+            s(&small),
+            "--widen",
+            "fc8=+2",
+            "--out",
+            s(&tmp.path().join("x")),
+        ],
+        &["fc8", "classifier"],
+    );
+    fails(
+        &[
+            "grow",
+            s(&small),
+            "--widen",
+            "conv1=+1",
+            "--init",
+            "zeros",
+            "--out",
+            s(&tmp.path().join("x")),
+        ],
+        &["never learn"],
+    );
+    fails(
+        &[
+            "grow",
+            s(&small),
+            "--deepen",
+            "after=conv7",
+            "--out",
+            s(&tmp.path().join("x")),
+        ],
+        &["conv7", "conv1"],
+    );
+    fails(
+        &["grow", s(&small), "--upscale", "--out", s(&grown)],
+        &["already exists"],
+    );
+    assert!(!tmp.path().join("x").exists());
+    assert_clean(tmp.path());
+}

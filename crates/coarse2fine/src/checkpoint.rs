@@ -82,6 +82,9 @@ pub struct CheckpointMeta {
     pub backend: String,
     /// Last evaluation, if any.
     pub last_eval: Option<EvalSummary>,
+    /// Growth steps that produced this net from a trained one, with their checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub growth: Vec<crate::grow::verify::Verification>,
 }
 
 /// A loaded checkpoint.

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod grow;
 pub mod lr;
 pub mod net;
 pub mod progress;

@@ -140,6 +140,8 @@ pub struct Start {
     pub images_seen: u64,
     /// Seconds already spent training, evaluating, and in all.
     pub seconds: (f64, f64, f64),
+    /// Growth history carried into the new checkpoints.
+    pub growth: Vec<crate::grow::verify::Verification>,
 }
 
 impl Start {
@@ -152,6 +154,17 @@ impl Start {
             iteration: 0,
             images_seen: 0,
             seconds: (0.0, 0.0, 0.0),
+            growth: Vec::new(),
+        }
+    }
+
+    /// A fresh run (iteration 0) from a checkpoint's spec, weights and momentum buffers,
+    /// e.g. a grown one.
+    pub fn from_checkpoint(c: Checkpoint) -> Self {
+        Self {
+            optimizer: Some(c.optimizer),
+            growth: c.meta.growth,
+            ..Self::fresh(c.spec, c.weights)
         }
     }
 
@@ -162,6 +175,7 @@ impl Start {
             iteration: m.iteration,
             images_seen: m.images_seen,
             seconds: (m.train_seconds, m.eval_seconds, m.wall_seconds),
+            growth: m.growth.clone(),
             spec: c.spec,
             weights: c.weights,
             optimizer: Some(c.optimizer),
@@ -329,6 +343,7 @@ pub fn train(
     let mut t = start.iteration;
     let mut images = start.images_seen;
     let mut last_eval = None;
+    let growth = start.growth.clone();
     let wall = |clock: &Instant| wall0 + clock.elapsed().as_secs_f64();
 
     let do_eval = |net: &Network,
@@ -389,6 +404,7 @@ pub fn train(
                 threads: backend::threads(),
                 backend: compute.kind().to_string(),
                 last_eval,
+                growth: growth.clone(),
             },
         })
     };

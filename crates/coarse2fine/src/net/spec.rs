@@ -317,6 +317,24 @@ pub fn window_out(
     Some(out)
 }
 
+/// The first output position of a sliding window that covers no input position (only
+/// padding), if any: max pooling there would produce −∞.
+pub fn empty_window(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    out: usize,
+) -> Option<usize> {
+    (0..out).find(|&o| {
+        (0..kernel).all(|j| {
+            let pos = (o * stride + j * dil) as isize - pad as isize;
+            pos < 0 || pos >= input as isize
+        })
+    })
+}
+
 /// A network description.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -407,12 +425,6 @@ impl NetSpec {
                 Layer::MaxPool(p) if p.kernel == 0 || p.stride() == 0 || p.dilation == 0 => {
                     return Err(Error::invalid(format!(
                         "{}: kernel, stride and dilation must be ≥ 1",
-                        at()
-                    )));
-                }
-                Layer::MaxPool(p) if p.padding * 2 > p.kernel => {
-                    return Err(Error::invalid(format!(
-                        "{}: padding must be at most half the kernel",
                         at()
                     )));
                 }
@@ -562,6 +574,13 @@ impl NetSpec {
                     let ow =
                         window_out(w, p.kernel, p.stride(), p.padding, p.dilation, p.ceil_mode)
                             .ok_or_else(|| too_small("the pooling window"))?;
+                    for (side, out) in [(h, oh), (w, ow)] {
+                        if let Some(o) =
+                            empty_window(side, p.kernel, p.stride(), p.padding, p.dilation, out)
+                        {
+                            return Err(too_small(&format!("its window {o}, all padding,")));
+                        }
+                    }
                     (Shape::Map { c, h: oh, w: ow }, 0, 0)
                 }
                 (Layer::Conv(_) | Layer::MaxPool(_) | Layer::Lrn(_), Shape::Flat(_)) => {

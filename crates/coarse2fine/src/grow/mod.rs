@@ -1,0 +1,277 @@
+//! Growth operators: map a trained network f to a larger network g with g(x) = f(x) (the
+//! paper's Eq. 1) wherever that is defined, so training can continue from what f learnt.
+//!
+//! Every operator is a pure function of a bound spec and its weights. The same function
+//! transforms the optimizer's momentum buffers: values that move are moved (and scaled) as
+//! the weights are, values that are new start at zero ([`Role::Momentum`]).
+//!
+//! * [`upscale`]: the input side doubles (Eq. 5–8).
+//! * [`widen`]: a layer gets more filters or units (Net2WiderNet, the paper's new filters).
+//! * [`deepen`]: an identity layer is inserted (Net2DeeperNet).
+//!
+//! See docs/growth.md for the equations and guarantees, and [`verify`] for the numerical
+//! check that each guarantee holds.
+
+mod deepen;
+mod upscale;
+pub mod verify;
+mod widen;
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+pub use deepen::deepen;
+pub use upscale::upscale;
+pub use widen::widen;
+
+use crate::error::{Error, Result};
+use crate::net::{NetSpec, WeightMap};
+
+/// What a map of tensors is: weights get fresh values where a network grows; momentum
+/// buffers get zeros there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Network weights.
+    Weights,
+    /// Optimizer state, shaped like the weights.
+    Momentum,
+}
+
+/// How upscaling treats the layers after the first convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpscaleMode {
+    /// Spatial layers act on the lattice of the small net's positions (dilation ×2,
+    /// padding ×2, in-between fully connected weights zero): g(upsample(x)) = f(x).
+    Exact,
+    /// As the paper's Fig. 3: kernels and fully connected weights spread onto the lattice
+    /// with Gaussian noise in between; approximately function-preserving.
+    Paper,
+}
+
+/// Initialisation of new filters or units of [`widen`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NewFilters {
+    /// N(0, σ²).
+    Gauss(f32),
+    /// All zero.
+    Zeros,
+    /// Mirror images (left–right) of existing filters.
+    FlipH,
+    /// Upside-down copies of existing filters.
+    FlipV,
+    /// Transposed (main-diagonal mirror) copies of existing filters.
+    FlipDiag,
+    /// Copies of existing filters rotated by 180°.
+    FlipCentral,
+    /// Net2WiderNet: copies of randomly chosen filters; the next layer's weights of each
+    /// copied unit are split evenly among its copies, so the function is kept exactly.
+    Net2Wider,
+}
+
+impl std::str::FromStr for NewFilters {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "zeros" => NewFilters::Zeros,
+            "flip-h" => NewFilters::FlipH,
+            "flip-v" => NewFilters::FlipV,
+            "flip-diag" => NewFilters::FlipDiag,
+            "flip-central" => NewFilters::FlipCentral,
+            "net2wider" => NewFilters::Net2Wider,
+            _ => match s.strip_prefix("gauss:").and_then(|v| v.parse::<f32>().ok()) {
+                Some(v) if v.is_finite() && v >= 0.0 => NewFilters::Gauss(v),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "filter init {s:?}: use gauss:SIGMA, zeros, flip-h, flip-v, flip-diag, flip-central or net2wider"
+                    )));
+                }
+            },
+        })
+    }
+}
+
+/// One growth step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum GrowOp {
+    /// Double the input side.
+    Upscale {
+        /// Exact or paper mode.
+        mode: UpscaleMode,
+        /// σ of the in-between noise in paper mode.
+        #[serde(default = "default_sigma")]
+        sigma: f32,
+    },
+    /// Add `add` filters (conv) or units (fc) to layer `layer`.
+    Widen {
+        /// Layer name.
+        layer: String,
+        /// How many to add.
+        add: usize,
+        /// Initialisation of the new filters' incoming weights.
+        init: NewFilters,
+        /// σ of the next layer's weights from the new units (0: zero, keeping the function).
+        #[serde(default)]
+        next_sigma: f32,
+        /// Bias of new units (flips and Net2Wider copy their source's instead).
+        #[serde(default)]
+        bias: f32,
+        /// Allow new units that can never learn (zero incoming and outgoing weights).
+        #[serde(default)]
+        force: bool,
+    },
+    /// Insert an identity layer (with ReLU) after the ReLU that follows layer `after`.
+    Deepen {
+        /// Layer after which to insert.
+        after: String,
+        /// Kernel side of an inserted conv (odd).
+        #[serde(default = "default_kernel")]
+        kernel: usize,
+        /// σ of noise added to the identity.
+        #[serde(default)]
+        noise: f32,
+    },
+}
+
+fn default_sigma() -> f32 {
+    0.01
+}
+fn default_kernel() -> usize {
+    3
+}
+
+impl GrowOp {
+    /// Whether the operator's guarantee is exact (g = f up to rounding).
+    pub fn is_exact(&self) -> bool {
+        match *self {
+            GrowOp::Upscale { mode, sigma } => mode == UpscaleMode::Exact || sigma == 0.0,
+            GrowOp::Widen {
+                init, next_sigma, ..
+            } => next_sigma == 0.0 || matches!(init, NewFilters::Zeros),
+            GrowOp::Deepen { noise, .. } => noise == 0.0,
+        }
+    }
+
+    /// Short description, e.g. `upscale exact`.
+    pub fn describe(&self) -> String {
+        match self {
+            GrowOp::Upscale {
+                mode: UpscaleMode::Exact,
+                ..
+            } => "upscale exact".into(),
+            GrowOp::Upscale {
+                mode: UpscaleMode::Paper,
+                sigma,
+            } => format!("upscale paper σ={sigma}"),
+            GrowOp::Widen {
+                layer, add, init, ..
+            } => format!("widen {layer} +{add} ({init:?})"),
+            GrowOp::Deepen { after, kernel, .. } => format!("deepen after {after} (k={kernel})"),
+        }
+    }
+}
+
+/// Fresh values: noise for weights, zeros for momentum.
+pub(crate) struct Fresh {
+    role: Role,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Fresh {
+    pub(crate) fn new(role: Role, seed: u64) -> Self {
+        Self {
+            role,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// A value drawn from N(0, σ²) (weights) or 0 (momentum).
+    pub(crate) fn gauss(&mut self, sigma: f32) -> f32 {
+        if self.role == Role::Momentum || sigma == 0.0 {
+            return 0.0;
+        }
+        Normal::new(0.0f32, sigma)
+            .map(|n| n.sample(&mut self.rng))
+            .unwrap_or(0.0)
+    }
+
+    /// A constant (weights) or 0 (momentum).
+    pub(crate) fn constant(&self, v: f32) -> f32 {
+        if self.role == Role::Momentum { 0.0 } else { v }
+    }
+
+    pub(crate) fn role(&self) -> Role {
+        self.role
+    }
+}
+
+/// Applies one operator to a spec and its weights, and to momentum buffers if given.
+pub fn apply(
+    spec: &NetSpec,
+    weights: &WeightMap,
+    momentum: Option<&WeightMap>,
+    op: &GrowOp,
+    seed: u64,
+) -> Result<(NetSpec, WeightMap, Option<WeightMap>)> {
+    let run = |map: &WeightMap, role: Role| -> Result<(NetSpec, WeightMap)> {
+        match op {
+            GrowOp::Upscale { mode, sigma } => upscale(spec, map, *mode, *sigma, role, seed),
+            GrowOp::Widen {
+                layer,
+                add,
+                init,
+                next_sigma,
+                bias,
+                force,
+            } => widen(
+                spec,
+                map,
+                layer,
+                *add,
+                *init,
+                *next_sigma,
+                *bias,
+                *force,
+                role,
+                seed,
+            ),
+            GrowOp::Deepen {
+                after,
+                kernel,
+                noise,
+            } => deepen(spec, map, after, *kernel, *noise, role, seed),
+        }
+    };
+    let (new_spec, new_weights) = run(weights, Role::Weights)?;
+    let new_momentum = match momentum {
+        Some(m) => Some(run(m, Role::Momentum)?.1),
+        None => None,
+    };
+    Ok((new_spec, new_weights, new_momentum))
+}
+
+/// Index of the layer whose parameters are called `name`.
+pub(crate) fn find_layer(spec: &NetSpec, name: &str) -> Result<usize> {
+    spec.layers
+        .iter()
+        .position(|l| l.param_name() == Some(name))
+        .ok_or_else(|| {
+            let names: Vec<&str> = spec.layers.iter().filter_map(|l| l.param_name()).collect();
+            Error::invalid(format!(
+                "net {:?} has no layer {name:?} (layers: {})",
+                spec.name,
+                names.join(", ")
+            ))
+        })
+}
+
+pub(crate) fn tensor<'a>(map: &'a WeightMap, name: &str) -> Result<&'a crate::net::Tensor> {
+    map.get(name)
+        .ok_or_else(|| Error::invalid(format!("missing tensor {name:?}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! Property tests: every operator keeps the shapes consistent, exact operators keep the
+//! function (checked with the framework-free reference forward pass), and compositions do
+//! too.
+
+use proptest::prelude::*;
+
+use super::verify::{compare, random_batch, upsample};
+use super::*;
+use crate::net::reference;
+use crate::net::spec::{Conv, Fc, InputShape, Layer, Lrn, Pool, Units};
+use crate::net::weights::Init;
+
+#[derive(Debug, Clone)]
+struct Arch {
+    channels: usize,
+    side: usize,
+    classes: usize,
+    conv1: (usize, usize, usize, usize),
+    lrn: bool,
+    pool: Option<(usize, usize, usize)>,
+    conv2: Option<(usize, usize, usize, usize)>,
+    hidden: usize,
+    seed: u64,
+}
+
+fn arch() -> impl Strategy<Value = Arch> {
+    (
+        (1usize..=3, 5usize..=9, 2usize..=5),
+        (1usize..=4, 1usize..=3, 1usize..=2, 0usize..=1),
+        any::<bool>(),
+        proptest::option::of((1usize..=3, 1usize..=2, 0usize..=1)),
+        proptest::option::of((1usize..=4, 1usize..=3, 0usize..=1, 1usize..=2)),
+        (2usize..=6, any::<u64>()),
+    )
+        .prop_map(
+            |((channels, side, classes), conv1, lrn, pool, conv2, (hidden, seed))| Arch {
+                channels,
+                side,
+                classes,
+                conv1,
+                lrn,
+                pool,
+                conv2,
+                hidden,
+                seed,
+            },
+        )
+}
+
+/// A bound spec with random weights, or `None` if the layers do not fit the input.
+fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
+    let (f, k, s, p) = a.conv1;
+    let mut layers = vec![
+        Layer::Conv(Conv {
+            name: "conv1".into(),
+            filters: f,
+            kernel: k,
+            stride: s,
+            padding: p.min(k / 2),
+            dilation: 1,
+        }),
+        Layer::Relu,
+    ];
+    if a.lrn {
+        layers.push(Layer::Lrn(Lrn {
+            size: 3,
+            alpha: 0.3,
+            beta: 0.75,
+            k: 1.5,
+        }));
+    }
+    if let Some((pk, ps, pp)) = a.pool {
+        layers.push(Layer::MaxPool(Pool {
+            kernel: pk,
+            stride: Some(ps),
+            padding: pp.min(pk / 2),
+            dilation: 1,
+            ceil_mode: false,
+        }));
+    }
+    if let Some((f2, k2, p2, d2)) = a.conv2 {
+        layers.push(Layer::Conv(Conv {
+            name: "conv2".into(),
+            filters: f2,
+            kernel: k2,
+            stride: 1,
+            padding: p2,
+            dilation: d2,
+        }));
+        layers.push(Layer::Relu);
+    }
+    layers.extend([
+        Layer::Fc(Fc {
+            name: "fc1".into(),
+            outputs: Units::Fixed(a.hidden),
+        }),
+        Layer::Relu,
+        Layer::Fc(Fc {
+            name: "fc2".into(),
+            outputs: Units::Classes,
+        }),
+    ]);
+    let spec = NetSpec {
+        name: "random".into(),
+        input: None,
+        classes: None,
+        layers,
+    }
+    .bind(
+        InputShape {
+            channels: a.channels,
+            height: a.side,
+            width: a.side,
+        },
+        a.classes,
+    )
+    .ok()?;
+    // Biases too, so that the checks do not pass merely because of zeros.
+    let mut w = WeightMap::init(&spec, Init::Gaussian(0.5), a.seed).ok()?;
+    let b = WeightMap::init(&spec, Init::Gaussian(0.3), a.seed ^ 1).ok()?;
+    let names: Vec<String> = w
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| n.ends_with(".bias"))
+        .collect();
+    for n in names {
+        let len = w.get(&n).map(|t| t.numel()).unwrap_or(0);
+        let vals: Vec<f32> = b
+            .get(&n.replace(".bias", ".weight"))
+            .map(|t| t.data[..len].to_vec())
+            .unwrap_or_default();
+        if let Some(t) = w.get_mut(&n) {
+            t.data = vals;
+        }
+    }
+    Some((spec, w))
+}
+
+/// Relative error of g on upsampled inputs against f on the originals.
+fn rel_error(small: &NetSpec, sw: &WeightMap, grown: &NetSpec, gw: &WeightMap, seed: u64) -> f64 {
+    let (si, gi) = (small.input.expect("bound"), grown.input.expect("bound"));
+    let factor = gi.height / si.height;
+    let x = random_batch([3, si.channels, si.height, si.width], seed);
+    let f = reference::forward(small, sw, &x.images, 3).expect("small forward");
+    let g = reference::forward(grown, gw, &upsample(&x, factor).images, 3).expect("grown forward");
+    compare(&f, &g, 3).rel
+}
+
+fn grow_all(spec: &NetSpec, w: &WeightMap, ops: &[GrowOp]) -> (NetSpec, WeightMap, WeightMap) {
+    let (mut s, mut w, mut m) = (
+        spec.clone(),
+        w.clone(),
+        Some(WeightMap::zeros_for(spec).expect("zeros")),
+    );
+    for (i, op) in ops.iter().enumerate() {
+        let (s2, w2, m2) = apply(&s, &w, m.as_ref(), op, i as u64).expect("operator applies");
+        (s, w, m) = (s2, w2, m2);
+    }
+    let m = m.expect("momentum carried");
+    w.check_against(&s, std::path::Path::new("grown weights"))
+        .expect("weights fit the grown spec");
+    m.check_against(&s, std::path::Path::new("grown momentum"))
+        .expect("momentum fits the grown spec");
+    (s, w, m)
+}
+
+const UP_EXACT: GrowOp = GrowOp::Upscale {
+    mode: UpscaleMode::Exact,
+    sigma: 0.01,
+};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn exact_upscale_preserves_function(a in arch()) {
+        let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let (g, gw, m) = grow_all(&spec, &w, &[UP_EXACT]);
+        prop_assert_eq!(g.input.map(|i| i.height), Some(2 * a.side));
+        prop_assert!(m.iter().all(|(_, t)| t.data.iter().all(|&v| v == 0.0)), "zero momentum stays zero");
+        let e = rel_error(&spec, &w, &g, &gw, a.seed);
+        prop_assert!(e <= 1e-5, "relative error {e}");
+    }
+
+    #[test]
+    fn repeated_upscales_compose(a in arch()) {
+        let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let (g, gw, _) = grow_all(&spec, &w, &[UP_EXACT, UP_EXACT]);
+        prop_assert_eq!(g.input.map(|i| i.height), Some(4 * a.side));
+        let e = rel_error(&spec, &w, &g, &gw, a.seed);
+        prop_assert!(e <= 1e-5, "relative error {e}");
+    }
+
+    #[test]
+    fn widening_preserves_function(a in arch(), add in 1usize..=3, which in 0usize..7, fc in any::<bool>()) {
+        // LRN mixes channels, so new non-zero channels change its output: exact only without it.
+        prop_assume!(!a.lrn);
+        let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let init = [NewFilters::Gauss(0.1), NewFilters::Zeros, NewFilters::FlipH, NewFilters::FlipV,
+                    NewFilters::FlipDiag, NewFilters::FlipCentral, NewFilters::Net2Wider][which];
+        let layer = if fc { "fc1" } else { "conv1" };
+        let op = GrowOp::Widen { layer: layer.into(), add, init, next_sigma: 0.0, bias: 0.1, force: false };
+        if layer == "fc1" && matches!(init, NewFilters::FlipH | NewFilters::FlipV | NewFilters::FlipDiag | NewFilters::FlipCentral) {
+            prop_assert!(apply(&spec, &w, None, &op, 0).is_err(), "flips of fc units are refused");
+            return Ok(());
+        }
+        let (g, gw, m) = grow_all(&spec, &w, &[op]);
+        let e = rel_error(&spec, &w, &g, &gw, a.seed);
+        prop_assert!(e <= 1e-5, "{init:?} on {layer}: relative error {e}");
+        // New units' momentum starts at zero.
+        prop_assert!(m.iter().all(|(_, t)| t.data.iter().all(|&v| v == 0.0)));
+    }
+
+    #[test]
+    fn deepening_preserves_function(a in arch(), kernel in prop_oneof![Just(1usize), Just(3)], after_fc in any::<bool>()) {
+        let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let after = if after_fc { "fc1" } else { "conv1" };
+        let (g, gw, _) = grow_all(&spec, &w, &[GrowOp::Deepen { after: after.into(), kernel, noise: 0.0 }]);
+        prop_assert_eq!(g.layers.len(), spec.layers.len() + 2);
+        let e = rel_error(&spec, &w, &g, &gw, a.seed);
+        prop_assert!(e <= 1e-5, "relative error {e}");
+    }
+
+    #[test]
+    fn compositions_preserve_function(a in arch()) {
+        prop_assume!(!a.lrn);
+        let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let ops = [
+            GrowOp::Widen { layer: "conv1".into(), add: 2, init: NewFilters::Net2Wider, next_sigma: 0.0, bias: 0.0, force: false },
+            GrowOp::Deepen { after: "conv1".into(), kernel: 3, noise: 0.0 },
+            UP_EXACT,
+            GrowOp::Widen { layer: "fc1".into(), add: 3, init: NewFilters::Gauss(0.5), next_sigma: 0.0, bias: 0.0, force: false },
+            GrowOp::Deepen { after: "fc1".into(), kernel: 1, noise: 0.0 },
+        ];
+        let (g, gw, _) = grow_all(&spec, &w, &ops);
+        let e = rel_error(&spec, &w, &g, &gw, a.seed);
+        prop_assert!(e <= 1e-5, "relative error {e}");
+    }
+
+    #[test]
+    fn paper_mode_keeps_old_weights_on_the_lattice(a in arch()) {
+        let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let op = GrowOp::Upscale { mode: UpscaleMode::Paper, sigma: 0.01 };
+        // Weights given as their own momentum: old values must move exactly like the
+        // weights, new in-between values must be zero in the momentum.
+        let (g, gw, gm) = apply(&spec, &w, Some(&w), &op, 3).expect("paper upscale");
+        let gm = gm.expect("momentum");
+        gw.check_against(&g, std::path::Path::new("w")).expect("shapes");
+        let mut noisy = 0;
+        for (name, t) in gw.iter() {
+            let m = gm.get(name).expect("same names");
+            for (&wv, &mv) in t.data.iter().zip(&m.data) {
+                if mv == 0.0 && wv != 0.0 { noisy += 1; } else { prop_assert_eq!(wv, mv); }
+            }
+        }
+        let has_spread = g.layers.iter().zip(&spec.layers).any(|(l, o)| matches!((l, o), (Layer::Conv(c2), Layer::Conv(c1)) if c2.kernel == 2 * c1.kernel - 1 && c1.kernel > 1));
+        if has_spread { prop_assert!(noisy > 0, "paper mode adds noise between lattice taps"); }
+    }
+}
+
+#[test]
+fn backend_runs_grown_nets_like_the_reference() -> crate::Result<()> {
+    use crate::backend::{BackendKind, Compute, Network};
+    use crate::data::loader::Batch;
+    // Padded, strided, dilated pooling and convs after an exact upscale.
+    let a = Arch {
+        channels: 2,
+        side: 9,
+        classes: 3,
+        conv1: (3, 2, 1, 1),
+        lrn: true,
+        pool: Some((3, 2, 1)),
+        conv2: Some((4, 3, 1, 1)),
+        hidden: 5,
+        seed: 4,
+    };
+    let (spec, w) = build(&a).expect("fits");
+    let (g, gw, _) = grow_all(
+        &spec,
+        &w,
+        &[
+            UP_EXACT,
+            GrowOp::Deepen {
+                after: "conv2".into(),
+                kernel: 3,
+                noise: 0.1,
+            },
+        ],
+    );
+    let x = random_batch([2, 2, 18, 18], 1);
+    let want = reference::forward(&g, &gw, &x.images, 2)?;
+    let net = Network::new(&g, &gw, &Compute::new(BackendKind::Cpu)?)?;
+    let got = net.logits(&Batch {
+        images: x.images.clone(),
+        labels: vec![0, 0],
+        shape: x.shape,
+    })?;
+    let c = compare(&want, &got, 2);
+    assert!(c.rel < 1e-5, "backend vs reference on a grown net: {c:?}");
+    Ok(())
+}
+
+#[test]
+fn zero_units_that_cannot_learn_are_refused_unless_forced() {
+    let a = Arch {
+        channels: 1,
+        side: 6,
+        classes: 2,
+        conv1: (2, 2, 1, 0),
+        lrn: false,
+        pool: None,
+        conv2: None,
+        hidden: 3,
+        seed: 1,
+    };
+    let (spec, w) = build(&a).expect("fits");
+    let op = |force| GrowOp::Widen {
+        layer: "conv1".into(),
+        add: 1,
+        init: NewFilters::Zeros,
+        next_sigma: 0.0,
+        bias: 0.0,
+        force,
+    };
+    let err = apply(&spec, &w, None, &op(false), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("never learn"), "{err}");
+    assert!(apply(&spec, &w, None, &op(true), 0).is_ok());
+}

@@ -1,0 +1,259 @@
+//! Resolution upscaling ×2 (the paper's Section III-A/B).
+//!
+//! Let U be pixel replication (Eq. 5): U(X)[2i + a, 2j + b] = X[i, j] for a, b ∈ {0, 1}.
+//!
+//! * The first convolution, seeing the replicated image, gets each weight replicated into a
+//!   2×2 block and divided by 4 (Eq. 7), kernel 2k, padding 2p, same stride; the bias is
+//!   copied. Its output at even positions is the small net's output (Eq. 8):
+//!   Y'[2y] = Y[y] — the *lattice*.
+//! * Every later spatial layer must read only lattice positions. In exact mode a conv or
+//!   max-pool keeps its weights and gets dilation 2d and padding 2p; by induction its
+//!   output satisfies Y'[2y] = Y[y] again. In paper mode (Fig. 3) a conv kernel is spread
+//!   onto the lattice instead (kernel 2k − 1, old weights at even taps, N(0, σ²) noise in
+//!   between) and a pool window widens to 2k − 1, so in-between values leak in.
+//! * The first fully connected layer after the maps takes its old weights at lattice
+//!   positions; the others are zero (exact) or noise (paper). Later layers are unchanged.
+//!
+//! Output sides follow: a stride-s layer of output side m becomes one whose side is at
+//! least 2m − 1 (exactly 2m − 1 for stride 1 and floor-mode pools); the check below refuses
+//! a net where a lattice position would fall outside a map (possible with `ceil_mode`).
+
+use super::{Fresh, Role, UpscaleMode, tensor};
+use crate::error::{Error, Result};
+use crate::net::spec::{Conv, InputShape, Layer, NetSpec, Pool, Shape};
+use crate::net::{Tensor, WeightMap};
+
+/// Doubles the input side of a bound spec; see the module documentation.
+pub fn upscale(
+    spec: &NetSpec,
+    map: &WeightMap,
+    mode: UpscaleMode,
+    sigma: f32,
+    role: Role,
+    seed: u64,
+) -> Result<(NetSpec, WeightMap)> {
+    let input = spec
+        .input
+        .ok_or_else(|| Error::invalid("upscale needs a bound spec"))?;
+    let classes = spec
+        .classes
+        .ok_or_else(|| Error::invalid("upscale needs a bound spec"))?;
+    if !(sigma.is_finite() && sigma >= 0.0) {
+        return Err(Error::invalid(format!("upscale σ {sigma} must be ≥ 0")));
+    }
+    let mut fresh = Fresh::new(role, seed);
+    let small_rows = spec.summary()?;
+
+    // Layer by layer: the new layer, and how its weights derive from the old.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Rule {
+        Copy,
+        Replicate,
+        Spread,
+        FcFromMap,
+    }
+    let mut layers = Vec::with_capacity(spec.layers.len());
+    let mut rules = Vec::with_capacity(spec.layers.len());
+    let mut replicated = true;
+    let mut seen_fc = false;
+    for l in &spec.layers {
+        let (layer, rule) = match l {
+            Layer::Conv(c) if replicated && c.dilation == 1 => {
+                replicated = false;
+                (
+                    Layer::Conv(Conv {
+                        kernel: 2 * c.kernel,
+                        padding: 2 * c.padding,
+                        ..c.clone()
+                    }),
+                    Rule::Replicate,
+                )
+            }
+            Layer::Conv(c) => {
+                replicated = false;
+                match mode {
+                    UpscaleMode::Exact => (
+                        Layer::Conv(Conv {
+                            dilation: 2 * c.dilation,
+                            padding: 2 * c.padding,
+                            ..c.clone()
+                        }),
+                        Rule::Copy,
+                    ),
+                    UpscaleMode::Paper => (
+                        Layer::Conv(Conv {
+                            kernel: 2 * c.kernel - 1,
+                            padding: 2 * c.padding,
+                            ..c.clone()
+                        }),
+                        Rule::Spread,
+                    ),
+                }
+            }
+            Layer::MaxPool(p) => {
+                replicated = false;
+                let grown = match mode {
+                    UpscaleMode::Exact => Pool {
+                        dilation: 2 * p.dilation,
+                        padding: 2 * p.padding,
+                        ..p.clone()
+                    },
+                    UpscaleMode::Paper => Pool {
+                        kernel: 2 * p.kernel - 1,
+                        padding: 2 * p.padding,
+                        stride: Some(p.stride()),
+                        ..p.clone()
+                    },
+                };
+                (Layer::MaxPool(grown), Rule::Copy)
+            }
+            Layer::Fc(_) if !seen_fc => {
+                seen_fc = true;
+                (l.clone(), Rule::FcFromMap)
+            }
+            other => (other.clone(), Rule::Copy),
+        };
+        layers.push(layer);
+        rules.push(rule);
+    }
+    let grown = NetSpec {
+        name: spec.name.clone(),
+        input: Some(InputShape {
+            height: 2 * input.height,
+            width: 2 * input.width,
+            ..input
+        }),
+        classes: Some(classes),
+        layers,
+    };
+    grown.check_structure()?;
+    let big_rows = grown.summary()?;
+
+    // Every map must still hold the lattice of the small net's positions.
+    for (i, (s, b)) in small_rows.iter().zip(&big_rows).enumerate() {
+        if let (Shape::Map { h, w, .. }, Shape::Map { h: bh, w: bw, .. }) = (s.output, b.output)
+            && (bh < 2 * h - 1 || bw < 2 * w - 1)
+        {
+            return Err(Error::invalid(format!(
+                "net {:?}, layer {} ({}): upscaled output {bh}×{bw} cannot hold the {h}×{w} lattice (ceil-mode pooling?)",
+                spec.name,
+                i + 1,
+                spec.layers[i].describe()
+            )));
+        }
+    }
+
+    let mut out = WeightMap::new();
+    let small_in = |i: usize| {
+        if i == 0 {
+            Shape::Map {
+                c: input.channels,
+                h: input.height,
+                w: input.width,
+            }
+        } else {
+            small_rows[i - 1].output
+        }
+    };
+    let big_in = |i: usize| {
+        if i == 0 {
+            Shape::Map {
+                c: input.channels,
+                h: 2 * input.height,
+                w: 2 * input.width,
+            }
+        } else {
+            big_rows[i - 1].output
+        }
+    };
+    for (i, (l, rule)) in spec.layers.iter().zip(&rules).enumerate() {
+        let Some(name) = l.param_name() else { continue };
+        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let w = tensor(map, &wn)?;
+        let b = tensor(map, &bn)?.clone();
+        let new_w = match (rule, l) {
+            (Rule::Replicate, Layer::Conv(_)) => replicate_kernel(w),
+            (Rule::Spread, Layer::Conv(_)) => spread_kernel(w, &mut fresh, sigma),
+            (Rule::FcFromMap, Layer::Fc(_)) => match (small_in(i), big_in(i)) {
+                (Shape::Map { c, h, w: ww }, Shape::Map { h: bh, w: bw, .. }) => {
+                    let fill = if mode == UpscaleMode::Paper {
+                        sigma
+                    } else {
+                        0.0
+                    };
+                    spread_fc(w, c, (h, ww), (bh, bw), &mut fresh, fill)
+                }
+                _ => w.clone(),
+            },
+            _ => w.clone(),
+        };
+        out.insert(wn, new_w);
+        out.insert(bn, b);
+    }
+    Ok((grown, out))
+}
+
+/// Eq. 7: every tap becomes a 2×2 block of a quarter of its value.
+fn replicate_kernel(w: &Tensor) -> Tensor {
+    let (o, i, k) = (w.shape[0], w.shape[1], w.shape[2]);
+    let k2 = 2 * k;
+    let mut t = Tensor::zeros(&[o, i, k2, k2]);
+    for oi in 0..o * i {
+        for y in 0..k2 {
+            for x in 0..k2 {
+                t.data[(oi * k2 + y) * k2 + x] = w.data[(oi * k + y / 2) * k + x / 2] / 4.0;
+            }
+        }
+    }
+    t
+}
+
+/// Fig. 3: old taps at even positions of a (2k − 1)-kernel, noise in between.
+fn spread_kernel(w: &Tensor, fresh: &mut Fresh, sigma: f32) -> Tensor {
+    let (o, i, k) = (w.shape[0], w.shape[1], w.shape[2]);
+    let k2 = 2 * k - 1;
+    let mut t = Tensor::zeros(&[o, i, k2, k2]);
+    for oi in 0..o * i {
+        for y in 0..k2 {
+            for x in 0..k2 {
+                t.data[(oi * k2 + y) * k2 + x] = if y % 2 == 0 && x % 2 == 0 {
+                    w.data[(oi * k + y / 2) * k + x / 2]
+                } else {
+                    fresh.gauss(sigma)
+                };
+            }
+        }
+    }
+    t
+}
+
+/// First fully connected layer: old weights at lattice positions of each channel's map.
+fn spread_fc(
+    w: &Tensor,
+    channels: usize,
+    small: (usize, usize),
+    big: (usize, usize),
+    fresh: &mut Fresh,
+    sigma: f32,
+) -> Tensor {
+    let outputs = w.shape[0];
+    let (h, ww) = small;
+    let (bh, bw) = big;
+    let (n_small, n_big) = (channels * h * ww, channels * bh * bw);
+    let mut t = Tensor::zeros(&[outputs, n_big]);
+    for o in 0..outputs {
+        for c in 0..channels {
+            for y in 0..bh {
+                for x in 0..bw {
+                    let v = if y % 2 == 0 && x % 2 == 0 && y / 2 < h && x / 2 < ww {
+                        w.data[o * n_small + (c * h + y / 2) * ww + x / 2]
+                    } else {
+                        fresh.gauss(sigma)
+                    };
+                    t.data[o * n_big + (c * bh + y) * bw + x] = v;
+                }
+            }
+        }
+    }
+    t
+}

@@ -1,0 +1,243 @@
+//! Adding filters or units to a layer (the paper's Section III-C, Net2WiderNet).
+//!
+//! Layer L gets `add` new output channels (conv) or units (fc), initialised by
+//! [`NewFilters`]; the next layer with weights, N, gets matching new inputs. N's weights from
+//! the new units are zero by default, so N's output — and the network's function — is
+//! unchanged whatever the new units compute. Net2Wider instead copies existing units and
+//! splits N's weights of each copied unit evenly among its copies, which also keeps the
+//! function. Layers between L and N that mix channels (LRN) see the new channels, so with
+//! non-zero new filters the guarantee there is approximate; the verification reports it.
+
+use rand::{Rng, SeedableRng};
+
+use super::{Fresh, NewFilters, Role, find_layer, tensor};
+use crate::error::{Error, Result};
+use crate::net::spec::{Layer, NetSpec, Shape, Units};
+use crate::net::{Tensor, WeightMap};
+
+/// Flips a `k × k` kernel.
+fn flip(src: &[f32], k: usize, how: NewFilters) -> Vec<f32> {
+    let mut out = vec![0f32; k * k];
+    for y in 0..k {
+        for x in 0..k {
+            let (sy, sx) = match how {
+                NewFilters::FlipH => (y, k - 1 - x),
+                NewFilters::FlipV => (k - 1 - y, x),
+                NewFilters::FlipDiag => (x, y),
+                _ => (k - 1 - y, k - 1 - x),
+            };
+            out[y * k + x] = src[sy * k + sx];
+        }
+    }
+    out
+}
+
+/// Widens layer `layer` by `add` filters/units; see the module documentation.
+#[allow(clippy::too_many_arguments)]
+pub fn widen(
+    spec: &NetSpec,
+    map: &WeightMap,
+    layer: &str,
+    add: usize,
+    init: NewFilters,
+    next_sigma: f32,
+    bias: f32,
+    force: bool,
+    role: Role,
+    seed: u64,
+) -> Result<(NetSpec, WeightMap)> {
+    if add == 0 {
+        return Err(Error::invalid(format!(
+            "widen {layer}: add at least one filter"
+        )));
+    }
+    let i = find_layer(spec, layer)?;
+    let logits = spec.logit_layers();
+    let classifier = logits.iter().rposition(|l| matches!(l, Layer::Fc(_)));
+    if Some(i) == classifier {
+        return Err(Error::invalid(format!(
+            "widen {layer}: it is the classifier, whose width is the class count"
+        )));
+    }
+    let j = (i + 1..spec.layers.len())
+        .find(|&j| spec.layers[j].param_name().is_some())
+        .ok_or_else(|| Error::invalid(format!("widen {layer}: no later layer with weights")))?;
+    let relu_between = spec.layers[i + 1..j]
+        .iter()
+        .any(|l| matches!(l, Layer::Relu));
+    let incoming_zero = init == NewFilters::Zeros && bias == 0.0;
+    if incoming_zero && (next_sigma == 0.0 || relu_between) && !force {
+        return Err(Error::invalid(format!(
+            "widen {layer}: new units with zero weights and zero bias {} would never learn; \
+             use a non-zero init, a positive new-unit bias, {}or force it",
+            if relu_between {
+                "feed a ReLU (relu(0) = 0 has no gradient) and"
+            } else {
+                "and zero outgoing weights"
+            },
+            if relu_between {
+                ""
+            } else {
+                "non-zero next-layer weights, "
+            }
+        )));
+    }
+    let is_conv = matches!(spec.layers[i], Layer::Conv(_));
+    if !is_conv
+        && matches!(
+            init,
+            NewFilters::FlipH | NewFilters::FlipV | NewFilters::FlipDiag | NewFilters::FlipCentral
+        )
+    {
+        return Err(Error::invalid(format!(
+            "widen {layer}: flips apply to conv filters, {layer} is fully connected"
+        )));
+    }
+
+    let mut grown = spec.clone();
+    let old = match &mut grown.layers[i] {
+        Layer::Conv(c) => {
+            c.filters += add;
+            c.filters - add
+        }
+        Layer::Fc(f) => match f.outputs {
+            Units::Fixed(n) => {
+                f.outputs = Units::Fixed(n + add);
+                n
+            }
+            Units::Classes => {
+                return Err(Error::invalid(format!(
+                    "widen {layer}: its width is the class count"
+                )));
+            }
+        },
+        _ => {
+            return Err(Error::invalid(format!(
+                "widen {layer}: not a conv or fc layer"
+            )));
+        }
+    };
+    let rows = spec.summary()?;
+
+    // Net2Wider's choice of source units must not depend on the role, so that momentum
+    // buffers are split exactly like the weights.
+    let mut choice = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c401);
+    let sources: Vec<usize> = (0..add)
+        .map(|r| match init {
+            NewFilters::Net2Wider => choice.random_range(0..old),
+            _ => r % old,
+        })
+        .collect();
+    let mut fresh = Fresh::new(role, seed);
+
+    // Layer L: append rows.
+    let (wn, bn) = (format!("{layer}.weight"), format!("{layer}.bias"));
+    let w = tensor(map, &wn)?;
+    let b = tensor(map, &bn)?;
+    let row_len: usize = w.shape[1..].iter().product();
+    let mut new_w = w.clone();
+    new_w.shape[0] += add;
+    let mut new_b = b.clone();
+    new_b.shape[0] += add;
+    for &src in &sources {
+        let src_row = &w.data[src * row_len..(src + 1) * row_len];
+        let row: Vec<f32> = match init {
+            NewFilters::Gauss(s) => (0..row_len).map(|_| fresh.gauss(s)).collect(),
+            NewFilters::Zeros => vec![0.0; row_len],
+            NewFilters::Net2Wider => src_row.to_vec(),
+            flip_kind if fresh.role() == Role::Weights => {
+                let k = w.shape[2];
+                src_row
+                    .chunks_exact(k * k)
+                    .flat_map(|kk| flip(kk, k, flip_kind))
+                    .collect()
+            }
+            _ => vec![0.0; row_len],
+        };
+        new_w.data.extend(row);
+        new_b.data.push(match init {
+            NewFilters::Net2Wider => b.data[src],
+            NewFilters::Gauss(_) | NewFilters::Zeros => fresh.constant(bias),
+            _ => fresh.constant(b.data[src]),
+        });
+    }
+
+    // Layer N: new input columns. Inputs are flattened channel-major, so each input unit
+    // of N (a channel of L, or a unit) owns a block of `per` consecutive columns, and the
+    // new units' blocks go after the old ones.
+    let next_name = spec.layers[j].param_name().unwrap_or_default().to_string();
+    let nwn = format!("{next_name}.weight");
+    let nw = tensor(map, &nwn)?;
+    let per = match (&spec.layers[j], rows[j - 1].output) {
+        (Layer::Conv(c), _) => c.kernel * c.kernel,
+        (Layer::Fc(_), Shape::Map { h, w, .. }) => h * w,
+        _ => 1,
+    };
+    let outputs = nw.shape[0];
+    let cols = nw.numel() / outputs;
+    let units_in = cols / per;
+    if units_in != old {
+        return Err(Error::invalid(format!(
+            "widen {layer}: {next_name} has {units_in} inputs per position, expected {old}"
+        )));
+    }
+    let mut counts = vec![1usize; units_in];
+    if init == NewFilters::Net2Wider {
+        for &s in &sources {
+            counts[s] += 1;
+        }
+    }
+    let new_cols_total = cols + add * per;
+    let mut next = Tensor::zeros(&match nw.shape.len() {
+        4 => vec![outputs, nw.shape[1] + add, nw.shape[2], nw.shape[3]],
+        _ => vec![outputs, new_cols_total],
+    });
+    for o in 0..outputs {
+        let src = &nw.data[o * cols..(o + 1) * cols];
+        let dst = &mut next.data[o * new_cols_total..(o + 1) * new_cols_total];
+        for u in 0..units_in {
+            for p in 0..per {
+                dst[u * per + p] = src[u * per + p] / counts[u] as f32;
+            }
+        }
+        for (r, &s) in sources.iter().enumerate() {
+            for p in 0..per {
+                dst[(units_in + r) * per + p] = match init {
+                    NewFilters::Net2Wider => src[s * per + p] / counts[s] as f32,
+                    _ => fresh.gauss(next_sigma),
+                };
+            }
+        }
+    }
+
+    let mut out = map.clone();
+    out.insert(wn, new_w);
+    out.insert(bn, new_b);
+    out.insert(nwn, next);
+    Ok((grown, out))
+}
+
+#[cfg(test)]
+mod flip_tests {
+    use super::*;
+
+    #[test]
+    fn flips_are_involutions_and_differ() {
+        let k = 3;
+        let src: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        for how in [
+            NewFilters::FlipH,
+            NewFilters::FlipV,
+            NewFilters::FlipDiag,
+            NewFilters::FlipCentral,
+        ] {
+            let once = flip(&src, k, how);
+            assert_ne!(once, src, "{how:?} changes an asymmetric kernel");
+            assert_eq!(flip(&once, k, how), src, "{how:?} twice is the identity");
+        }
+        assert_eq!(flip(&src, k, NewFilters::FlipH)[..3], [2.0, 1.0, 0.0]);
+        assert_eq!(flip(&src, k, NewFilters::FlipV)[..3], [6.0, 7.0, 8.0]);
+        assert_eq!(flip(&src, k, NewFilters::FlipDiag)[..3], [0.0, 3.0, 6.0]);
+        assert_eq!(flip(&src, k, NewFilters::FlipCentral)[..3], [8.0, 7.0, 6.0]);
+    }
+}
