@@ -81,6 +81,7 @@ enum FitArg {
 /// Example:
 ///   c2f prepare /usr/share/datasets/fashion-mnist --out data/fmnist --sizes 8,16,32 --pad-pow2
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 struct PrepareArgs {
     /// Source folder (IDX files, CIFAR batches, or class folders).
     source: PathBuf,
@@ -133,6 +134,7 @@ struct PrepareArgs {
 ///   c2f train --data data/fmnist --size 16 --net net-2 --epochs 2 --out runs/net2-16
 ///   c2f train --data data/fmnist --size 32 --net my-net.toml --iterations 5000 --lr-policy step:0.1:2000 --out runs/mine
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 struct TrainArgs {
     /// Prepared data folder (from `c2f prepare`).
     #[arg(long)]
@@ -199,6 +201,7 @@ struct TrainArgs {
 ///   c2f eval runs/net2-16/checkpoint
 ///   c2f eval runs/net2-16/checkpoint --data data/fmnist --split train --json
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 struct EvalArgs {
     /// Checkpoint folder (or a run folder containing checkpoint/).
     checkpoint: PathBuf,
@@ -231,6 +234,7 @@ struct EvalArgs {
 ///   c2f nets --show net-4 --size 16
 ///   c2f nets --show runs/net2-16/checkpoint
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 struct NetsArgs {
     /// A preset, spec file or checkpoint folder to show layer by layer.
     #[arg(long)]
@@ -562,11 +566,7 @@ fn print_layers(spec: &NetSpec) -> Result<()> {
 }
 
 fn cmd_nets(a: NetsArgs) -> Result<()> {
-    let input = |side: usize| InputShape {
-        channels: a.channels,
-        height: side,
-        width: side,
-    };
+    let input = |side: usize| InputShape::square(a.channels, side);
     if let Some(what) = &a.show {
         let p = Path::new(what);
         let spec = if p.is_dir() {

@@ -638,14 +638,7 @@ mod tests {
 
     #[test]
     fn backend_matches_reference_forward() -> Result<()> {
-        let spec = mixed_spec().bind(
-            InputShape {
-                channels: 2,
-                height: 11,
-                width: 11,
-            },
-            3,
-        )?;
+        let spec = mixed_spec().bind(InputShape::square(2, 11), 3)?;
         let w = WeightMap::init(&spec, Init::Gaussian(0.5), 3)?;
         let n = 4;
         let x = rand_vec(n * 2 * 11 * 11, 9);
@@ -683,14 +676,7 @@ mod tests {
                 outputs: Units::Classes,
             })],
         }
-        .bind(
-            InputShape {
-                channels: 1,
-                height: 2,
-                width: 2,
-            },
-            3,
-        )?;
+        .bind(InputShape::square(1, 2), 3)?;
         let w0 = WeightMap::init(&spec, Init::Gaussian(0.3), 1)?;
         let (n, k, d) = (2usize, 3usize, 4usize);
         let x = rand_vec(n * d, 5);
@@ -764,14 +750,9 @@ mod tests {
 
     #[test]
     fn loss_decreases_on_a_fixed_batch() -> Result<()> {
-        let spec = crate::net::presets::preset("net-2").expect("net-2").bind(
-            InputShape {
-                channels: 1,
-                height: 8,
-                width: 8,
-            },
-            10,
-        )?;
+        let spec = crate::net::presets::preset("net-2")
+            .expect("net-2")
+            .bind(InputShape::square(1, 8), 10)?;
         let w = WeightMap::init(&spec, Init::Kaiming, 0)?;
         let mut net = Network::new(&spec, &w, &cpu())?;
         let mut sgd = Sgd::new(&net, 0.9, 5e-4, None)?;

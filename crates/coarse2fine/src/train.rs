@@ -73,11 +73,7 @@ impl TrainData {
 
     /// Input shape of networks for this data.
     pub fn input(&self) -> InputShape {
-        InputShape {
-            channels: self.manifest.channels,
-            height: self.size,
-            width: self.size,
-        }
+        InputShape::square(self.manifest.channels, self.size)
     }
 
     /// Class count.

@@ -106,14 +106,7 @@ fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
         classes: None,
         layers,
     }
-    .bind(
-        InputShape {
-            channels: a.channels,
-            height: a.side,
-            width: a.side,
-        },
-        a.classes,
-    )
+    .bind(InputShape::square(a.channels, a.side), a.classes)
     .ok()?;
     // Biases too, so that the checks do not pass merely because of zeros.
     let mut w = WeightMap::init(&spec, Init::Gaussian(0.5), a.seed).ok()?;

@@ -260,14 +260,7 @@ mod tests {
         for p in PRESETS {
             let spec = preset(p.name).expect("listed preset exists");
             spec.check_structure()?;
-            let bound = spec.bind(
-                InputShape {
-                    channels: 3,
-                    height: p.native_size,
-                    width: p.native_size,
-                },
-                1000,
-            )?;
+            let bound = spec.bind(InputShape::square(3, p.native_size), 1000)?;
             assert!(bound.num_params()? > 0);
         }
         Ok(())
@@ -275,14 +268,9 @@ mod tests {
 
     #[test]
     fn original_alexnet_has_the_published_shapes() -> crate::error::Result<()> {
-        let spec = preset("alexnet").expect("alexnet preset").bind(
-            InputShape {
-                channels: 3,
-                height: 227,
-                width: 227,
-            },
-            1000,
-        )?;
+        let spec = preset("alexnet")
+            .expect("alexnet preset")
+            .bind(InputShape::square(3, 227), 1000)?;
         let shapes = spec.param_shapes()?;
         let find = |n: &str| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
         assert_eq!(find("conv1.weight"), Some(vec![96, 3, 11, 11]));
@@ -293,14 +281,9 @@ mod tests {
 
     #[test]
     fn net2_at_8x8() -> crate::error::Result<()> {
-        let spec = preset("net-2").expect("net-2").bind(
-            InputShape {
-                channels: 3,
-                height: 8,
-                width: 8,
-            },
-            1000,
-        )?;
+        let spec = preset("net-2")
+            .expect("net-2")
+            .bind(InputShape::square(3, 8), 1000)?;
         let shapes = spec.param_shapes()?;
         assert_eq!(shapes[0].1, vec![6, 3, 2, 2]);
         assert_eq!(shapes[2].1, vec![256, 6 * 7 * 7]);

@@ -37,6 +37,17 @@ pub struct InputShape {
     pub width: usize,
 }
 
+impl InputShape {
+    /// A square input of `side × side` pixels.
+    pub fn square(channels: usize, side: usize) -> Self {
+        Self {
+            channels,
+            height: side,
+            width: side,
+        }
+    }
+}
+
 /// A 2-D convolution with `filters` square `kernel × kernel` filters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -691,14 +702,7 @@ type = "softmax"
         let p = dir.path().join("tiny.toml");
         std::fs::write(&p, TOML_SPEC).map_err(|e| Error::io(&p, e))?;
         let spec = NetSpec::load(&p)?;
-        let bound = spec.bind(
-            InputShape {
-                channels: 1,
-                height: 8,
-                width: 8,
-            },
-            10,
-        )?;
+        let bound = spec.bind(InputShape::square(1, 8), 10)?;
         let j = dir.path().join("tiny.json");
         bound.save_json(&j)?;
         assert_eq!(NetSpec::load(&j)?, bound);
@@ -737,14 +741,7 @@ type = "softmax"
         std::fs::write(&p, TOML_SPEC).map_err(|e| Error::io(&p, e))?;
         let spec = NetSpec::load(&p)?;
         let e = spec
-            .bind(
-                InputShape {
-                    channels: 1,
-                    height: 1,
-                    width: 1,
-                },
-                10,
-            )
+            .bind(InputShape::square(1, 1), 10)
             .unwrap_err()
             .to_string();
         assert!(e.contains("layer 3") && e.contains("max-pool"), "{e}");

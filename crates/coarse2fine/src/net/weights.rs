@@ -252,17 +252,7 @@ mod tests {
 
     fn net2() -> NetSpec {
         preset("net-2")
-            .and_then(|s| {
-                s.bind(
-                    InputShape {
-                        channels: 1,
-                        height: 8,
-                        width: 8,
-                    },
-                    10,
-                )
-                .ok()
-            })
+            .and_then(|s| s.bind(InputShape::square(1, 8), 10).ok())
             .expect("net-2 binds at 8×8")
     }
 
