@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 use coarse2fine::data::idx::encode_idx;
 use coarse2fine::data::synthetic::write_quadrant_idx;
+use coarse2fine::net::WeightMap;
 
 /// Where Debian's dataset-fashion-mnist package puts the data.
 const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -405,6 +406,7 @@ fn fashion_mnist_prepare_and_short_training() {
     assert_eq!(v["images"], 10000);
     let top1 = v["top1"].as_f64().expect("top1");
     // 300 steps of 64 images (a third of an epoch) at 8×8; chance is 10%.
+    eprintln!("net-2 at 8×8 after 300 steps: top-1 {top1}");
     assert!(top1 > 0.65, "net-2 at 8×8 after 300 steps: top-1 {top1}");
 }
 
@@ -494,6 +496,27 @@ fn grow_verify_crosscheck_and_continue_training() {
         String::from_utf8_lossy(&py.stdout),
         String::from_utf8_lossy(&py.stderr)
     );
+
+    // Momentum buffers: carried by default (moved with the weights), zeros with --momentum reset.
+    let carried = WeightMap::load(&grown.join("optimizer.safetensors")).expect("optimizer");
+    assert!(
+        carried
+            .iter()
+            .any(|(_, t)| t.data.iter().any(|&v| v != 0.0)),
+        "trained momentum is carried"
+    );
+    let reset = tmp.path().join("reset");
+    ok(&[
+        "grow",
+        s(&small),
+        "--upscale",
+        "--momentum",
+        "reset",
+        "--out",
+        s(&reset),
+    ]);
+    let zeros = WeightMap::load(&reset.join("optimizer.safetensors")).expect("optimizer");
+    assert!(zeros.iter().all(|(_, t)| t.data.iter().all(|&v| v == 0.0)));
 
     // Paper mode is reported, not asserted, and the NumPy check sees the difference too.
     let paper = tmp.path().join("paper");
