@@ -259,8 +259,16 @@ fn main() -> ExitCode {
     match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let interrupted = matches!(
+                e.downcast_ref::<coarse2fine::Error>(),
+                Some(coarse2fine::Error::Interrupted(_))
+            );
+            eprintln!("{}{e:#}", if interrupted { "" } else { "error: " });
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -443,6 +451,7 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
         log_every: (iterations / 200).clamp(1, 50),
         checkpoint_every: a.checkpoint_every.unwrap_or(per_run),
         eval_batch: 500,
+        stop: Some(stop_flag()?),
     };
     bars.note(&format!(
         "training {} ({} parameters, {:.2} MFLOP/image) at {}×{} on {} train images, {} iterations of {} on {} with {} thread(s)",
@@ -478,6 +487,23 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// A flag raised by the first Ctrl-C (or SIGTERM); a second one ends the process at once.
+fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "stopping after this step and saving a checkpoint (Ctrl-C again to quit at once)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(flag)
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {

@@ -612,3 +612,108 @@ fn grow_verify_crosscheck_and_continue_training() {
     assert!(!tmp.path().join("x").exists());
     assert_clean(tmp.path());
 }
+
+/// Ctrl-C (SIGINT) saves a checkpoint of the current step; `--resume` then finishes with
+/// exactly the weights of an uninterrupted run.
+#[cfg(unix)]
+#[test]
+fn interrupt_saves_and_resume_matches_uninterrupted_run() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 512, 64, 8, 9).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--threads",
+            "2",
+            "--quiet",
+            "train",
+            "--data",
+            s(&data),
+            "--size",
+            "8",
+            "--net",
+            "alexnet-s5",
+            "--iterations",
+            "1200",
+            "--batch",
+            "16",
+            "--eval-every",
+            "1200",
+            "--checkpoint-every",
+            "1200",
+            "--out",
+            s(out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let run = tmp.path().join("interrupted");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(args(&run))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("c2f starts");
+    // Wait for some training progress, then press Ctrl-C.
+    let metrics = run.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics)
+        .map(|m| m.matches("\"train\"").count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(started.elapsed().as_secs() < 120, "no training progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let out = child.wait_with_output().expect("c2f exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted at iteration"), "{err}");
+    let at = json_of(&run.join("checkpoint/meta.json"))["iteration"]
+        .as_u64()
+        .expect("iteration");
+    assert!(at > 0 && at < 1200, "interrupted at {at}");
+
+    let mut resume = args(&run);
+    resume.insert(resume.len() - 2, "--resume".into());
+    let st = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(&resume)
+        .output()
+        .expect("resume");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let full = tmp.path().join("uninterrupted");
+    let st = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(args(&full))
+        .output()
+        .expect("run");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let a = WeightMap::load(&run.join("checkpoint/weights.safetensors")).expect("weights");
+    let b = WeightMap::load(&full.join("checkpoint/weights.safetensors")).expect("weights");
+    assert!(
+        a == b,
+        "resumed weights differ from an uninterrupted run (interrupted at {at})"
+    );
+    assert_eq!(
+        json_of(&run.join("checkpoint/meta.json"))["iteration"],
+        1200
+    );
+    assert_clean(&run);
+}

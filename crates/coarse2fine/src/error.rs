@@ -28,6 +28,9 @@ pub enum Error {
     /// A configuration, name or value given by the user cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// The user asked to stop; what was done is saved.
+    #[error("{0}")]
+    Interrupted(String),
     /// The deep-learning backend failed.
     #[error("backend: {0}")]
     Backend(String),

@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,9 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Batch size of evaluation.
     pub eval_batch: usize,
+    /// Raised (e.g. by a Ctrl-C handler) to stop after the current step; a checkpoint of
+    /// that step is saved first.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Where a run starts: fresh or initial weights at iteration 0, or a checkpoint to continue.
@@ -464,6 +468,16 @@ pub fn train(
             ));
             last_eval = Some(s);
         }
+        if t != cfg.iterations && cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            progress.end();
+            make_checkpoint(&net, &sgd, t, images, eval_s, pause_s, last_eval)?
+                .save(&run_dir.join(CHECKPOINT_DIR))?;
+            return Err(Error::Interrupted(format!(
+                "interrupted at iteration {t} of {}; saved {} (continue with --resume)",
+                cfg.iterations,
+                run_dir.join(CHECKPOINT_DIR).display()
+            )));
+        }
         if cfg.checkpoint_every > 0 && t.is_multiple_of(cfg.checkpoint_every) && t != cfg.iterations
         {
             let t0 = Instant::now();
@@ -524,6 +538,7 @@ mod tests {
             log_every: 5,
             checkpoint_every: 10,
             eval_batch: 50,
+            stop: None,
         }
     }
 
