@@ -651,7 +651,7 @@ fn interrupt_saves_and_resume_matches_uninterrupted_run() {
         .collect()
     };
     let run = tmp.path().join("interrupted");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_c2f"))
+    let child = Command::new(env!("CARGO_BIN_EXE_c2f"))
         .args(args(&run))
         .stderr(std::process::Stdio::piped())
         .spawn()
