@@ -84,7 +84,8 @@ pub struct GrowArgs {
     /// Kernel side of inserted conv layers (odd).
     #[arg(long, default_value_t = 3)]
     pub kernel: usize,
-    /// σ of noise added to inserted identity layers.
+    /// σ of noise added to new units' incoming weights (--widen; breaks the symmetry of
+    /// net2wider copies) and to inserted identity layers (--deepen).
     #[arg(long, default_value_t = 0.0)]
     pub noise: f32,
     /// Optimizer state of the grown net.
@@ -181,6 +182,7 @@ fn ops_in_order(a: &GrowArgs, m: &ArgMatches) -> Result<Vec<GrowOp>> {
                     init,
                     next_sigma: a.next_sigma,
                     bias: a.bias,
+                    noise: a.noise,
                     force: a.force,
                 },
             ));

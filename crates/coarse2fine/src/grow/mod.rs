@@ -119,6 +119,10 @@ pub enum GrowOp {
         /// Bias of new units (flips and Net2Wider copy their source's instead).
         #[serde(default)]
         bias: f32,
+        /// σ of noise added to the new units' incoming weights (breaks the symmetry of
+        /// Net2Wider copies, which otherwise receive identical gradients).
+        #[serde(default)]
+        noise: f32,
         /// Allow new units that can never learn (zero incoming and outgoing weights).
         #[serde(default)]
         force: bool,
@@ -149,8 +153,16 @@ impl GrowOp {
         match *self {
             GrowOp::Upscale { mode, sigma } => mode == UpscaleMode::Exact || sigma == 0.0,
             GrowOp::Widen {
-                init, next_sigma, ..
-            } => next_sigma == 0.0 || matches!(init, NewFilters::Zeros),
+                init,
+                next_sigma,
+                noise,
+                ..
+            } => match init {
+                // Copies with split outgoing weights: exact unless noise perturbs a copy.
+                NewFilters::Net2Wider => noise == 0.0,
+                // Otherwise exact iff the next layer ignores the new units.
+                _ => next_sigma == 0.0,
+            },
             GrowOp::Deepen { noise, .. } => noise == 0.0,
         }
     }
@@ -225,19 +237,18 @@ pub fn apply(
                 init,
                 next_sigma,
                 bias,
+                noise,
                 force,
-            } => widen(
-                spec,
-                map,
-                layer,
-                *add,
-                *init,
-                *next_sigma,
-                *bias,
-                *force,
-                role,
-                seed,
-            ),
+            } => {
+                let units = widen::NewUnits {
+                    init: *init,
+                    next_sigma: *next_sigma,
+                    bias: *bias,
+                    noise: *noise,
+                    force: *force,
+                };
+                widen(spec, map, layer, *add, &units, role, seed)
+            }
             GrowOp::Deepen {
                 after,
                 kernel,

@@ -192,7 +192,7 @@ proptest! {
         let init = [NewFilters::Gauss(0.1), NewFilters::Zeros, NewFilters::FlipH, NewFilters::FlipV,
                     NewFilters::FlipDiag, NewFilters::FlipCentral, NewFilters::Net2Wider][which];
         let layer = if fc { "fc1" } else { "conv1" };
-        let op = GrowOp::Widen { layer: layer.into(), add, init, next_sigma: 0.0, bias: 0.1, force: false };
+        let op = GrowOp::Widen { layer: layer.into(), add, init, next_sigma: 0.0, bias: 0.1, noise: 0.0, force: false };
         if layer == "fc1" && matches!(init, NewFilters::FlipH | NewFilters::FlipV | NewFilters::FlipDiag | NewFilters::FlipCentral) {
             prop_assert!(apply(&spec, &w, None, &op, 0).is_err(), "flips of fc units are refused");
             return Ok(());
@@ -219,10 +219,10 @@ proptest! {
         prop_assume!(!a.lrn);
         let Some((spec, w)) = build(&a) else { return Ok(()) };
         let ops = [
-            GrowOp::Widen { layer: "conv1".into(), add: 2, init: NewFilters::Net2Wider, next_sigma: 0.0, bias: 0.0, force: false },
+            GrowOp::Widen { layer: "conv1".into(), add: 2, init: NewFilters::Net2Wider, next_sigma: 0.0, bias: 0.0, noise: 0.0, force: false },
             GrowOp::Deepen { after: "conv1".into(), kernel: 3, noise: 0.0 },
             UP_EXACT,
-            GrowOp::Widen { layer: "fc1".into(), add: 3, init: NewFilters::Gauss(0.5), next_sigma: 0.0, bias: 0.0, force: false },
+            GrowOp::Widen { layer: "fc1".into(), add: 3, init: NewFilters::Gauss(0.5), next_sigma: 0.0, bias: 0.0, noise: 0.0, force: false },
             GrowOp::Deepen { after: "fc1".into(), kernel: 1, noise: 0.0 },
         ];
         let (g, gw, _) = grow_all(&spec, &w, &ops);
@@ -313,6 +313,7 @@ fn zero_units_that_cannot_learn_are_refused_unless_forced() {
         init: NewFilters::Zeros,
         next_sigma: 0.0,
         bias: 0.0,
+        noise: 0.0,
         force,
     };
     let err = apply(&spec, &w, None, &op(false), 0)
@@ -320,4 +321,42 @@ fn zero_units_that_cannot_learn_are_refused_unless_forced() {
         .to_string();
     assert!(err.contains("never learn"), "{err}");
     assert!(apply(&spec, &w, None, &op(true), 0).is_ok());
+}
+
+#[test]
+fn net2wider_noise_breaks_the_symmetry_of_copies() {
+    let a = Arch {
+        channels: 1,
+        side: 6,
+        classes: 2,
+        conv1: (2, 2, 1, 0),
+        lrn: false,
+        pool: None,
+        conv2: None,
+        hidden: 3,
+        seed: 2,
+    };
+    let (spec, w) = build(&a).expect("fits");
+    let op = |noise| GrowOp::Widen {
+        layer: "fc1".into(),
+        add: 2,
+        init: NewFilters::Net2Wider,
+        next_sigma: 0.0,
+        bias: 0.0,
+        noise,
+        force: false,
+    };
+    let row = |m: &WeightMap, r: usize| {
+        let t = m.get("fc1.weight").expect("fc1");
+        let n = t.shape[1];
+        t.data[r * n..(r + 1) * n].to_vec()
+    };
+    let (_, exact, _) = apply(&spec, &w, None, &op(0.0), 5).expect("widen");
+    let (_, noisy, _) = apply(&spec, &w, None, &op(0.01), 5).expect("widen");
+    // Same seed, same source units: without noise the new row is an exact copy of one of
+    // the three old rows; with noise it is not.
+    let copies = |m: &WeightMap| (0..3).any(|src| row(m, 3) == row(m, src));
+    assert!(copies(&exact));
+    assert!(!copies(&noisy));
+    assert!(op(0.0).is_exact() && !op(0.01).is_exact());
 }

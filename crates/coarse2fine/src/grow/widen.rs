@@ -32,20 +32,38 @@ fn flip(src: &[f32], k: usize, how: NewFilters) -> Vec<f32> {
     out
 }
 
+/// How new units of [`widen`] start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewUnits {
+    /// Incoming weights.
+    pub init: NewFilters,
+    /// σ of the next layer's weights from the new units (0 keeps the function).
+    pub next_sigma: f32,
+    /// Bias of new units for `gauss` and `zeros` inits.
+    pub bias: f32,
+    /// σ of noise added to the new units' incoming weights.
+    pub noise: f32,
+    /// Allow units that can never learn.
+    pub force: bool,
+}
+
 /// Widens layer `layer` by `add` filters/units; see the module documentation.
-#[allow(clippy::too_many_arguments)]
 pub fn widen(
     spec: &NetSpec,
     map: &WeightMap,
     layer: &str,
     add: usize,
-    init: NewFilters,
-    next_sigma: f32,
-    bias: f32,
-    force: bool,
+    units: &NewUnits,
     role: Role,
     seed: u64,
 ) -> Result<(NetSpec, WeightMap)> {
+    let NewUnits {
+        init,
+        next_sigma,
+        bias,
+        noise,
+        force,
+    } = *units;
     if add == 0 {
         return Err(Error::invalid(format!(
             "widen {layer}: add at least one filter"
@@ -65,7 +83,7 @@ pub fn widen(
     let relu_between = spec.layers[i + 1..j]
         .iter()
         .any(|l| matches!(l, Layer::Relu));
-    let incoming_zero = init == NewFilters::Zeros && bias == 0.0;
+    let incoming_zero = init == NewFilters::Zeros && bias == 0.0 && noise == 0.0;
     if incoming_zero && (next_sigma == 0.0 || relu_between) && !force {
         return Err(Error::invalid(format!(
             "widen {layer}: new units with zero weights and zero bias {} would never learn; \
@@ -154,7 +172,9 @@ pub fn widen(
             }
             _ => vec![0.0; row_len],
         };
-        new_w.data.extend(row);
+        new_w
+            .data
+            .extend(row.into_iter().map(|v| v + fresh.gauss(noise)));
         new_b.data.push(match init {
             NewFilters::Net2Wider => b.data[src],
             NewFilters::Gauss(_) | NewFilters::Zeros => fresh.constant(bias),
