@@ -132,7 +132,7 @@ struct PrepareArgs {
 ///
 /// Examples:
 ///   c2f train --data data/fmnist --size 16 --net net-2 --epochs 2 --out runs/net2-16
-///   c2f train --data data/fmnist --size 32 --net my-net.toml --iterations 5000 --lr-policy step:0.1:2000 --out runs/mine
+///   c2f train --data data/fmnist --size 32 --net nets/small-cnn.toml --iterations 5000 --lr-policy step:0.1:2000 --out runs/mine
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 struct TrainArgs {
