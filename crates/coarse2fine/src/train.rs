@@ -346,6 +346,12 @@ pub fn train(
     let growth = start.growth.clone();
     let wall = |clock: &Instant| wall0 + clock.elapsed().as_secs_f64();
 
+    // Training time is everything but evaluation and checkpoint writing, so that time spent
+    // waiting for data counts against training, as it would for a user.
+    let train_s = |eval_s: f64, pause_s: f64, clock: &Instant| {
+        train0 + clock.elapsed().as_secs_f64() - (eval_s - eval0) - pause_s
+    };
+
     let do_eval = |net: &Network,
                    t: u64,
                    images: u64,
@@ -364,16 +370,11 @@ pub fn train(
             top1: s.top1,
             top5: s.top5,
             loss: s.loss,
-            train_s: w - *eval_s - pause_s,
+            train_s: train_s(*eval_s, pause_s, &clock),
             eval_s: *eval_s,
             wall_s: w,
         })?;
         Ok(s)
-    };
-    // Training time is everything but evaluation and checkpoint writing, so that time spent
-    // waiting for data counts against training, as it would for a user.
-    let train_s = |eval_s: f64, pause_s: f64, clock: &Instant| {
-        train0 + clock.elapsed().as_secs_f64() - (eval_s - eval0) - pause_s
     };
 
     let make_checkpoint = |net: &Network,
