@@ -1,5 +1,10 @@
 //! A plain-Rust forward pass: slow, obvious, framework-free.
 //!
+//! It computes in `f64` (weights and inputs are `f32`), so that as an oracle it is far more
+//! precise than what it checks: a grown net sums many more, smaller terms than the small
+//! one, and with `f32` sums their rounding can exceed the 1e-5 tolerance of exact growth
+//! when logits nearly cancel.
+//!
 //! It is the oracle that the framework backend is tested against, and lets invariants of
 //! specs and weights (such as growth preserving a network's function) be checked without
 //! any deep-learning framework. Layouts follow PyTorch: inputs `N × C × H × W`, conv
@@ -9,9 +14,9 @@ use super::spec::{Layer, NetSpec, Shape};
 use super::weights::WeightMap;
 use crate::error::{Error, Result};
 
-fn tensor<'a>(w: &'a WeightMap, name: &str) -> Result<&'a [f32]> {
+fn tensor(w: &WeightMap, name: &str) -> Result<Vec<f64>> {
     w.get(name)
-        .map(|t| t.data.as_slice())
+        .map(|t| t.data.iter().map(|&v| f64::from(v)).collect())
         .ok_or_else(|| Error::invalid(format!("missing tensor {name:?}")))
 }
 
@@ -33,7 +38,7 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
             n * shape.numel()
         )));
     }
-    let mut a = x.to_vec();
+    let mut a: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
     for (layer, row) in spec.logit_layers().iter().zip(&rows) {
         let out = row.output;
         a = match (layer, shape, out) {
@@ -49,7 +54,7 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
                 let wt = tensor(weights, &format!("{}.weight", c.name))?;
                 let b = tensor(weights, &format!("{}.bias", c.name))?;
                 let k = c.kernel;
-                let mut y = vec![0f32; n * co * oh * ow];
+                let mut y = vec![0f64; n * co * oh * ow];
                 for i in 0..n {
                     for o in 0..co {
                         for yy in 0..oh {
@@ -83,11 +88,11 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
                 y
             }
             (Layer::MaxPool(p), Shape::Map { c, h, w }, Shape::Map { h: oh, w: ow, .. }) => {
-                let mut y = vec![f32::NEG_INFINITY; n * c * oh * ow];
+                let mut y = vec![f64::NEG_INFINITY; n * c * oh * ow];
                 for i in 0..n * c {
                     for yy in 0..oh {
                         for xx in 0..ow {
-                            let mut m = f32::NEG_INFINITY;
+                            let mut m = f64::NEG_INFINITY;
                             for ky in 0..p.kernel {
                                 for kx in 0..p.kernel {
                                     let iy = (yy * p.stride() + ky * p.dilation) as isize
@@ -114,11 +119,11 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
                         for p in 0..plane {
                             let lo = q.saturating_sub(half);
                             let hi = (q + half).min(c - 1);
-                            let sum: f32 =
+                            let sum: f64 =
                                 (lo..=hi).map(|r| a[(i * c + r) * plane + p].powi(2)).sum();
-                            let scale = l.k + l.alpha / l.size as f32 * sum;
+                            let scale = f64::from(l.k) + f64::from(l.alpha) / l.size as f64 * sum;
                             y[(i * c + q) * plane + p] =
-                                a[(i * c + q) * plane + p] / scale.powf(l.beta);
+                                a[(i * c + q) * plane + p] / scale.powf(f64::from(l.beta));
                         }
                     }
                 }
@@ -129,13 +134,13 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
                 let outputs = spec.units(f.outputs)?;
                 let wt = tensor(weights, &format!("{}.weight", f.name))?;
                 let b = tensor(weights, &format!("{}.bias", f.name))?;
-                let mut y = vec![0f32; n * outputs];
+                let mut y = vec![0f64; n * outputs];
                 for i in 0..n {
                     for o in 0..outputs {
                         let row = &wt[o * inputs..(o + 1) * inputs];
                         let xi = &a[i * inputs..(i + 1) * inputs];
                         y[i * outputs + o] =
-                            b[o] + row.iter().zip(xi).map(|(p, q)| p * q).sum::<f32>();
+                            b[o] + row.iter().zip(xi).map(|(p, q)| p * q).sum::<f64>();
                     }
                 }
                 y
@@ -151,5 +156,6 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
         };
         shape = out;
     }
-    Ok(a)
+    // Rounded once, at the end.
+    Ok(a.into_iter().map(|v| v as f32).collect())
 }
