@@ -306,8 +306,8 @@ fn backend_runs_grown_nets_like_the_reference() -> crate::Result<()> {
     Ok(())
 }
 
-#[test]
-fn zero_units_that_cannot_learn_are_refused_unless_forced() {
+/// A 1×6×6 net with one 2×2 conv, a 3-unit hidden layer and 2 classes.
+fn one_conv_net(seed: u64) -> (NetSpec, WeightMap) {
     let a = Arch {
         channels: 1,
         side: 6,
@@ -317,9 +317,14 @@ fn zero_units_that_cannot_learn_are_refused_unless_forced() {
         pool: None,
         conv2: None,
         hidden: 3,
-        seed: 1,
+        seed,
     };
-    let (spec, w) = build(&a).expect("fits");
+    build(&a).expect("fits")
+}
+
+#[test]
+fn zero_units_that_cannot_learn_are_refused_unless_forced() {
+    let (spec, w) = one_conv_net(1);
     let op = |force| GrowOp::Widen {
         layer: "conv1".into(),
         add: 1,
@@ -338,18 +343,7 @@ fn zero_units_that_cannot_learn_are_refused_unless_forced() {
 
 #[test]
 fn net2wider_noise_breaks_the_symmetry_of_copies() {
-    let a = Arch {
-        channels: 1,
-        side: 6,
-        classes: 2,
-        conv1: (2, 2, 1, 0),
-        lrn: false,
-        pool: None,
-        conv2: None,
-        hidden: 3,
-        seed: 2,
-    };
-    let (spec, w) = build(&a).expect("fits");
+    let (spec, w) = one_conv_net(2);
     let op = |noise| GrowOp::Widen {
         layer: "fc1".into(),
         add: 2,
