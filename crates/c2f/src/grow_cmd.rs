@@ -10,7 +10,7 @@ use coarse2fine::checkpoint::Checkpoint;
 use coarse2fine::data::loader::{Batch, Normalizer, make_batch};
 use coarse2fine::data::prepare::DatasetManifest;
 use coarse2fine::grow::verify::{self, Agreement, Verification};
-use coarse2fine::grow::{self, GrowOp, NewFilters, UpscaleMode};
+use coarse2fine::grow::{GrowOp, NewFilters, UpscaleMode};
 use coarse2fine::net::WeightMap;
 use coarse2fine::progress::Progress;
 
@@ -260,50 +260,14 @@ pub fn cmd_grow(a: GrowArgs, m: &ArgMatches, bars: &Bars) -> Result<()> {
         Err(e) => return Err(e),
     };
 
-    let (mut spec, mut weights, mut momentum) = (
-        small.spec.clone(),
-        small.weights.clone(),
-        Some(small.optimizer.clone()),
-    );
-    let mut records = small.meta.growth.clone();
-    let mut current = Network::new(&spec, &weights, &compute)?;
-    // Real images for a later step are the original ones replicated to that step's input.
-    let mut factor = 1;
-    for (k, op) in ops.iter().enumerate() {
-        let (s2, w2, m2) = grow::apply(
-            &spec,
-            &weights,
-            momentum.as_ref(),
-            op,
-            a.seed.wrapping_add(k as u64),
-        )?;
-        let next = Network::new(&s2, &w2, &compute)?;
-        let step_batches: Vec<Batch> = batches
-            .iter()
-            .map(|b| verify::upsample(b, factor))
-            .collect();
-        let v = verify::check(
-            &current,
-            &next,
-            &step_batches,
-            64,
-            a.seed ^ 0xC0FFEE,
-            std::slice::from_ref(op),
-        )?;
+    let grown = verify::grow_checked(&small, &ops, &batches, a.seed, &compute, |op, v| {
         let figures = v.data.map_or_else(|| describe(&v.random), |d| describe(&d));
         println!("{}: {}", op.describe(), figures);
-        if !v.holds() {
-            bail!(
-                "{} should preserve the network's function but its relative error is {:.3e} (> {:.0e})",
-                op.describe(),
-                v.data.map_or(v.random.rel, |d| d.rel.max(v.random.rel)),
-                verify::EXACT_TOLERANCE
-            );
-        }
-        factor *= v.factor;
-        records.push(v);
-        (spec, weights, momentum, current) = (s2, w2, m2, next);
-    }
+    })?;
+    let mut records = small.meta.growth.clone();
+    records.extend(grown.checks);
+    let (spec, weights, momentum) = (grown.spec, grown.weights, grown.momentum);
+    let current = Network::new(&spec, &weights, &compute)?;
     let original = Network::new(&small.spec, &small.weights, &compute)?;
     let overall = verify::check(&original, &current, &batches, 64, a.seed ^ 0xC0FFEE, &ops)?;
     let momentum = match a.momentum {

@@ -4,6 +4,8 @@
 //! network to the data), and only then runs, so a bad value fails before any work is done.
 
 mod grow_cmd;
+mod report_cmd;
+mod run_cmd;
 mod ui;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +36,10 @@ use crate::ui::Bars;
 at a ladder of resolutions, train a small net on 8×8 images, grow it to larger inputs and keep training.\n\n\
 Typical session:\n  c2f prepare /usr/share/datasets/fashion-mnist --out data/fmnist --sizes 8,16,32 --pad-pow2\n  \
 c2f train --data data/fmnist --size 16 --net net-2 --epochs 2 --out runs/net2-16\n  \
-c2f eval runs/net2-16/checkpoint"
+c2f eval runs/net2-16/checkpoint\n\n\
+An experiment (stages, growth, baseline) from a plan, and its report:\n  \
+c2f run plans/exp1-upscale.toml --out runs/exp1\n  \
+c2f report runs/exp1 --out reports/exp1"
 )]
 struct Cli {
     /// CPU threads for training and data preparation (default: all cores). The paper ran on one.
@@ -54,6 +59,8 @@ enum Command {
     Eval(EvalArgs),
     Grow(grow_cmd::GrowArgs),
     Verify(grow_cmd::VerifyArgs),
+    Run(run_cmd::RunArgs),
+    Report(report_cmd::ReportArgs),
     Nets(NetsArgs),
 }
 
@@ -274,6 +281,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
+    let cli_threads = cli.threads.is_some();
     if let Some(n) = cli.threads {
         backend::set_threads(n)?;
     }
@@ -289,6 +297,8 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
             grow_cmd::cmd_grow(a, m, &bars)
         }
         Command::Verify(a) => grow_cmd::cmd_verify(a),
+        Command::Run(a) => run_cmd::cmd_run(a, cli_threads, &bars),
+        Command::Report(a) => report_cmd::cmd_report(a),
         Command::Nets(a) => cmd_nets(a),
     }
 }
@@ -344,17 +354,7 @@ fn cmd_prepare(a: PrepareArgs, bars: &Bars) -> Result<()> {
 
 /// A network from a preset name or a spec file.
 fn resolve_net(name: &str) -> Result<NetSpec> {
-    if let Some(spec) = presets::preset(name) {
-        return Ok(spec);
-    }
-    let path = Path::new(name);
-    if path.extension().is_some_and(|e| e == "toml" || e == "json") {
-        return Ok(NetSpec::load(path)?);
-    }
-    bail!(
-        "unknown network {name:?}: not a preset ({}) nor a .toml/.json spec file",
-        presets::preset_names().join(", ")
-    )
+    Ok(presets::resolve(name)?)
 }
 
 pub(crate) fn checkpoint_dir(p: &Path) -> PathBuf {
@@ -451,6 +451,9 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
         log_every: (iterations / 200).clamp(1, 50),
         checkpoint_every: a.checkpoint_every.unwrap_or(per_run),
         eval_batch: 500,
+        lr_offset: 0,
+        warmup: 0,
+        time_limit: None,
         stop: Some(stop_flag()?),
     };
     bars.note(&format!(
@@ -490,7 +493,7 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
 }
 
 /// A flag raised by the first Ctrl-C (or SIGTERM); a second one ends the process at once.
-fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+pub(crate) fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let flag = std::sync::Arc::new(AtomicBool::new(false));
     let f = flag.clone();

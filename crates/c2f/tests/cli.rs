@@ -372,10 +372,35 @@ fn fashion_mnist_prepare_and_short_training() {
         "--out",
         s(&data),
         "--sizes",
-        "8,16",
+        "8,16,32",
         "--pad-pow2",
     ]);
     assert!(out.contains("60000 train, 10000 test"), "{out}");
+
+    // Every shipped plan is valid against the real data (spec files resolve from the
+    // repository root, as in the README).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut plans: Vec<PathBuf> = std::fs::read_dir(root.join("plans"))
+        .expect("plans/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    plans.sort();
+    assert!(plans.len() >= 5, "{plans:?}");
+    for plan in &plans {
+        let st = Command::new(env!("CARGO_BIN_EXE_c2f"))
+            .current_dir(&root)
+            .args(["run", s(plan), "--check", "--data", s(&data)])
+            .output()
+            .expect("c2f runs");
+        let text = String::from_utf8_lossy(&st.stdout);
+        assert!(
+            st.status.success() && text.contains("valid"),
+            "{}: {text}{}",
+            plan.display(),
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(data.join("dataset.json")).expect("manifest"),
     )
@@ -716,4 +741,225 @@ fn interrupt_saves_and_resume_matches_uninterrupted_run() {
         1200
     );
     assert_clean(&run);
+}
+
+/// A plan of two stages (8×8 → 16×16 with growth) and a baseline on the same number of
+/// images, on a synthetic fixture.
+fn write_run_fixture(tmp: &Path) -> (PathBuf, PathBuf) {
+    let src = tmp.join("src");
+    write_quadrant_idx(&src, 512, 64, 16, 5).expect("fixture");
+    let data = tmp.join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8,16"]);
+    let plan = tmp.join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"name = "kill-test"
+data = "{}"
+seed = 3
+batch = 16
+lr = 0.01
+eval_every = 50
+
+[[stage]]
+size = 8
+net = "alexnet-s5"
+iterations = 100
+
+[[stage]]
+size = 16
+grow = [{{ op = "upscale" }}, {{ op = "deepen", after = "fc6" }}]
+iterations = 400
+warmup = 20
+
+[baseline]
+budget = "images"
+"#,
+            s(&data)
+        ),
+    )
+    .expect("plan");
+    (data, plan)
+}
+
+/// The final evaluations (without clocks) and weights of a run folder.
+fn run_result(run: &Path) -> (Vec<serde_json::Value>, Vec<WeightMap>) {
+    let text = std::fs::read_to_string(run.join("events.jsonl")).expect("events");
+    let evals: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|e| e["event"] == "eval")
+        .map(|e| {
+            serde_json::json!({
+                "curve": e["curve"], "stage": e["stage"], "iter": e["iter"],
+                "images": e["images"], "top1": e["top1"], "loss": e["loss"],
+            })
+        })
+        .collect();
+    let weights = ["incremental/stage-2", "baseline"]
+        .iter()
+        .map(|p| {
+            WeightMap::load(&run.join(p).join("checkpoint/weights.safetensors")).expect("weights")
+        })
+        .collect();
+    (evals, weights)
+}
+
+/// `kill -9` in the middle of a stage, then the same command again: the run completes, the
+/// finished stage is not redone, and the results equal an uninterrupted run's.
+#[cfg(unix)]
+#[test]
+fn run_killed_mid_stage_resumes_and_matches_uninterrupted_run() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_data, plan) = write_run_fixture(tmp.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--threads",
+            "1",
+            "--quiet",
+            "run",
+            s(&plan),
+            "--out",
+            s(out),
+            "--checkpoint-every",
+            "20",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let run = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(args(&run))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("c2f starts");
+    // Wait until stage 2 has saved a checkpoint past its first, then kill without warning.
+    let meta = run.join("incremental/stage-2/checkpoint/meta.json");
+    let started = std::time::Instant::now();
+    loop {
+        let at = std::fs::read_to_string(&meta)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|m| m["iteration"].as_u64())
+            .unwrap_or(0);
+        if at >= 40 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 300, "no stage-2 checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert!(
+        !run.join("incremental/stage-2/done.json").exists(),
+        "the run finished stage 2 before it was killed; the test needs a longer stage"
+    );
+    let stage1 = run.join("incremental/stage-1/done.json");
+    let stage1_before = std::fs::read(&stage1).expect("stage 1 done");
+    let stage1_time = std::fs::metadata(&stage1)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(args(&run).iter().filter(|a| a.as_str() != "--quiet"))
+        .output()
+        .expect("re-run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("already done") && err.contains("resuming at iteration"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&stage1).expect("stage 1 done"), stage1_before);
+    assert_eq!(
+        std::fs::metadata(&stage1)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        stage1_time,
+        "stage 1 was redone"
+    );
+
+    let full = tmp.path().join("uninterrupted");
+    let st = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(args(&full))
+        .output()
+        .expect("run");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let (ea, wa) = run_result(&run);
+    let (eb, wb) = run_result(&full);
+    assert_eq!(ea, eb, "evaluations differ from an uninterrupted run");
+    assert!(wa == wb, "final weights differ from an uninterrupted run");
+    assert!(ea.iter().any(|e| e["curve"] == "baseline"));
+
+    // The report reads both and writes every output.
+    let rep = tmp.path().join("report");
+    let text = ok(&["report", s(&run), s(&full), "--out", s(&rep)]);
+    assert!(text.contains("wrote"), "{text}");
+    for f in [
+        "report.md",
+        "report.html",
+        "curves.csv",
+        "summary.json",
+        "accuracy_vs_time.png",
+        "accuracy_vs_time.svg",
+        "loss_vs_time.png",
+        "accuracy_vs_images.svg",
+    ] {
+        let len = std::fs::metadata(rep.join(f)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 100, "{f}: {len} bytes");
+    }
+    let png = image::open(rep.join("accuracy_vs_time.png")).expect("a PNG");
+    assert!(png.width() >= 800);
+    let md = std::fs::read_to_string(rep.join("report.md")).expect("md");
+    // Both runs' curves, and the growth's exact check in the dip table.
+    assert!(md.matches("kill-test (incremental)").count() >= 2, "{md}");
+    assert!(md.contains("16: upscale exact, deepen after fc6"), "{md}");
+    let csv = std::fs::read_to_string(rep.join("curves.csv")).expect("csv");
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(",eval,")).count(),
+        2 * ea.len(),
+        "every evaluation of both runs is in the CSV"
+    );
+    assert_clean(&run);
+}
+
+/// A bad plan is rejected before anything is trained or written.
+#[test]
+fn invalid_plans_fail_before_training() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_data, plan) = write_run_fixture(tmp.path());
+    let good = std::fs::read_to_string(&plan).expect("plan");
+    let out = tmp.path().join("out");
+    let bad = |name: &str, text: String, needles: &[&str]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        fails(&["run", s(&p), "--out", s(&out)], needles);
+        assert!(!out.exists(), "{name}: the run folder was created");
+    };
+    bad(
+        "unknown-key.toml",
+        good.replace("warmup = 20", "warm_up = 20"),
+        &["unknown-key.toml", "line 17", "warm_up"],
+    );
+    bad(
+        "sizes.toml",
+        good.replace("size = 16", "size = 8"),
+        &["stage 2", "size 8 does not follow"],
+    );
+    bad(
+        "growth.toml",
+        good.replace("after = \"fc6\"", "after = \"fc9\""),
+        &["stage 2: grow[2]", "fc9"],
+    );
+    fails(
+        &["run", s(&plan), "--out", s(&out), "--index", "1"],
+        &["--index 1", "indices 0 to 0"],
+    );
+    assert!(!out.exists());
 }

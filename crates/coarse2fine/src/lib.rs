@@ -14,7 +14,10 @@ pub mod fsutil;
 pub mod grow;
 pub mod lr;
 pub mod net;
+pub mod plan;
 pub mod progress;
+pub mod report;
+pub mod run;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -37,6 +37,17 @@ impl LrPolicy {
     }
 }
 
+impl std::fmt::Display for LrPolicy {
+    /// The form [`LrPolicy::from_str`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LrPolicy::Fixed => f.write_str("fixed"),
+            LrPolicy::Step { gamma, step } => write!(f, "step:{gamma}:{step}"),
+            LrPolicy::Inv { gamma, power } => write!(f, "inv:{gamma}:{power}"),
+        }
+    }
+}
+
 impl std::str::FromStr for LrPolicy {
     type Err = Error;
     /// `fixed`, `step:GAMMA:STEPSIZE` or `inv:GAMMA:POWER` (Caffe's LeNet uses inv:0.0001:0.75).

@@ -12,6 +12,9 @@ pub trait Progress: Sync {
     fn end(&self) {}
     /// A line worth showing the user (warnings, summaries).
     fn note(&self, _msg: &str) {}
+    /// Position in a job of several phases (e.g. the stages of a run): `done` of `total`
+    /// finished, `what` is under way.
+    fn overall(&self, _done: u64, _total: u64, _what: &str) {}
 }
 
 /// Discards all progress.

@@ -120,6 +120,15 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Batch size of evaluation.
     pub eval_batch: usize,
+    /// Added to the iteration when the learning-rate policy is evaluated, so one schedule can
+    /// run across several stages.
+    pub lr_offset: u64,
+    /// Linear warm-up: the rate ramps from 1/warmup to 1 times the scheduled rate over the
+    /// first `warmup` iterations (0: none).
+    pub warmup: u64,
+    /// Stop once the run's cumulative training seconds reach this (a wall-clock budget);
+    /// `iterations` is then an upper bound.
+    pub time_limit: Option<f64>,
     /// Raised (e.g. by a Ctrl-C handler) to stop after the current step; a checkpoint of
     /// that step is saved first.
     pub stop: Option<Arc<AtomicBool>>,
@@ -300,7 +309,20 @@ fn step_seed(seed: u64, t: u64) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ t.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Trains from `start` up to `cfg.iterations`, writing `run_dir/metrics.jsonl` and
+impl TrainConfig {
+    /// The learning rate of iteration `t` (counted from the start of this run).
+    pub fn rate(&self, t: u64) -> f32 {
+        let h = &self.hyper;
+        let lr = h.lr_policy.rate(h.base_lr, t + self.lr_offset);
+        if t < self.warmup {
+            lr * (t + 1) as f32 / self.warmup as f32
+        } else {
+            lr
+        }
+    }
+}
+
+/// Trains from `start` up to `cfg.iterations` (or `cfg.time_limit`), writing `run_dir/metrics.jsonl` and
 /// `run_dir/checkpoint/`. Returns the final checkpoint.
 pub fn train(
     run_dir: &Path,
@@ -413,7 +435,13 @@ pub fn train(
     if t == 0 && cfg.eval_at_start {
         last_eval = Some(do_eval(&net, t, images, &mut eval_s, pause_s, &mut log)?);
     }
-    progress.begin("train", cfg.iterations - start.iteration);
+    // A time-limited run counts its bar in seconds of training.
+    let bar_seconds = cfg.time_limit.map(|l| (l - train0).max(0.0));
+    match bar_seconds {
+        Some(s) => progress.begin("train (s)", s.ceil() as u64),
+        None => progress.begin("train", cfg.iterations - start.iteration),
+    }
+    let mut bar_pos = 0u64;
     let loader = Prefetcher::training(
         data.train.set.clone(),
         Normalizer::new(&data.train.stats),
@@ -425,7 +453,7 @@ pub fn train(
     let (mut loss_sum, mut loss_n) = (0.0f64, 0u64);
     let mut rate_clock = (Instant::now(), images);
     for batch in loader {
-        let lr = h.lr_policy.rate(h.base_lr, t);
+        let lr = cfg.rate(t);
         let loss = backend::train_step(&mut net, &mut sgd, &batch, lr, step_seed(h.seed, t))?;
         if !loss.is_finite() {
             return Err(Error::invalid(format!(
@@ -437,8 +465,17 @@ pub fn train(
         images += batch.len() as u64;
         loss_sum += f64::from(loss);
         loss_n += 1;
-        progress.advance(1);
-        if t.is_multiple_of(cfg.log_every.max(1)) || t == cfg.iterations {
+        let now_train = train_s(eval_s, pause_s, &clock);
+        let done = t == cfg.iterations || cfg.time_limit.is_some_and(|l| now_train >= l);
+        match bar_seconds {
+            Some(_) => {
+                let pos = (now_train - train0).max(0.0) as u64;
+                progress.advance(pos.saturating_sub(bar_pos));
+                bar_pos = bar_pos.max(pos);
+            }
+            None => progress.advance(1),
+        }
+        if t.is_multiple_of(cfg.log_every.max(1)) || done {
             let w = wall(&clock);
             log.write(&Event::Train {
                 iter: t,
@@ -459,7 +496,7 @@ pub fn train(
             rate_clock = (Instant::now(), images);
             (loss_sum, loss_n) = (0.0, 0);
         }
-        if (cfg.eval_every > 0 && t.is_multiple_of(cfg.eval_every)) || t == cfg.iterations {
+        if (cfg.eval_every > 0 && t.is_multiple_of(cfg.eval_every)) || done {
             let s = do_eval(&net, t, images, &mut eval_s, pause_s, &mut log)?;
             progress.note(&format!(
                 "iter {t}: test top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
@@ -469,7 +506,10 @@ pub fn train(
             ));
             last_eval = Some(s);
         }
-        if t != cfg.iterations && cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+        if done {
+            break;
+        }
+        if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
             progress.end();
             make_checkpoint(&net, &sgd, t, images, eval_s, pause_s, last_eval)?
                 .save(&run_dir.join(CHECKPOINT_DIR))?;
@@ -479,8 +519,7 @@ pub fn train(
                 run_dir.join(CHECKPOINT_DIR).display()
             )));
         }
-        if cfg.checkpoint_every > 0 && t.is_multiple_of(cfg.checkpoint_every) && t != cfg.iterations
-        {
+        if cfg.checkpoint_every > 0 && t.is_multiple_of(cfg.checkpoint_every) {
             let t0 = Instant::now();
             make_checkpoint(&net, &sgd, t, images, eval_s, pause_s, last_eval)?
                 .save(&run_dir.join(CHECKPOINT_DIR))?;
@@ -488,7 +527,10 @@ pub fn train(
         }
     }
     progress.end();
-    if t != cfg.iterations {
+    let timed_out = cfg
+        .time_limit
+        .is_some_and(|l| train_s(eval_s, pause_s, &clock) >= l);
+    if t != cfg.iterations && !timed_out {
         return Err(Error::Backend(format!(
             "data loader stopped early at iteration {t}"
         )));
@@ -539,6 +581,9 @@ mod tests {
             log_every: 5,
             checkpoint_every: 10,
             eval_batch: 50,
+            lr_offset: 0,
+            warmup: 0,
+            time_limit: None,
             stop: None,
         }
     }

@@ -39,20 +39,22 @@ pub enum Role {
 }
 
 /// How upscaling treats the layers after the first convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpscaleMode {
     /// Spatial layers act on the lattice of the small net's positions (dilation ×2,
     /// padding ×2, in-between fully connected weights zero): g(upsample(x)) = f(x).
+    #[default]
     Exact,
     /// As the paper's Fig. 3: kernels and fully connected weights spread onto the lattice
     /// with Gaussian noise in between; approximately function-preserving.
     Paper,
 }
 
-/// Initialisation of new filters or units of [`widen`].
+/// Initialisation of new filters or units of [`widen`]. Written as in the CLI and in plans:
+/// `gauss:0.01`, `zeros`, `flip-h`, `flip-v`, `flip-diag`, `flip-central`, `net2wider`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "String")]
 pub enum NewFilters {
     /// N(0, σ²).
     Gauss(f32),
@@ -69,6 +71,33 @@ pub enum NewFilters {
     /// Net2WiderNet: copies of randomly chosen filters; the next layer's weights of each
     /// copied unit are split evenly among its copies, so the function is kept exactly.
     Net2Wider,
+}
+
+impl std::fmt::Display for NewFilters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NewFilters::Gauss(s) => write!(f, "gauss:{s}"),
+            NewFilters::Zeros => f.write_str("zeros"),
+            NewFilters::FlipH => f.write_str("flip-h"),
+            NewFilters::FlipV => f.write_str("flip-v"),
+            NewFilters::FlipDiag => f.write_str("flip-diag"),
+            NewFilters::FlipCentral => f.write_str("flip-central"),
+            NewFilters::Net2Wider => f.write_str("net2wider"),
+        }
+    }
+}
+
+impl From<NewFilters> for String {
+    fn from(n: NewFilters) -> String {
+        n.to_string()
+    }
+}
+
+impl TryFrom<String> for NewFilters {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
 }
 
 impl std::str::FromStr for NewFilters {
@@ -100,6 +129,7 @@ pub enum GrowOp {
     /// Double the input side.
     Upscale {
         /// Exact or paper mode.
+        #[serde(default)]
         mode: UpscaleMode,
         /// σ of the in-between noise in paper mode.
         #[serde(default = "default_sigma")]
@@ -167,6 +197,33 @@ impl GrowOp {
         }
     }
 
+    /// Whether the guarantee is exact for this operator applied to `spec`: widening a layer
+    /// whose output passes through an LRN before the next layer with weights is not, since
+    /// LRN mixes the new channels into the old ones.
+    pub fn is_exact_on(&self, spec: &NetSpec) -> bool {
+        if !self.is_exact() {
+            return false;
+        }
+        match self {
+            GrowOp::Widen {
+                layer,
+                init,
+                bias,
+                noise,
+                ..
+            } if !(*init == NewFilters::Zeros && *bias == 0.0 && *noise == 0.0) => {
+                let Ok(i) = find_layer(spec, layer) else {
+                    return true;
+                };
+                !spec.layers[i + 1..]
+                    .iter()
+                    .take_while(|l| l.param_name().is_none())
+                    .any(|l| matches!(l, crate::net::spec::Layer::Lrn(_)))
+            }
+            _ => true,
+        }
+    }
+
     /// Short description, e.g. `upscale exact`.
     pub fn describe(&self) -> String {
         match self {
@@ -180,7 +237,7 @@ impl GrowOp {
             } => format!("upscale paper σ={sigma}"),
             GrowOp::Widen {
                 layer, add, init, ..
-            } => format!("widen {layer} +{add} ({init:?})"),
+            } => format!("widen {layer} +{add} ({init})"),
             GrowOp::Deepen { after, kernel, .. } => format!("deepen after {after} (k={kernel})"),
         }
     }

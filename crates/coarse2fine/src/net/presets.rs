@@ -182,6 +182,22 @@ fn alexnet_like(s: AlexShape, original: bool) -> Vec<Layer> {
 }
 
 /// The spec of preset `name` (unbound: input and classes come from the data).
+/// A network by preset name, or from a `.toml`/`.json` spec file.
+pub fn resolve(name: &str) -> crate::error::Result<NetSpec> {
+    if let Some(spec) = preset(name) {
+        return Ok(spec);
+    }
+    let path = std::path::Path::new(name);
+    if path.extension().is_some_and(|e| e == "toml" || e == "json") {
+        return NetSpec::load(path);
+    }
+    Err(crate::error::Error::invalid(format!(
+        "unknown network {name:?}: not a preset ({}) nor a .toml/.json spec file",
+        preset_names().join(", ")
+    )))
+}
+
+/// The preset named `name`.
 pub fn preset(name: &str) -> Option<NetSpec> {
     let layers = match name {
         "net-1" => small_net(3, 128),

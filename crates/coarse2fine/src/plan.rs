@@ -1,0 +1,847 @@
+//! Experiment plans: a TOML description of an incremental training run (stages, growth
+//! between them, optimizer-state and learning-rate policies) and of its from-scratch
+//! baseline, validated into [`RunPlan`]s before anything is trained.
+//!
+//! A plan may list `[[variant]]`s: each is a patch over the plan (tables merge key by key,
+//! `stage.N` addresses the N-th stage, other values replace), and each variant is one run,
+//! addressable by its index for cluster array jobs. See docs/runs.md for the format.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Hyper;
+use crate::data::prepare::DatasetManifest;
+use crate::error::{Error, Result};
+use crate::grow::{self, GrowOp};
+use crate::lr::LrPolicy;
+use crate::net::spec::InputShape;
+use crate::net::weights::Init;
+use crate::net::{NetSpec, WeightMap, presets};
+
+/// How the learning rate runs across stages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Every stage has its own rate and policy, restarted at its first iteration.
+    #[default]
+    PerStage,
+    /// One policy over the iterations of all stages, as if they were one run.
+    Global,
+}
+
+/// What the grown net's optimizer starts from at a stage transition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MomentumState {
+    /// The momentum buffers, moved by the growth operators like the weights.
+    #[default]
+    Keep,
+    /// Zeros.
+    Reset,
+}
+
+/// What the baseline's budget matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Budget {
+    /// The incremental run's training plus growth seconds.
+    #[default]
+    Time,
+    /// The incremental run's training images.
+    Images,
+}
+
+/// `[baseline]`: the final stage's network trained from scratch at the final size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSpec {
+    /// Run it (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Same time (default) or same number of images as the incremental run.
+    #[serde(default)]
+    pub budget: Budget,
+    /// Base learning rate (default: the plan's).
+    pub lr: Option<f32>,
+    /// Learning-rate policy (default: the plan's).
+    pub lr_policy: Option<String>,
+    /// Batch size (default: the final stage's).
+    pub batch: Option<usize>,
+    /// Evaluation interval in iterations (default: the plan's).
+    pub eval_every: Option<u64>,
+}
+
+impl Default for BaselineSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            budget: Budget::Time,
+            lr: None,
+            lr_policy: None,
+            batch: None,
+            eval_every: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One `[[stage]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Input side; must be a prepared size.
+    pub size: usize,
+    /// First stage only: a preset name or a `.toml`/`.json` spec file.
+    pub net: Option<String>,
+    /// Later stages: growth operators applied to the previous stage's trained net, in order
+    /// (an empty list continues the same net).
+    pub grow: Option<Vec<GrowOp>>,
+    /// Budget: iterations…
+    pub iterations: Option<u64>,
+    /// …or epochs of the training split…
+    pub epochs: Option<f64>,
+    /// …or seconds of training.
+    pub seconds: Option<f64>,
+    /// Base learning rate (default: the plan's; not with `schedule = "global"`).
+    pub lr: Option<f32>,
+    /// Learning-rate policy (default: the plan's; not with `schedule = "global"`).
+    pub lr_policy: Option<String>,
+    /// Batch size (default: the plan's).
+    pub batch: Option<usize>,
+    /// Evaluation interval in iterations (default: the plan's).
+    pub eval_every: Option<u64>,
+    /// Later stages: optimizer state after growth (default keep).
+    pub momentum_state: Option<MomentumState>,
+    /// Later stages: linear learning-rate warm-up over this many iterations.
+    pub warmup: Option<u64>,
+}
+
+/// A plan file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Name of the experiment (names the runs).
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Prepared data folder (from `c2f prepare`), relative to the working directory.
+    pub data: PathBuf,
+    /// Seed of weights, data order, dropout and growth noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// CPU threads (the command line's `--threads` wins).
+    pub threads: Option<usize>,
+    /// Default batch size.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Default base learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f32,
+    /// Default learning-rate policy: `fixed`, `step:GAMMA:STEP`, `inv:GAMMA:POWER`.
+    #[serde(default = "default_policy")]
+    pub lr_policy: String,
+    /// Momentum μ.
+    #[serde(default = "default_momentum")]
+    pub momentum: f32,
+    /// Weight decay λ.
+    #[serde(default = "default_decay")]
+    pub weight_decay: f32,
+    /// Per-stage or one global learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Default evaluation interval in iterations.
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+    /// Initialisation of fresh nets (the first stage and the baseline).
+    #[serde(default = "default_init")]
+    pub init: String,
+    /// The baseline.
+    #[serde(default)]
+    pub baseline: BaselineSpec,
+    /// Stages, in order.
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageSpec>,
+    /// Variants (patches over the plan); each is one run.
+    #[serde(default, rename = "variant", skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<toml::Table>,
+}
+
+fn default_batch() -> usize {
+    128
+}
+fn default_lr() -> f32 {
+    0.01
+}
+fn default_policy() -> String {
+    "fixed".into()
+}
+fn default_momentum() -> f32 {
+    0.9
+}
+fn default_decay() -> f32 {
+    5e-4
+}
+fn default_eval_every() -> u64 {
+    200
+}
+fn default_init() -> String {
+    "kaiming".into()
+}
+
+/// A stage's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageBudget {
+    /// Train this many iterations.
+    Iterations(u64),
+    /// Train until the run's training seconds reach this many more.
+    Seconds(f64),
+}
+
+/// One validated stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagePlan {
+    /// Input side.
+    pub size: usize,
+    /// Growth operators from the previous stage (empty for the first).
+    pub grow: Vec<GrowOp>,
+    /// The net this stage trains, bound to `size` (derived from the previous by `grow`).
+    pub spec: NetSpec,
+    /// Budget.
+    pub budget: StageBudget,
+    /// Hyper-parameters (the seed is this stage's data-order and dropout seed).
+    pub hyper: Hyper,
+    /// Evaluation interval.
+    pub eval_every: u64,
+    /// Optimizer state after growth.
+    pub momentum_state: MomentumState,
+    /// Warm-up iterations.
+    pub warmup: u64,
+}
+
+/// The validated baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselinePlan {
+    /// Budget kind.
+    pub budget: Budget,
+    /// Hyper-parameters.
+    pub hyper: Hyper,
+    /// Evaluation interval.
+    pub eval_every: u64,
+}
+
+/// One run of a plan, validated: everything needed to train, nothing left to check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPlan {
+    /// Plan name.
+    pub plan: String,
+    /// Variant name (`None` for a plan without variants).
+    pub variant: Option<String>,
+    /// Index among the plan's runs.
+    pub index: usize,
+    /// What the plan shows.
+    pub description: String,
+    /// Prepared data folder.
+    pub data: PathBuf,
+    /// Seed.
+    pub seed: u64,
+    /// Threads the plan asks for.
+    pub threads: Option<usize>,
+    /// Learning-rate schedule mode.
+    pub schedule: Schedule,
+    /// Weight initialisation of fresh nets.
+    pub init: Init,
+    /// Stages.
+    pub stages: Vec<StagePlan>,
+    /// Baseline, if enabled.
+    pub baseline: Option<BaselinePlan>,
+}
+
+impl RunPlan {
+    /// `plan` or `plan/variant`: the run's name in reports.
+    pub fn label(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{}/{v}", self.plan),
+            None => self.plan.clone(),
+        }
+    }
+
+    /// Folder name of this run inside an output folder.
+    pub fn folder(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{:02}-{v}", self.index),
+            None => self.plan.clone(),
+        }
+    }
+}
+
+/// Line and column (1-based) of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    let msg = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            Error::format(path, format!("line {line}, column {col}: {msg}"))
+        }
+        None => Error::format(path, msg),
+    }
+}
+
+/// Applies `patch` over `base`: tables merge key by key; a table of numbered keys over an
+/// array patches the numbered elements (1-based); anything else replaces.
+fn merge(base: &mut toml::Value, patch: &toml::Value, at: &str) -> Result<()> {
+    match (base, patch) {
+        (toml::Value::Table(b), toml::Value::Table(p)) => {
+            for (k, v) in p {
+                let here = format!("{at}.{k}");
+                match b.get_mut(k) {
+                    Some(slot) => merge(slot, v, &here)?,
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Ok(())
+        }
+        (toml::Value::Array(b), toml::Value::Table(p)) => {
+            for (k, v) in p {
+                let n = k.parse::<usize>().ok().filter(|n| *n >= 1 && *n <= b.len());
+                let Some(n) = n else {
+                    return Err(Error::invalid(format!(
+                        "{at}.{k}: there are {} entries; number them 1 to {}",
+                        b.len(),
+                        b.len()
+                    )));
+                };
+                merge(&mut b[n - 1], v, &format!("{at}.{k}"))?;
+            }
+            Ok(())
+        }
+        (b, p) => {
+            *b = p.clone();
+            Ok(())
+        }
+    }
+}
+
+/// A parsed plan file and the runs it defines.
+#[derive(Debug, Clone)]
+pub struct PlanFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The plan without variants applied.
+    pub plan: Plan,
+    raw: toml::Table,
+}
+
+impl PlanFile {
+    /// Reads and parses `path` (syntax and keys; nothing is resolved yet).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses plan text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let plan: Plan = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        let raw: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            plan,
+            raw,
+        })
+    }
+
+    /// Number of runs: one per variant, or one.
+    pub fn len(&self) -> usize {
+        self.plan.variants.len().max(1)
+    }
+
+    /// Always false: a plan has at least one run.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The plan of run `index`, with its variant's patch applied, unvalidated.
+    fn variant(&self, index: usize) -> Result<(Plan, Option<String>)> {
+        if self.plan.variants.is_empty() {
+            if index != 0 {
+                return Err(Error::invalid(format!(
+                    "{}: the plan has one run (index 0), not {index}",
+                    self.path.display()
+                )));
+            }
+            return Ok((self.plan.clone(), None));
+        }
+        let patch = self.plan.variants.get(index).ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: the plan has {} runs (indices 0 to {}), not {index}",
+                self.path.display(),
+                self.plan.variants.len(),
+                self.plan.variants.len() - 1
+            ))
+        })?;
+        let where_ = format!("{}: variant {index}", self.path.display());
+        let name = match patch.get("name") {
+            Some(toml::Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{where_}: every [[variant]] needs name = \"…\""
+                )));
+            }
+        };
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(Error::invalid(format!(
+                "{where_} ({name:?}): use letters, digits, '-', '_' and '.' in names (they name folders)"
+            )));
+        }
+        let mut patch = patch.clone();
+        patch.remove("name");
+        let mut base = toml::Value::Table(self.raw.clone());
+        if let toml::Value::Table(t) = &mut base {
+            t.remove("variant");
+        }
+        merge(&mut base, &toml::Value::Table(patch), "")
+            .map_err(|e| Error::invalid(format!("{where_} ({name}): {e}")))?;
+        let plan: Plan = base.try_into().map_err(|e: toml::de::Error| {
+            Error::invalid(format!(
+                "{where_} ({name}): {}",
+                e.message().replace('\n', " ")
+            ))
+        })?;
+        Ok((plan, Some(name)))
+    }
+
+    /// Validates run `index` against the prepared data: budgets, sizes that chain, growth
+    /// operators that fit the nets (applied to zero weights), learning-rate policies.
+    /// `data` overrides the plan's data folder.
+    pub fn resolve(&self, index: usize, data: Option<&Path>) -> Result<RunPlan> {
+        let (plan, variant) = self.variant(index)?;
+        let what = match &variant {
+            Some(v) => format!("{}: variant {index} ({v})", self.path.display()),
+            None => self.path.display().to_string(),
+        };
+        resolve(&plan, variant, index, data)
+            .map_err(|e| Error::invalid(format!("{what}: {}", strip_kind(&e))))
+    }
+
+    /// All runs, validated.
+    pub fn resolve_all(&self, data: Option<&Path>) -> Result<Vec<RunPlan>> {
+        (0..self.len()).map(|i| self.resolve(i, data)).collect()
+    }
+}
+
+/// The message of an error without its "invalid input: " style prefix.
+fn strip_kind(e: &Error) -> String {
+    match e {
+        Error::Invalid(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_policy(s: &str, key: &str) -> Result<LrPolicy> {
+    s.parse::<LrPolicy>()
+        .map_err(|e| Error::invalid(format!("{key}: {}", strip_kind(&e))))
+}
+
+fn resolve(
+    plan: &Plan,
+    variant: Option<String>,
+    index: usize,
+    data: Option<&Path>,
+) -> Result<RunPlan> {
+    let data = data.map_or_else(|| plan.data.clone(), Path::to_path_buf);
+    if plan.stages.is_empty() {
+        return Err(Error::invalid("the plan has no [[stage]]"));
+    }
+    if plan.batch == 0 {
+        return Err(Error::invalid("batch must be at least 1"));
+    }
+    if !(plan.lr.is_finite() && plan.lr > 0.0) {
+        return Err(Error::invalid(format!("lr = {} must be positive", plan.lr)));
+    }
+    if plan.eval_every == 0 {
+        return Err(Error::invalid("eval_every must be at least 1"));
+    }
+    if plan.threads == Some(0) {
+        return Err(Error::invalid("threads must be at least 1"));
+    }
+    let init: Init = plan
+        .init
+        .parse()
+        .map_err(|e: Error| Error::invalid(format!("init: {}", strip_kind(&e))))?;
+    let plan_policy = parse_policy(&plan.lr_policy, "lr_policy")?;
+    let manifest = DatasetManifest::load(&data)?;
+    let classes = manifest.classes.len();
+    let n_train = manifest.splits.get("train").copied().unwrap_or(0) as f64;
+
+    let mut stages: Vec<StagePlan> = Vec::new();
+    for (k, s) in plan.stages.iter().enumerate() {
+        let at = format!("stage {}", k + 1);
+        if !manifest.sizes.contains(&s.size) {
+            return Err(Error::invalid(format!(
+                "{at}: size {} is not prepared in {} (sizes {:?}; run `c2f prepare` with --sizes)",
+                s.size,
+                data.display(),
+                manifest.sizes
+            )));
+        }
+        let batch = s.batch.unwrap_or(plan.batch);
+        if batch == 0 {
+            return Err(Error::invalid(format!("{at}: batch must be at least 1")));
+        }
+        let budget = match (s.iterations, s.epochs, s.seconds) {
+            (Some(i), None, None) if i > 0 => StageBudget::Iterations(i),
+            (None, Some(e), None) if e > 0.0 && e.is_finite() => {
+                StageBudget::Iterations(((e * n_train) / batch as f64).ceil().max(1.0) as u64)
+            }
+            (None, None, Some(sec)) if sec > 0.0 && sec.is_finite() => StageBudget::Seconds(sec),
+            (None, None, None) => {
+                return Err(Error::invalid(format!(
+                    "{at}: give one of iterations, epochs or seconds"
+                )));
+            }
+            (i, e, sec)
+                if [i.is_some(), e.is_some(), sec.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count()
+                    > 1 =>
+            {
+                return Err(Error::invalid(format!(
+                    "{at}: give only one of iterations, epochs or seconds"
+                )));
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{at}: iterations, epochs and seconds must be positive"
+                )));
+            }
+        };
+        if plan.schedule == Schedule::Global && (s.lr.is_some() || s.lr_policy.is_some()) {
+            return Err(Error::invalid(format!(
+                "{at}: with schedule = \"global\" the plan's lr and lr_policy apply to all stages; remove the stage's"
+            )));
+        }
+        let lr = s.lr.unwrap_or(plan.lr);
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::invalid(format!("{at}: lr = {lr} must be positive")));
+        }
+        let policy = match &s.lr_policy {
+            Some(p) => parse_policy(p, &format!("{at}: lr_policy"))?,
+            None => plan_policy,
+        };
+        let input = InputShape::square(manifest.channels, s.size);
+        let (spec, grow) = if k == 0 {
+            if s.grow.is_some() {
+                return Err(Error::invalid(format!(
+                    "{at}: the first stage has nothing to grow from; give net = \"…\" only"
+                )));
+            }
+            if s.momentum_state.is_some() || s.warmup.is_some() {
+                return Err(Error::invalid(format!(
+                    "{at}: momentum_state and warmup describe a transition; the first stage has none"
+                )));
+            }
+            let name = s.net.as_deref().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{at}: the first stage needs net = \"PRESET\" or a spec file"
+                ))
+            })?;
+            let spec = presets::resolve(name)
+                .and_then(|n| n.bind(input, classes))
+                .map_err(|e| Error::invalid(format!("{at}: net {name:?}: {}", strip_kind(&e))))?;
+            (spec, Vec::new())
+        } else {
+            if let Some(n) = &s.net {
+                return Err(Error::invalid(format!(
+                    "{at}: net = {n:?}: later stages grow from the previous one; use grow = [ … ]"
+                )));
+            }
+            let ops = s.grow.clone().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{at}: give grow = [ … ] (the operators from stage {k}'s net; [] keeps it)"
+                ))
+            })?;
+            let prev = &stages[k - 1];
+            let mut spec = prev.spec.clone();
+            let mut zeros = WeightMap::zeros_for(&spec)?;
+            for (j, op) in ops.iter().enumerate() {
+                let (s2, w2, _) = grow::apply(&spec, &zeros, None, op, 0).map_err(|e| {
+                    Error::invalid(format!(
+                        "{at}: grow[{}] ({}): {}",
+                        j + 1,
+                        op.describe(),
+                        strip_kind(&e)
+                    ))
+                })?;
+                spec = s2;
+                zeros = w2;
+            }
+            let grown_side = spec.input.map_or(0, |i| i.height);
+            if grown_side != s.size {
+                return Err(Error::invalid(format!(
+                    "{at}: size {} does not follow from stage {k}'s size {} and its growth (which gives {grown_side}); each upscale doubles the side",
+                    s.size, prev.size
+                )));
+            }
+            (spec, ops)
+        };
+        stages.push(StagePlan {
+            size: s.size,
+            grow,
+            spec,
+            budget,
+            hyper: Hyper {
+                batch_size: batch,
+                base_lr: lr,
+                lr_policy: policy,
+                momentum: plan.momentum,
+                weight_decay: plan.weight_decay,
+                seed: plan.seed.wrapping_add(k as u64),
+            },
+            eval_every: s.eval_every.unwrap_or(plan.eval_every).max(1),
+            momentum_state: s.momentum_state.unwrap_or_default(),
+            warmup: s.warmup.unwrap_or(0),
+        });
+    }
+    let baseline = if plan.baseline.enabled {
+        let b = &plan.baseline;
+        let last = stages.last().ok_or_else(|| Error::invalid("no stages"))?;
+        let lr = b.lr.unwrap_or(plan.lr);
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::invalid(format!(
+                "baseline: lr = {lr} must be positive"
+            )));
+        }
+        let batch = b.batch.unwrap_or(last.hyper.batch_size);
+        if batch == 0 {
+            return Err(Error::invalid("baseline: batch must be at least 1"));
+        }
+        Some(BaselinePlan {
+            budget: b.budget,
+            hyper: Hyper {
+                batch_size: batch,
+                base_lr: lr,
+                lr_policy: match &b.lr_policy {
+                    Some(p) => parse_policy(p, "baseline: lr_policy")?,
+                    None => plan_policy,
+                },
+                momentum: plan.momentum,
+                weight_decay: plan.weight_decay,
+                seed: plan.seed.wrapping_add(1000),
+            },
+            eval_every: b.eval_every.unwrap_or(plan.eval_every).max(1),
+        })
+    } else {
+        None
+    };
+    Ok(RunPlan {
+        plan: plan.name.clone(),
+        variant,
+        index,
+        description: plan.description.clone(),
+        data,
+        seed: plan.seed,
+        threads: plan.threads,
+        schedule: plan.schedule,
+        init,
+        stages,
+        baseline,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::prepare::{PrepareConfig, prepare};
+    use crate::data::synthetic::write_quadrant_idx;
+    use crate::progress::Silent;
+
+    /// A prepared 4-class fixture at sizes 8 and 16.
+    fn data(root: &Path) -> Result<PathBuf> {
+        write_quadrant_idx(&root.join("src"), 64, 16, 16, 3)?;
+        let cfg = PrepareConfig {
+            sizes: vec![8, 16],
+            ..Default::default()
+        };
+        prepare(&root.join("src"), &root.join("data"), &cfg, &Silent)?;
+        Ok(root.join("data"))
+    }
+
+    const GOOD: &str = r#"
+name = "t"
+data = "DATA"
+eval_every = 10
+
+[[stage]]
+size = 8
+net = "net-4"
+iterations = 20
+
+[[stage]]
+size = 16
+grow = [{ op = "upscale" }, { op = "widen", layer = "conv2", add = 4, init = "flip-h" }]
+epochs = 1
+warmup = 5
+momentum_state = "reset"
+
+[[variant]]
+name = "a"
+
+[[variant]]
+name = "b"
+seed = 7
+stage.2.grow = [{ op = "upscale", mode = "paper", sigma = 0.1 }]
+baseline.enabled = false
+"#;
+
+    fn parse(text: &str, data: &Path) -> Result<PlanFile> {
+        PlanFile::parse(
+            Path::new("plan.toml"),
+            &text.replace("DATA", &data.display().to_string()),
+        )
+    }
+
+    fn message(r: Result<impl std::fmt::Debug>) -> String {
+        match r {
+            Ok(v) => panic!("should be rejected, got {v:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_valid_plan_resolves_with_variants_applied() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let d = data(tmp.path())?;
+        let f = parse(GOOD, &d)?;
+        assert_eq!(f.len(), 2);
+        let runs = f.resolve_all(None)?;
+        let (a, b) = (&runs[0], &runs[1]);
+        assert_eq!(a.label(), "t/a");
+        assert_eq!(a.folder(), "00-a");
+        assert_eq!(a.stages[1].spec.input.map(|i| i.height), Some(16));
+        // 64 training images, batch 128: one epoch is one iteration.
+        assert_eq!(a.stages[1].budget, StageBudget::Iterations(1));
+        assert_eq!(a.stages[1].momentum_state, MomentumState::Reset);
+        assert_eq!(a.stages[1].warmup, 5);
+        assert!(a.baseline.is_some());
+        assert_eq!(a.stages[0].hyper.seed, 0);
+        assert_eq!(b.stages[0].hyper.seed, 7);
+        assert_eq!(b.stages[1].grow.len(), 1);
+        assert!(matches!(
+            b.stages[1].grow[0],
+            GrowOp::Upscale {
+                mode: grow::UpscaleMode::Paper,
+                ..
+            }
+        ));
+        assert!(b.baseline.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_plans_are_rejected_naming_the_key_or_line() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let d = data(tmp.path())?;
+        // An unknown key: the message names it and its line.
+        let m = message(parse(&GOOD.replace("warmup = 5", "warmpu = 5"), &d));
+        assert!(m.contains("line 15") && m.contains("warmpu"), "{m}");
+        // Sizes that do not chain with the growth.
+        let m = message(parse(&GOOD.replace("size = 16", "size = 8"), &d)?.resolve(0, None));
+        assert!(
+            m.contains("stage 2") && m.contains("size 8 does not follow"),
+            "{m}"
+        );
+        // Growth that does not fit the net.
+        let m = message(
+            parse(&GOOD.replace("layer = \"conv2\"", "layer = \"conv9\""), &d)?.resolve(0, None),
+        );
+        assert!(m.contains("stage 2: grow[2]") && m.contains("conv9"), "{m}");
+        // A size the data does not have.
+        let m = message(
+            parse(
+                &GOOD.replace("size = 16", "size = 32").replace(
+                    "{ op = \"upscale\" },",
+                    "{ op = \"upscale\" }, { op = \"upscale\" },",
+                ),
+                &d,
+            )?
+            .resolve(0, None),
+        );
+        assert!(m.contains("stage 2: size 32 is not prepared"), "{m}");
+        // A bad key inside a variant's patch names the variant.
+        let m = message(parse(&GOOD.replace("seed = 7", "sede = 7"), &d)?.resolve(1, None));
+        assert!(m.contains("variant 1 (b)") && m.contains("sede"), "{m}");
+        // A patch addressing a stage that does not exist.
+        let m = message(parse(&GOOD.replace("stage.2.grow", "stage.3.grow"), &d)?.resolve(1, None));
+        assert!(m.contains("stage.3"), "{m}");
+        // Two budgets, or none.
+        let m = message(
+            parse(
+                &GOOD.replace("iterations = 20", "iterations = 20\nseconds = 3"),
+                &d,
+            )?
+            .resolve(0, None),
+        );
+        assert!(m.contains("stage 1: give only one of"), "{m}");
+        // A global schedule with a stage's own rate.
+        let m = message(
+            parse(
+                &GOOD
+                    .replace("eval_every = 10", "eval_every = 10\nschedule = \"global\"")
+                    .replace("warmup = 5", "warmup = 5\nlr = 0.1"),
+                &d,
+            )?
+            .resolve(0, None),
+        );
+        assert!(m.contains("stage 2") && m.contains("global"), "{m}");
+        // A growth on the first stage, a net on a later one.
+        let m = message(
+            parse(
+                &GOOD.replace("net = \"net-4\"", "net = \"net-4\"\ngrow = []"),
+                &d,
+            )?
+            .resolve(0, None),
+        );
+        assert!(m.contains("stage 1"), "{m}");
+        let m = message(
+            parse(
+                &GOOD.replace("epochs = 1", "epochs = 1\nnet = \"net-3\""),
+                &d,
+            )?
+            .resolve(0, None),
+        );
+        assert!(m.contains("stage 2: net"), "{m}");
+        // A bad learning-rate policy and an index out of range.
+        let m = message(
+            parse(
+                &GOOD.replace("eval_every = 10", "eval_every = 10\nlr_policy = \"step:x\""),
+                &d,
+            )?
+            .resolve(0, None),
+        );
+        assert!(m.contains("lr_policy"), "{m}");
+        let m = message(parse(GOOD, &d)?.resolve(2, None));
+        assert!(m.contains("indices 0 to 1"), "{m}");
+        Ok(())
+    }
+}
