@@ -55,8 +55,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub check: bool,
     /// Save a checkpoint every N iterations (default: at every evaluation).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub checkpoint_every: u64,
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
     /// Real test images used by each growth check.
     #[arg(long, default_value_t = 500)]
     pub check_images: usize,
@@ -157,7 +157,7 @@ pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
     }
     let compute = Compute::new(a.backend.parse::<BackendKind>()?)?;
     let opts = RunOptions {
-        checkpoint_every: a.checkpoint_every,
+        checkpoint_every: a.checkpoint_every.unwrap_or(0),
         check_images: a.check_images,
         stop: Some(crate::stop_flag()?),
     };

@@ -54,7 +54,7 @@ pub enum UpscaleMode {
 /// Initialisation of new filters or units of [`widen`]. Written as in the CLI and in plans:
 /// `gauss:0.01`, `zeros`, `flip-h`, `flip-v`, `flip-diag`, `flip-central`, `net2wider`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "NewFiltersRepr", into = "String")]
 pub enum NewFilters {
     /// N(0, σ²).
     Gauss(f32),
@@ -93,10 +93,22 @@ impl From<NewFilters> for String {
     }
 }
 
-impl TryFrom<String> for NewFilters {
+/// What [`NewFilters`] is read from: its text form, or `{"gauss": σ}` as checkpoints written
+/// before the text form recorded it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NewFiltersRepr {
+    Text(String),
+    Gauss { gauss: f32 },
+}
+
+impl TryFrom<NewFiltersRepr> for NewFilters {
     type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
+    fn try_from(r: NewFiltersRepr) -> Result<Self> {
+        match r {
+            NewFiltersRepr::Text(s) => s.parse(),
+            NewFiltersRepr::Gauss { gauss } => Ok(NewFilters::Gauss(gauss)),
+        }
     }
 }
 

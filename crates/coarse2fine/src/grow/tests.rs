@@ -367,3 +367,19 @@ fn net2wider_noise_breaks_the_symmetry_of_copies() {
     assert!(!copies(&noisy));
     assert!(op(0.0).is_exact() && !op(0.01).is_exact());
 }
+
+#[test]
+fn new_filters_read_their_text_form_and_the_older_tagged_one() -> Result<()> {
+    let parse =
+        |j: &str| serde_json::from_str::<NewFilters>(j).map_err(|e| Error::invalid(e.to_string()));
+    assert_eq!(parse(r#""gauss:0.5""#)?, NewFilters::Gauss(0.5));
+    assert_eq!(parse(r#"{"gauss":0.5}"#)?, NewFilters::Gauss(0.5));
+    assert_eq!(parse(r#""flip-diag""#)?, NewFilters::FlipDiag);
+    assert!(parse(r#""flip-x""#).is_err());
+    assert_eq!(
+        serde_json::to_string(&NewFilters::Gauss(0.01))
+            .map_err(|e| Error::invalid(e.to_string()))?,
+        r#""gauss:0.01""#
+    );
+    Ok(())
+}
