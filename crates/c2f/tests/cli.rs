@@ -784,18 +784,7 @@ budget = "images"
 
 /// The final evaluations (without clocks) and weights of a run folder.
 fn run_result(run: &Path) -> (Vec<serde_json::Value>, Vec<WeightMap>) {
-    let text = std::fs::read_to_string(run.join("events.jsonl")).expect("events");
-    let evals: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .filter(|e| e["event"] == "eval")
-        .map(|e| {
-            serde_json::json!({
-                "curve": e["curve"], "stage": e["stage"], "iter": e["iter"],
-                "images": e["images"], "top1": e["top1"], "loss": e["loss"],
-            })
-        })
-        .collect();
+    let evals = run_evals(run);
     let weights = ["incremental/stage-2", "baseline"]
         .iter()
         .map(|p| {
@@ -962,4 +951,75 @@ fn invalid_plans_fail_before_training() {
         &["--index 1", "indices 0 to 0"],
     );
     assert!(!out.exists());
+}
+
+/// The array-job form: each index of a plan as its own process, all at once, into one
+/// folder, then one report over all of them.
+#[test]
+fn plan_variants_run_as_parallel_array_tasks_and_merge() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_data, plan) = write_run_fixture(tmp.path());
+    let text = std::fs::read_to_string(&plan)
+        .expect("plan")
+        .replace("iterations = 400", "iterations = 60")
+        + "\n[[variant]]\nname = \"keep\"\n\n[[variant]]\nname = \"reset\"\nbaseline.enabled = false\nstage.2.momentum_state = \"reset\"\n";
+    let plan = tmp.path().join("variants.toml");
+    std::fs::write(&plan, text).expect("plan");
+    let out = tmp.path().join("array");
+    let task = |i: usize, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_c2f"))
+            .args([
+                "--threads",
+                "1",
+                "--quiet",
+                "run",
+                s(&plan),
+                "--out",
+                s(out),
+            ])
+            .args(["--index", &i.to_string()])
+            .spawn()
+            .expect("c2f starts")
+    };
+    let tasks: Vec<_> = (0..2).map(|i| task(i, &out)).collect();
+    for mut t in tasks {
+        assert!(t.wait().expect("task ends").success());
+    }
+    assert!(out.join("00-keep/events.jsonl").is_file());
+    assert!(out.join("01-reset/events.jsonl").is_file());
+    assert!(!out.join("01-reset/baseline").exists());
+    // Each task's result is the one it gives alone.
+    let alone = tmp.path().join("alone");
+    assert!(task(1, &alone).wait().expect("task ends").success());
+    assert_eq!(
+        run_evals(&out.join("01-reset")),
+        run_evals(&alone.join("01-reset"))
+    );
+
+    let rep = tmp.path().join("report");
+    ok(&["report", s(&out), "--out", s(&rep)]);
+    let md = std::fs::read_to_string(rep.join("report.md")).expect("md");
+    for curve in [
+        "kill-test/keep (incremental)",
+        "kill-test/keep (baseline)",
+        "kill-test/reset (incremental)",
+    ] {
+        assert!(md.contains(curve), "{curve} missing from the report:\n{md}");
+    }
+}
+
+/// The evaluations of a run folder without clocks.
+fn run_evals(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("events.jsonl"))
+        .expect("events")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|e| e["event"] == "eval")
+        .map(|e| {
+            serde_json::json!({
+                "curve": e["curve"], "stage": e["stage"], "iter": e["iter"],
+                "images": e["images"], "top1": e["top1"], "loss": e["loss"],
+            })
+        })
+        .collect()
 }
