@@ -469,7 +469,8 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
         compute.kind(),
         backend::threads()
     ));
-    let ckpt = train::train(&a.out, start, &data, &cfg, &compute, bars)?;
+    let ckpt = train::train(&a.out, start, &data, &cfg, &compute, bars)
+        .map_err(|e| with_hint(e, "continue with the same command and --resume"))?;
     let m = &ckpt.meta;
     match m.last_eval {
         Some(e) => println!(
@@ -490,6 +491,16 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Adds how to continue to an interruption's message.
+pub(crate) fn with_hint(e: coarse2fine::Error, hint: &str) -> coarse2fine::Error {
+    match e {
+        coarse2fine::Error::Interrupted(m) => {
+            coarse2fine::Error::Interrupted(format!("{m}; {hint}"))
+        }
+        other => other,
+    }
 }
 
 /// A flag raised by the first Ctrl-C (or SIGTERM); a second one ends the process at once.

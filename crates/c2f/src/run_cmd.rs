@@ -187,7 +187,8 @@ fn run_one(
         compute.kind(),
         backend::threads()
     ));
-    let o = run::execute(dir, r, opts, compute, bars)?;
+    let o = run::execute(dir, r, opts, compute, bars)
+        .map_err(|e| crate::with_hint(e, "run the same command again to continue"))?;
     let pct = |e: Option<coarse2fine::checkpoint::EvalSummary>| {
         e.map_or("-".to_string(), |e| format!("{:.2}%", 100.0 * e.top1))
     };

@@ -514,7 +514,7 @@ pub fn train(
             make_checkpoint(&net, &sgd, t, images, eval_s, pause_s, last_eval)?
                 .save(&run_dir.join(CHECKPOINT_DIR))?;
             return Err(Error::Interrupted(format!(
-                "interrupted at iteration {t} of {}; saved {} (continue with --resume)",
+                "interrupted at iteration {t} of {}; saved {}",
                 cfg.iterations,
                 run_dir.join(CHECKPOINT_DIR).display()
             )));
