@@ -3,6 +3,7 @@
 //! Each verb parses its flags, validates them into a plan (opening inputs, binding the
 //! network to the data), and only then runs, so a bad value fails before any work is done.
 
+mod export_cmd;
 mod grow_cmd;
 mod report_cmd;
 mod run_cmd;
@@ -61,6 +62,7 @@ enum Command {
     Verify(grow_cmd::VerifyArgs),
     Run(run_cmd::RunArgs),
     Report(report_cmd::ReportArgs),
+    Export(export_cmd::ExportArgs),
     Nets(NetsArgs),
 }
 
@@ -227,6 +229,13 @@ struct EvalArgs {
     /// Compute backend.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Also write the first --dump-images images (pixels 0–255, float32) and the net's
+    /// logits for them to this safetensors file, to compare with other runtimes.
+    #[arg(long, value_name = "FILE.safetensors")]
+    dump: Option<PathBuf>,
+    /// Images in --dump.
+    #[arg(long, default_value_t = 256)]
+    dump_images: usize,
 }
 
 /// List the preset networks, or show one network's layers.
@@ -299,6 +308,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Verify(a) => grow_cmd::cmd_verify(a),
         Command::Run(a) => run_cmd::cmd_run(a, cli_threads, &bars),
         Command::Report(a) => report_cmd::cmd_report(a),
+        Command::Export(a) => export_cmd::cmd_export(a),
         Command::Nets(a) => cmd_nets(a),
     }
 }
@@ -539,6 +549,9 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let net = Network::new(&ckpt.spec, &ckpt.weights, &compute)?;
     // The checkpoint's own normalisation, so evaluation on other data matches training.
     let s = train::evaluate(&net, &set, &ckpt.meta.normalization, a.batch.max(1))?;
+    if let Some(path) = &a.dump {
+        dump_logits(path, &net, &set, &ckpt.meta.normalization, a.dump_images)?;
+    }
     if a.json {
         println!(
             "{}",
@@ -567,6 +580,43 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             s.loss
         );
     }
+    Ok(())
+}
+
+/// Writes `pixels` (N×C×H×W, 0–255) and `logits` (N×classes) of the first `n` images.
+fn dump_logits(
+    path: &Path,
+    net: &Network,
+    set: &coarse2fine::data::shard::ShardSet,
+    stats: &prepare::ChannelStats,
+    n: usize,
+) -> Result<()> {
+    use coarse2fine::data::loader::{Normalizer, make_batch};
+    use coarse2fine::net::Tensor;
+    let n = n.clamp(1, set.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let batch = make_batch(set, &Normalizer::new(stats), &idx);
+    let logits = net.logits(&batch)?;
+    let pixels: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| set.get(i).0.iter().map(|&v| f32::from(v)))
+        .collect();
+    let mut out = WeightMap::new();
+    out.insert(
+        "pixels",
+        Tensor {
+            shape: batch.shape.to_vec(),
+            data: pixels,
+        },
+    );
+    out.insert(
+        "logits",
+        Tensor {
+            shape: vec![n, logits.len() / n],
+            data: logits,
+        },
+    );
+    out.save(path, None)?;
     Ok(())
 }
 

@@ -433,6 +433,9 @@ fn fashion_mnist_prepare_and_short_training() {
     // 300 steps of 64 images (a third of an epoch) at 8×8; chance is 10%.
     eprintln!("net-2 at 8×8 after 300 steps: top-1 {top1}");
     assert!(top1 > 0.65, "net-2 at 8×8 after 300 steps: top-1 {top1}");
+
+    // The ONNX export computes the same logits on real images (onnxruntime).
+    onnx_matches_c2f(&run, &data, tmp.path());
 }
 
 fn json_of(path: &Path) -> serde_json::Value {
@@ -1022,4 +1025,80 @@ fn run_evals(run: &Path) -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+/// Exports `checkpoint` to ONNX, dumps c2f's logits for 256 images of `data`, and checks
+/// them with onnxruntime (scripts/check_onnx.py, tolerance 1e-4).
+fn onnx_matches_c2f(checkpoint: &Path, data: &Path, tmp: &Path) {
+    let model = tmp.join("model.onnx");
+    let dump = tmp.join("dump.safetensors");
+    let _ = std::fs::remove_file(&model);
+    ok(&["export", s(checkpoint), "--onnx", s(&model)]);
+    ok(&["eval", s(checkpoint), "--data", s(data), "--dump", s(&dump)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_onnx.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([s(&model), s(&dump)])
+        .output()
+        .expect("python3 runs (scripts/test.sh installs onnxruntime)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {text}{}",
+        checkpoint.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("256 images"), "{text}");
+    eprintln!("{}", text.trim());
+}
+
+/// ONNX export of nets with every layer kind: LRN, dropout, padded max-pools, and the
+/// dilated convolutions and pools of a grown net, plus an inserted identity layer.
+#[test]
+fn onnx_export_matches_c2f_logits() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 256, 300, 8, 4).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    let run = tmp.path().join("run");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--net",
+        "alexnet-s5",
+        "--iterations",
+        "20",
+        "--batch",
+        "16",
+        "--out",
+        s(&run),
+    ]);
+    onnx_matches_c2f(&run, &data, tmp.path());
+    let grown = tmp.path().join("grown");
+    ok(&[
+        "grow",
+        s(&run),
+        "--deepen",
+        "after=conv2",
+        "--widen",
+        "conv1=+3",
+        "--init",
+        "flip-h",
+        "--out",
+        s(&grown),
+    ]);
+    onnx_matches_c2f(&grown, &data, tmp.path());
+
+    // The upscaled net takes 16×16 images: a fixture at that size.
+    let src16 = tmp.path().join("src16");
+    write_quadrant_idx(&src16, 64, 300, 16, 6).expect("fixture");
+    let data16 = tmp.path().join("data16");
+    ok(&["prepare", s(&src16), "--out", s(&data16), "--sizes", "16"]);
+    let up = tmp.path().join("up");
+    ok(&["grow", s(&run), "--upscale", "--out", s(&up)]);
+    onnx_matches_c2f(&up, &data16, tmp.path());
 }

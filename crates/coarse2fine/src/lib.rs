@@ -10,6 +10,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod grow;
 pub mod lr;

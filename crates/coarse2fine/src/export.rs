@@ -1,0 +1,339 @@
+//! ONNX export: a checkpoint's network as a standard ONNX graph (opset 13), with the
+//! input normalisation built in, so the model takes the same pixel values (0–255) as the
+//! prepared shards hold.
+
+use std::path::Path;
+
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_proto::DataType;
+use onnx_protobuf::{
+    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+};
+
+use crate::data::prepare::ChannelStats;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::net::spec::{Layer, Shape};
+use crate::net::{NetSpec, WeightMap};
+
+/// ONNX operator set of exported models.
+pub const OPSET: i64 = 13;
+/// ONNX IR version that goes with [`OPSET`].
+const IR_VERSION: i64 = 7;
+
+/// Name of the graph's input: pixels N × C × H × W in 0–255.
+pub const INPUT: &str = "pixels";
+/// Name of the logits output (N × classes).
+pub const LOGITS: &str = "logits";
+/// Name of the class-probabilities output, present when the spec ends in softmax.
+pub const PROBABILITIES: &str = "probabilities";
+
+fn tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.dims = dims.iter().map(|&d| d as i64).collect();
+    t.data_type = DataType::FLOAT as i32;
+    t.raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v.iter().map(|&x| x as i64).collect();
+    a
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = v;
+    a
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::FLOAT.into();
+    a.f = v;
+    a
+}
+
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    output: &str,
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = name.into();
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output = vec![output.into()];
+    n.attribute = attrs;
+    n
+}
+
+/// A float tensor value with a symbolic batch dimension `N`.
+fn value(name: &str, dims: &[usize]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    let mut batch = tensor_shape_proto::Dimension::new();
+    batch.value = Some(tensor_shape_proto::dimension::Value::DimParam("N".into()));
+    shape.dim.push(batch);
+    for &d in dims {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(d as i64));
+        shape.dim.push(dim);
+    }
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = DataType::FLOAT as i32;
+    tt.shape = Some(shape).into();
+    let mut ty = TypeProto::new();
+    ty.value = Some(type_proto::Value::TensorType(tt));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = Some(ty).into();
+    v
+}
+
+fn weight<'a>(w: &'a WeightMap, name: &str) -> Result<&'a [f32]> {
+    w.get(name)
+        .map(|t| t.data.as_slice())
+        .ok_or_else(|| Error::invalid(format!("no tensor {name:?} in the weights")))
+}
+
+/// The ONNX model of a bound spec with its weights and input normalisation.
+pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> Result<ModelProto> {
+    let input = spec
+        .input
+        .ok_or_else(|| Error::invalid("the network is not bound to an input size"))?;
+    let summary = spec.summary()?;
+    let c = input.channels;
+    if norm.mean.len() != c || norm.std.len() != c {
+        return Err(Error::invalid(format!(
+            "normalisation has {} channels, the network {c}",
+            norm.mean.len()
+        )));
+    }
+    let mut g = GraphProto::new();
+    g.name = spec.name.clone();
+    g.input.push(value(INPUT, &[c, input.height, input.width]));
+
+    // (x / 255 − mean) / std, as the data loader computes it.
+    g.initializer.push(tensor("norm.scale", &[], &[255.0]));
+    g.initializer
+        .push(tensor("norm.mean", &[c, 1, 1], &norm.mean));
+    g.initializer
+        .push(tensor("norm.std", &[c, 1, 1], &norm.std));
+    g.node.push(node(
+        "Div",
+        "norm_scale",
+        &[INPUT, "norm.scale"],
+        "x_unit",
+        vec![],
+    ));
+    g.node.push(node(
+        "Sub",
+        "norm_mean",
+        &["x_unit", "norm.mean"],
+        "x_centred",
+        vec![],
+    ));
+    g.node.push(node(
+        "Div",
+        "norm_std",
+        &["x_centred", "norm.std"],
+        "x0",
+        vec![],
+    ));
+
+    let mut cur = "x0".to_string();
+    let mut flat = false;
+    let logit_layers = spec.logit_layers().len();
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let out = if i + 1 == logit_layers {
+            LOGITS.to_string()
+        } else if i + 1 == spec.layers.len() {
+            PROBABILITIES.to_string()
+        } else {
+            format!("x{}", i + 1)
+        };
+        let name = format!("layer{}", i + 1);
+        match layer {
+            Layer::Conv(cv) => {
+                let (w, b) = (format!("{}.weight", cv.name), format!("{}.bias", cv.name));
+                let ws = weights
+                    .get(&w)
+                    .ok_or_else(|| Error::invalid(format!("no tensor {w:?} in the weights")))?;
+                g.initializer.push(tensor(&w, &ws.shape, &ws.data));
+                g.initializer
+                    .push(tensor(&b, &[cv.filters], weight(weights, &b)?));
+                g.node.push(node(
+                    "Conv",
+                    &cv.name,
+                    &[&cur, &w, &b],
+                    &out,
+                    vec![
+                        ints("kernel_shape", &[cv.kernel, cv.kernel]),
+                        ints("strides", &[cv.stride, cv.stride]),
+                        ints("pads", &[cv.padding; 4]),
+                        ints("dilations", &[cv.dilation, cv.dilation]),
+                    ],
+                ));
+            }
+            Layer::Relu => g.node.push(node("Relu", &name, &[&cur], &out, vec![])),
+            Layer::MaxPool(p) => g.node.push(node(
+                "MaxPool",
+                &name,
+                &[&cur],
+                &out,
+                vec![
+                    ints("kernel_shape", &[p.kernel, p.kernel]),
+                    ints("strides", &[p.stride(), p.stride()]),
+                    ints("pads", &[p.padding; 4]),
+                    ints("dilations", &[p.dilation, p.dilation]),
+                    int("ceil_mode", i64::from(p.ceil_mode)),
+                ],
+            )),
+            Layer::Lrn(l) => {
+                // ONNX's window is [c − ⌊(n−1)/2⌋, c + ⌈(n−1)/2⌉], ours symmetric: the same
+                // for the odd sizes that specs allow.
+                g.node.push(node(
+                    "LRN",
+                    &name,
+                    &[&cur],
+                    &out,
+                    vec![
+                        int("size", l.size as i64),
+                        float("alpha", l.alpha),
+                        float("beta", l.beta),
+                        float("bias", l.k),
+                    ],
+                ));
+            }
+            // Inference: dropout is the identity.
+            Layer::Dropout(_) => g.node.push(node("Identity", &name, &[&cur], &out, vec![])),
+            Layer::Fc(f) => {
+                let src = if flat {
+                    cur.clone()
+                } else {
+                    let flat_name = format!("{cur}_flat");
+                    g.node.push(node(
+                        "Flatten",
+                        &format!("{name}_flatten"),
+                        &[&cur],
+                        &flat_name,
+                        vec![int("axis", 1)],
+                    ));
+                    flat = true;
+                    flat_name
+                };
+                let (w, b) = (format!("{}.weight", f.name), format!("{}.bias", f.name));
+                let ws = weights
+                    .get(&w)
+                    .ok_or_else(|| Error::invalid(format!("no tensor {w:?} in the weights")))?;
+                g.initializer.push(tensor(&w, &ws.shape, &ws.data));
+                g.initializer
+                    .push(tensor(&b, &[ws.shape[0]], weight(weights, &b)?));
+                g.node.push(node(
+                    "Gemm",
+                    &f.name,
+                    &[&src, &w, &b],
+                    &out,
+                    vec![int("transB", 1)],
+                ));
+            }
+            Layer::Softmax => {
+                g.node
+                    .push(node("Softmax", &name, &[&cur], &out, vec![int("axis", 1)]))
+            }
+        }
+        cur = out;
+    }
+    let classes = match summary.last().map(|s| s.output) {
+        Some(Shape::Flat(k)) => k,
+        other => {
+            return Err(Error::invalid(format!(
+                "the network ends in {other:?}, not in class scores"
+            )));
+        }
+    };
+    g.output.push(value(LOGITS, &[classes]));
+    if spec.logit_layers().len() != spec.layers.len() {
+        g.output.push(value(PROBABILITIES, &[classes]));
+    }
+    let mut m = ModelProto::new();
+    m.ir_version = IR_VERSION;
+    m.producer_name = "coarse2fine".into();
+    m.producer_version = env!("CARGO_PKG_VERSION").into();
+    let mut opset = OperatorSetIdProto::new();
+    opset.version = OPSET;
+    m.opset_import.push(opset);
+    m.graph = Some(g).into();
+    Ok(m)
+}
+
+/// Writes the ONNX model of `spec` to `path` (atomically).
+pub fn write_onnx(
+    path: &Path,
+    spec: &NetSpec,
+    weights: &WeightMap,
+    norm: &ChannelStats,
+) -> Result<()> {
+    let model = onnx_model(spec, weights, norm)?;
+    let bytes = model
+        .write_to_bytes()
+        .map_err(|e| Error::format(path, format!("encoding ONNX: {e}")))?;
+    fsutil::write_bytes_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::presets::preset;
+    use crate::net::spec::InputShape;
+    use crate::net::weights::Init;
+
+    fn stats() -> ChannelStats {
+        ChannelStats {
+            mean: vec![0.5],
+            std: vec![0.25],
+        }
+    }
+
+    #[test]
+    fn graph_has_every_layer_and_weight() -> Result<()> {
+        let spec = preset("alexnet-s3")
+            .ok_or_else(|| Error::invalid("preset"))?
+            .bind(InputShape::square(1, 8), 10)?;
+        let w = WeightMap::init(&spec, Init::Kaiming, 1)?;
+        let m = onnx_model(&spec, &w, &stats())?;
+        assert_eq!(m.opset_import[0].version, OPSET);
+        let g = m.graph.as_ref().ok_or_else(|| Error::invalid("no graph"))?;
+        // Every weight tensor, with its shape, plus the three normalisation constants.
+        assert_eq!(g.initializer.len(), w.len() + 3);
+        for (name, t) in w.iter() {
+            let init = g
+                .initializer
+                .iter()
+                .find(|i| &i.name == name)
+                .ok_or_else(|| Error::invalid(format!("{name} missing")))?;
+            let dims: Vec<usize> = init.dims.iter().map(|&d| d as usize).collect();
+            assert_eq!(dims, t.shape, "{name}");
+            assert_eq!(init.raw_data.len(), 4 * t.numel());
+        }
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        for op in [
+            "Conv", "Relu", "LRN", "MaxPool", "Identity", "Flatten", "Gemm", "Softmax",
+        ] {
+            assert!(ops.contains(&op), "{op} missing from {ops:?}");
+        }
+        let outputs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outputs, [LOGITS, PROBABILITIES]);
+        Ok(())
+    }
+}
