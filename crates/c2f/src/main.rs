@@ -7,6 +7,8 @@ mod export_cmd;
 mod grow_cmd;
 mod report_cmd;
 mod run_cmd;
+#[cfg(feature = "tensorboard")]
+mod tensorboard;
 mod ui;
 
 use std::path::{Path, PathBuf};
@@ -63,6 +65,7 @@ enum Command {
     Run(run_cmd::RunArgs),
     Report(report_cmd::ReportArgs),
     Export(export_cmd::ExportArgs),
+    Import(export_cmd::ImportArgs),
     Nets(NetsArgs),
 }
 
@@ -309,6 +312,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Run(a) => run_cmd::cmd_run(a, cli_threads, &bars),
         Command::Report(a) => report_cmd::cmd_report(a),
         Command::Export(a) => export_cmd::cmd_export(a),
+        Command::Import(a) => export_cmd::cmd_import(a),
         Command::Nets(a) => cmd_nets(a),
     }
 }

@@ -44,6 +44,11 @@ pub struct ReportArgs {
     /// TrueType font for the plots' text (default: DejaVu Sans or Arial where installed).
     #[arg(long)]
     pub font: Option<PathBuf>,
+    /// Also write TensorBoard event files, one per curve, under DIR/<run>/<curve>/
+    /// (step: training images seen): tensorboard --logdir DIR.
+    #[cfg(feature = "tensorboard")]
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
 }
 
 const FONT_CANDIDATES: [&str; 6] = [
@@ -490,6 +495,18 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     html += "<img src=\"loss_vs_time.svg\" alt=\"loss vs time\">\n<img src=\"accuracy_vs_images.svg\" alt=\"accuracy vs images\">\n<p>Every point: <a href=\"curves.csv\">curves.csv</a>; the tables' numbers: <a href=\"summary.json\">summary.json</a>.</p>\n</body></html>\n";
     fsutil::write_bytes_atomic(&a.out.join("report.html"), html.as_bytes())?;
 
+    #[cfg(feature = "tensorboard")]
+    if let Some(tb) = &a.tensorboard {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let files = crate::tensorboard::write(tb, &summary.curves, start)?;
+        println!(
+            "wrote {} TensorBoard event file(s) under {}",
+            files.len(),
+            tb.display()
+        );
+    }
     for v in &verdict {
         println!("{v}");
     }

@@ -912,6 +912,8 @@ fn run_killed_mid_stage_resumes_and_matches_uninterrupted_run() {
     // Both runs' curves, and the growth's exact check in the dip table.
     assert!(md.matches("kill-test (incremental)").count() >= 2, "{md}");
     assert!(md.contains("16: upscale exact, deepen after fc6"), "{md}");
+    #[cfg(feature = "tensorboard")]
+    tensorboard_files_parse(&[&run], tmp.path(), ea.len());
     let csv = std::fs::read_to_string(rep.join("curves.csv")).expect("csv");
     assert_eq!(
         csv.lines().filter(|l| l.contains(",eval,")).count(),
@@ -1057,26 +1059,7 @@ fn onnx_matches_c2f(checkpoint: &Path, data: &Path, tmp: &Path) {
 #[test]
 fn onnx_export_matches_c2f_logits() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let src = tmp.path().join("src");
-    write_quadrant_idx(&src, 256, 300, 8, 4).expect("fixture");
-    let data = tmp.path().join("data");
-    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
-    let run = tmp.path().join("run");
-    ok(&[
-        "train",
-        "--data",
-        s(&data),
-        "--size",
-        "8",
-        "--net",
-        "alexnet-s5",
-        "--iterations",
-        "20",
-        "--batch",
-        "16",
-        "--out",
-        s(&run),
-    ]);
+    let (run, data) = trained_alexnet_s5(tmp.path());
     onnx_matches_c2f(&run, &data, tmp.path());
     let grown = tmp.path().join("grown");
     ok(&[
@@ -1101,4 +1084,172 @@ fn onnx_export_matches_c2f_logits() {
     let up = tmp.path().join("up");
     ok(&["grow", s(&run), "--upscale", "--out", s(&up)]);
     onnx_matches_c2f(&up, &data16, tmp.path());
+}
+
+/// `c2f report --tensorboard` writes event files that TensorBoard's own loader reads, with
+/// every evaluation of the run (`evals` in all, over its curves).
+#[cfg(feature = "tensorboard")]
+fn tensorboard_files_parse(runs: &[&Path], tmp: &Path, evals: usize) {
+    let tb = tmp.join("tb");
+    let rep = tmp.join("tb-report");
+    let mut args = vec!["report"];
+    args.extend(runs.iter().map(|r| s(r)));
+    args.extend(["--out", s(&rep), "--tensorboard", s(&tb)]);
+    ok(&args);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_tensorboard.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&tb)
+        .output()
+        .expect("python3 runs (scripts/test.sh installs tensorboard)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let points: usize = text
+        .lines()
+        .filter_map(|l| {
+            l.split("; ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(points, evals, "{text}");
+}
+
+/// A small trained net with LRN and dropout, and its data, for the export tests.
+fn trained_alexnet_s5(tmp: &Path) -> (PathBuf, PathBuf) {
+    let src = tmp.join("src");
+    write_quadrant_idx(&src, 256, 300, 8, 4).expect("fixture");
+    let data = tmp.join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    let run = tmp.join("run");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--net",
+        "alexnet-s5",
+        "--iterations",
+        "20",
+        "--batch",
+        "16",
+        "--out",
+        s(&run),
+    ]);
+    (run, data)
+}
+
+/// `export --pytorch` then `import` gives back the same weights and accuracy; the module
+/// file is valid Python. (With PyTorch installed, `pytorch_round_trip_matches_logits`
+/// also runs it.)
+#[test]
+fn pytorch_export_and_import_round_trip() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (run, data) = trained_alexnet_s5(tmp.path());
+    let dir = tmp.path().join("torch");
+    ok(&["export", s(&run), "--pytorch", s(&dir)]);
+    let module = std::fs::read_to_string(dir.join("model.py")).expect("model.py");
+    for needle in [
+        "self.conv1 = nn.Conv2d(1, ",
+        "F.local_response_norm",
+        "self.fc8 = nn.Linear(",
+        "def load(",
+    ] {
+        assert!(module.contains(needle), "{needle} missing:\n{module}");
+    }
+    let compiled = Command::new("python3")
+        .args(["-m", "py_compile", s(&dir.join("model.py"))])
+        .status()
+        .expect("python3");
+    assert!(compiled.success(), "model.py does not compile");
+    fails(
+        &["export", s(&run), "--pytorch", s(&dir)],
+        &["already exists"],
+    );
+
+    let back = tmp.path().join("back");
+    ok(&["import", s(&dir), "--out", s(&back)]);
+    let a = WeightMap::load(&run.join("checkpoint/weights.safetensors")).expect("weights");
+    let b = WeightMap::load(&back.join("weights.safetensors")).expect("weights");
+    assert!(a == b, "imported weights differ");
+    let acc = |p: &Path| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(ok(&["eval", s(p), "--data", s(&data), "--json"]).trim())
+                .expect("json");
+        v["top1"].clone()
+    };
+    assert_eq!(acc(&run), acc(&back));
+
+    // A state_dict with a wrong shape or a missing tensor is refused, naming it.
+    let mut bad = a.clone();
+    bad.remove("fc8.bias");
+    let bad_path = tmp.path().join("bad.safetensors");
+    bad.save(&bad_path, None).expect("save");
+    fails(
+        &[
+            "import",
+            s(&dir),
+            "--weights",
+            s(&bad_path),
+            "--out",
+            s(&tmp.path().join("x")),
+        ],
+        &["bad.safetensors", "fc8.bias"],
+    );
+    assert!(!tmp.path().join("x").exists());
+}
+
+/// Both ways through PyTorch: the exported module gives c2f's logits, and a state_dict
+/// changed in PyTorch, imported, gives PyTorch's logits in c2f. Needs torch and
+/// safetensors (`pip install torch safetensors`, several GB with CUDA), so it is opt-in.
+#[test]
+#[ignore = "needs PyTorch: pip install torch safetensors, then cargo test -- --ignored pytorch"]
+fn pytorch_round_trip_matches_logits() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (run, data) = trained_alexnet_s5(tmp.path());
+    let dir = tmp.path().join("torch");
+    ok(&["export", s(&run), "--pytorch", s(&dir)]);
+    let dump = tmp.path().join("dump.safetensors");
+    ok(&["eval", s(&run), "--data", s(&data), "--dump", s(&dump)]);
+    let tuned = tmp.path().join("tuned.safetensors");
+    let tuned_dump = tmp.path().join("tuned-dump.safetensors");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_pytorch.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([s(&dir), s(&dump), s(&tuned), s(&tuned_dump)])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let back = tmp.path().join("back");
+    ok(&["import", s(&dir), "--weights", s(&tuned), "--out", s(&back)]);
+    let mine = tmp.path().join("mine.safetensors");
+    ok(&["eval", s(&back), "--data", s(&data), "--dump", s(&mine)]);
+    let theirs = WeightMap::load(&tuned_dump).expect("torch logits");
+    let ours = WeightMap::load(&mine).expect("c2f logits");
+    let (t, o) = (
+        theirs.get("logits").expect("logits"),
+        ours.get("logits").expect("logits"),
+    );
+    assert_eq!(t.shape, o.shape);
+    let max = t
+        .data
+        .iter()
+        .zip(&o.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max <= 1e-4, "max |c2f − torch| after import = {max}");
 }

@@ -291,6 +291,138 @@ pub fn write_onnx(
     fsutil::write_bytes_atomic(path, &bytes)
 }
 
+/// Python source of a self-contained PyTorch module for `spec`: `Net()` has the spec's
+/// layers as attributes named like the weights (so `state_dict()` keys are the weight map's
+/// names), takes pixels 0–255 and normalises them with `norm` as training did, and returns
+/// logits; `load(path)` builds it and loads a safetensors file.
+pub fn pytorch_module(spec: &NetSpec, norm: &ChannelStats) -> Result<String> {
+    let input = spec
+        .input
+        .ok_or_else(|| Error::invalid("the network is not bound to an input size"))?;
+    let summary = spec.summary()?;
+    let list = |v: &[f32]| {
+        v.iter()
+            .map(|x| format!("{x:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut init = String::new();
+    let mut forward = String::new();
+    // Input shape of each layer: the input, then the previous layer's output.
+    let mut shape = Shape::Map {
+        c: input.channels,
+        h: input.height,
+        w: input.width,
+    };
+    let mut flat = false;
+    for (i, layer) in spec.logit_layers().iter().enumerate() {
+        match layer {
+            Layer::Conv(c) => {
+                let Shape::Map { c: cin, .. } = shape else {
+                    return Err(Error::invalid(format!("layer {}: conv after fc", i + 1)));
+                };
+                init += &format!(
+                    "        self.{} = nn.Conv2d({cin}, {}, {}, stride={}, padding={}, dilation={})\n",
+                    c.name, c.filters, c.kernel, c.stride, c.padding, c.dilation
+                );
+                forward += &format!("        x = self.{}(x)\n", c.name);
+            }
+            Layer::Relu => forward += "        x = F.relu(x)\n",
+            Layer::MaxPool(p) => {
+                forward += &format!(
+                    "        x = F.max_pool2d(x, {}, stride={}, padding={}, dilation={}, ceil_mode={})\n",
+                    p.kernel,
+                    p.stride(),
+                    p.padding,
+                    p.dilation,
+                    if p.ceil_mode { "True" } else { "False" }
+                )
+            }
+            Layer::Lrn(l) => {
+                forward += &format!(
+                    "        x = F.local_response_norm(x, {}, alpha={:?}, beta={:?}, k={:?})\n",
+                    l.size, l.alpha, l.beta, l.k
+                )
+            }
+            Layer::Dropout(d) => {
+                forward += &format!("        x = F.dropout(x, {:?}, self.training)\n", d.p)
+            }
+            Layer::Fc(f) => {
+                if !flat {
+                    forward += "        x = torch.flatten(x, 1)\n";
+                    flat = true;
+                }
+                let outputs = match summary[i].output {
+                    Shape::Flat(n) => n,
+                    Shape::Map { .. } => {
+                        return Err(Error::invalid(format!(
+                            "layer {}: fc without a flat output",
+                            i + 1
+                        )));
+                    }
+                };
+                init += &format!(
+                    "        self.{} = nn.Linear({}, {outputs})\n",
+                    f.name,
+                    shape.numel()
+                );
+                forward += &format!("        x = self.{}(x)\n", f.name);
+            }
+            Layer::Softmax => forward += "        x = F.softmax(x, 1)\n",
+        }
+        shape = summary[i].output;
+    }
+    Ok(format!(
+        r#""""{name}: a network exported by coarse2fine {version}.
+
+    import model
+    net = model.load("model.safetensors")   # or model.Net() for fresh weights
+    logits = net(pixels)                    # pixels: float N×{c}×{h}×{w}, values 0–255
+
+The layer attributes are named like the weights, so net.state_dict() has the safetensors
+file's keys; after fine-tuning, `safetensors.torch.save_file(net.state_dict(), path)` writes
+a file that `c2f import` reads back. Inputs are normalised inside, as in training.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_SHAPE = ({c}, {h}, {w})
+MEAN = [{mean}]
+STD = [{std}]
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, -1, 1, 1), persistent=False)
+{init}
+    def forward(self, pixels):
+        """pixels: N×{c}×{h}×{w}, 0–255 → logits: N×classes."""
+        x = (pixels / 255.0 - self.mean) / self.std
+{forward}        return x
+
+
+def load(path="model.safetensors", device="cpu"):
+    """Net() with the weights of a safetensors file."""
+    from safetensors.torch import load_file
+
+    net = Net().to(device)
+    net.load_state_dict(load_file(path, device=device))
+    return net.eval()
+"#,
+        name = spec.name,
+        version = env!("CARGO_PKG_VERSION"),
+        c = input.channels,
+        h = input.height,
+        w = input.width,
+        mean = list(&norm.mean),
+        std = list(&norm.std),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

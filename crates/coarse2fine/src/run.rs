@@ -235,6 +235,22 @@ struct PartDone {
     last_eval: Option<EvalSummary>,
 }
 
+impl PartDone {
+    /// The totals of a part that ended with `ckpt`.
+    fn of(ckpt: &Checkpoint, grow_s: f64) -> Self {
+        let m = &ckpt.meta;
+        Self {
+            iterations: m.iteration,
+            images: m.images_seen,
+            train_s: m.train_seconds,
+            eval_s: m.eval_seconds,
+            wall_s: m.wall_seconds,
+            grow_s,
+            last_eval: m.last_eval,
+        }
+    }
+}
+
 /// Options of [`execute`] that are not part of the plan.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -432,15 +448,7 @@ pub fn execute(
             stop: opts.stop.clone(),
         };
         let ckpt = finish_or_train(&sdir, start, &data, &cfg, compute, progress)?;
-        let done = PartDone {
-            iterations: ckpt.meta.iteration,
-            images: ckpt.meta.images_seen,
-            train_s: ckpt.meta.train_seconds,
-            eval_s: ckpt.meta.eval_seconds,
-            wall_s: ckpt.meta.wall_seconds,
-            grow_s,
-            last_eval: ckpt.meta.last_eval,
-        };
+        let done = PartDone::of(&ckpt, grow_s);
         fsutil::write_json_atomic(&sdir.join(DONE), &done)?;
         iters_before += done.iterations;
         prev = Some((done, ckpt));
@@ -522,15 +530,7 @@ pub fn execute(
                     stop: opts.stop.clone(),
                 };
                 let ckpt = finish_or_train(&bdir, start, &data, &cfg, compute, progress)?;
-                let d = PartDone {
-                    iterations: ckpt.meta.iteration,
-                    images: ckpt.meta.images_seen,
-                    train_s: ckpt.meta.train_seconds,
-                    eval_s: ckpt.meta.eval_seconds,
-                    wall_s: ckpt.meta.wall_seconds,
-                    grow_s: 0.0,
-                    last_eval: ckpt.meta.last_eval,
-                };
+                let d = PartDone::of(&ckpt, 0.0);
                 fsutil::write_json_atomic(&bdir.join(DONE), &d)?;
                 d
             }
