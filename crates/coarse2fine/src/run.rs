@@ -842,16 +842,81 @@ warmup = 5
 budget = "images"
 "#;
 
-    #[test]
-    fn a_plan_runs_stages_growth_and_baseline_and_a_rerun_skips_them() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
-        write_quadrant_idx(&tmp.path().join("src"), 128, 32, 16, 3)?;
+    /// A prepared 4-class fixture at sizes 8 and 16 in `root/data`.
+    fn fixture(root: &Path) -> Result<PathBuf> {
+        write_quadrant_idx(&root.join("src"), 128, 32, 16, 3)?;
         let cfg = PrepareConfig {
             sizes: vec![8, 16],
             ..Default::default()
         };
-        let data = tmp.path().join("data");
-        prepare(&tmp.path().join("src"), &data, &cfg, &Silent)?;
+        let data = root.join("data");
+        prepare(&root.join("src"), &data, &cfg, &Silent)?;
+        Ok(data)
+    }
+
+    /// The learning rates of the incremental curve's train events, by curve iteration.
+    fn rates(events: &[RunEvent]) -> Vec<(u64, f32)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::Train {
+                    curve: CurveKind::Incremental,
+                    iter,
+                    lr,
+                    ..
+                } => Some((*iter, *lr)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn time_budgets_global_schedules_and_warmup() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let data = fixture(tmp.path())?;
+        let text = PLAN
+            .replace("DATA", &data.display().to_string())
+            .replace(
+                "lr = 0.02",
+                "lr = 0.02\nschedule = \"global\"\nlr_policy = \"step:0.5:10\"",
+            )
+            .replace("iterations = 30\nwarmup = 5", "seconds = 0.5\nwarmup = 20")
+            .replace("budget = \"images\"", "enabled = false");
+        let plan = PlanFile::parse(Path::new("p.toml"), &text)?.resolve(0, None)?;
+        let compute = Compute::new(BackendKind::Cpu)?;
+        let dir = tmp.path().join("run");
+        execute(&dir, &plan, &RunOptions::default(), &compute, &Silent)?;
+        let s1: PartDone = fsutil::read_json(&stage_dir(&dir, 0).join(DONE))?;
+        let s2: PartDone = fsutil::read_json(&stage_dir(&dir, 1).join(DONE))?;
+        // Stage 2 trained until its training seconds reached the budget, then stopped.
+        assert_eq!(s1.iterations, 20);
+        assert!(s2.iterations > 0);
+        assert!(
+            s2.train_s - s1.train_s >= 0.5,
+            "{} − {}",
+            s2.train_s,
+            s1.train_s
+        );
+        let events = read_run_events(&dir.join(EVENTS_FILE))?;
+        let lr = rates(&events);
+        // Global schedule: the step policy runs on across stages (the last step of stage 1
+        // is global step 19, rate 0.02 · 0.5; curve iteration 30 is stage 2's tenth step,
+        // global step 29, rate 0.02 · 0.5²), and the warm-up scales stage 2's first 20
+        // steps by (t + 1)/20.
+        assert_eq!(
+            lr.iter().find(|(i, _)| *i == 20).map(|p| p.1),
+            Some(0.02 * 0.5)
+        );
+        let at30 = lr.iter().find(|(i, _)| *i == 30).map(|p| p.1);
+        assert_eq!(at30, Some(0.02 * 0.25 * 10.0 / 20.0));
+        assert!(!baseline_dir(&dir).exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_plan_runs_stages_growth_and_baseline_and_a_rerun_skips_them() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let data = fixture(tmp.path())?;
         let text = PLAN.replace("DATA", &data.display().to_string());
         let plan = PlanFile::parse(Path::new("p.toml"), &text)?.resolve(0, None)?;
         let compute = Compute::new(BackendKind::Cpu)?;
