@@ -47,6 +47,19 @@ fn fails(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// Runs c2f with exactly `args` (no added flags), which must succeed.
+fn ok_as_given(args: &[String]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(args)
+        .output()
+        .expect("c2f runs");
+    assert!(
+        out.status.success(),
+        "c2f {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
@@ -714,25 +727,9 @@ fn interrupt_saves_and_resume_matches_uninterrupted_run() {
 
     let mut resume = args(&run);
     resume.insert(resume.len() - 2, "--resume".into());
-    let st = Command::new(env!("CARGO_BIN_EXE_c2f"))
-        .args(&resume)
-        .output()
-        .expect("resume");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    ok_as_given(&resume);
     let full = tmp.path().join("uninterrupted");
-    let st = Command::new(env!("CARGO_BIN_EXE_c2f"))
-        .args(args(&full))
-        .output()
-        .expect("run");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    ok_as_given(&args(&full));
     let a = WeightMap::load(&run.join("checkpoint/weights.safetensors")).expect("weights");
     let b = WeightMap::load(&full.join("checkpoint/weights.safetensors")).expect("weights");
     assert!(
@@ -874,15 +871,7 @@ fn run_killed_mid_stage_resumes_and_matches_uninterrupted_run() {
     );
 
     let full = tmp.path().join("uninterrupted");
-    let st = Command::new(env!("CARGO_BIN_EXE_c2f"))
-        .args(args(&full))
-        .output()
-        .expect("run");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    ok_as_given(&args(&full));
     let (ea, wa) = run_result(&run);
     let (eb, wb) = run_result(&full);
     assert_eq!(ea, eb, "evaluations differ from an uninterrupted run");

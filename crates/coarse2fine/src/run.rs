@@ -422,30 +422,18 @@ pub fn execute(
             let w = WeightMap::init(&stage.spec, plan.init, plan.seed)?;
             Start::fresh(stage.spec.clone(), w)
         };
-        let (iterations, time_limit) = match stage.budget {
+        let budget = match stage.budget {
             StageBudget::Iterations(n) => (n, None),
             StageBudget::Seconds(s) => (u64::MAX / 4, Some(start_train + s)),
         };
         let cfg = TrainConfig {
-            iterations,
-            hyper: stage.hyper.clone(),
-            eval_every: stage.eval_every,
-            eval_at_start: true,
-            log_every: 10,
-            checkpoint_every: if opts.checkpoint_every > 0 {
-                opts.checkpoint_every
-            } else {
-                stage.eval_every
-            },
-            eval_batch: 500,
             lr_offset: if plan.schedule == Schedule::Global {
                 iters_before
             } else {
                 0
             },
             warmup: stage.warmup,
-            time_limit,
-            stop: opts.stop.clone(),
+            ..part_config(opts, &stage.hyper, stage.eval_every, budget)
         };
         let ckpt = finish_or_train(&sdir, start, &data, &cfg, compute, progress)?;
         let done = PartDone::of(&ckpt, grow_s);
@@ -508,27 +496,11 @@ pub fn execute(
                     let w = WeightMap::init(&spec, plan.init, plan.seed)?;
                     Start::fresh(spec, w)
                 };
-                let (iterations, time_limit) = match b.budget {
+                let budget = match b.budget {
                     Budget::Time => (u64::MAX / 4, Some(inc_time)),
                     Budget::Images => (inc_images.div_ceil(b.hyper.batch_size as u64).max(1), None),
                 };
-                let cfg = TrainConfig {
-                    iterations,
-                    hyper: b.hyper.clone(),
-                    eval_every: b.eval_every,
-                    eval_at_start: true,
-                    log_every: 10,
-                    checkpoint_every: if opts.checkpoint_every > 0 {
-                        opts.checkpoint_every
-                    } else {
-                        b.eval_every
-                    },
-                    eval_batch: 500,
-                    lr_offset: 0,
-                    warmup: 0,
-                    time_limit,
-                    stop: opts.stop.clone(),
-                };
+                let cfg = part_config(opts, &b.hyper, b.eval_every, budget);
                 let ckpt = finish_or_train(&bdir, start, &data, &cfg, compute, progress)?;
                 let d = PartDone::of(&ckpt, 0.0);
                 fsutil::write_json_atomic(&bdir.join(DONE), &d)?;
@@ -542,6 +514,33 @@ pub fn execute(
     write_events(dir, plan)?;
     progress.overall(n_parts as u64, n_parts as u64, "done");
     Ok(outcome)
+}
+
+/// The training options of a stage or the baseline: `budget` is the iterations (an upper
+/// bound when timed) and the training-seconds limit, if any.
+fn part_config(
+    opts: &RunOptions,
+    hyper: &Hyper,
+    eval_every: u64,
+    budget: (u64, Option<f64>),
+) -> TrainConfig {
+    TrainConfig {
+        iterations: budget.0,
+        hyper: hyper.clone(),
+        eval_every,
+        eval_at_start: true,
+        log_every: 10,
+        checkpoint_every: if opts.checkpoint_every > 0 {
+            opts.checkpoint_every
+        } else {
+            eval_every
+        },
+        eval_batch: 500,
+        lr_offset: 0,
+        warmup: 0,
+        time_limit: budget.1,
+        stop: opts.stop.clone(),
+    }
 }
 
 fn check_hyper(c: &Checkpoint, h: &Hyper, dir: &Path) -> Result<()> {
