@@ -100,10 +100,10 @@ fn value(name: &str, dims: &[usize]) -> ValueInfoProto {
     v
 }
 
-fn weight<'a>(w: &'a WeightMap, name: &str) -> Result<&'a [f32]> {
-    w.get(name)
-        .map(|t| t.data.as_slice())
-        .ok_or_else(|| Error::invalid(format!("no tensor {name:?} in the weights")))
+/// The initializer of weight tensor `name`.
+fn parameter(weights: &WeightMap, name: &str) -> Result<TensorProto> {
+    let t = crate::grow::tensor(weights, name)?;
+    Ok(tensor(name, &t.shape, &t.data))
 }
 
 /// The ONNX model of a bound spec with its weights and input normalisation.
@@ -166,12 +166,8 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
         match layer {
             Layer::Conv(cv) => {
                 let (w, b) = (format!("{}.weight", cv.name), format!("{}.bias", cv.name));
-                let ws = weights
-                    .get(&w)
-                    .ok_or_else(|| Error::invalid(format!("no tensor {w:?} in the weights")))?;
-                g.initializer.push(tensor(&w, &ws.shape, &ws.data));
-                g.initializer
-                    .push(tensor(&b, &[cv.filters], weight(weights, &b)?));
+                g.initializer.push(parameter(weights, &w)?);
+                g.initializer.push(parameter(weights, &b)?);
                 g.node.push(node(
                     "Conv",
                     &cv.name,
@@ -233,12 +229,8 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
                     flat_name
                 };
                 let (w, b) = (format!("{}.weight", f.name), format!("{}.bias", f.name));
-                let ws = weights
-                    .get(&w)
-                    .ok_or_else(|| Error::invalid(format!("no tensor {w:?} in the weights")))?;
-                g.initializer.push(tensor(&w, &ws.shape, &ws.data));
-                g.initializer
-                    .push(tensor(&b, &[ws.shape[0]], weight(weights, &b)?));
+                g.initializer.push(parameter(weights, &w)?);
+                g.initializer.push(parameter(weights, &b)?);
                 g.node.push(node(
                     "Gemm",
                     &f.name,

@@ -57,6 +57,29 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     write_bytes_atomic(path, format!("{text}\n").as_bytes())
 }
 
+/// Writes `items` to `path` atomically as JSON Lines, one object per line.
+pub fn write_jsonl_atomic<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    let mut text = String::new();
+    for item in items {
+        text += &serde_json::to_string(item)
+            .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
+        text.push('\n');
+    }
+    write_bytes_atomic(path, text.as_bytes())
+}
+
+/// Reads a JSON Lines file (blank lines skipped), naming the file and line in any error.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
 /// Reads and parses a JSON file, naming the file in any error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -203,14 +203,7 @@ impl RunEvent {
 
 /// Reads an `events.jsonl`.
 pub fn read_run_events(path: &Path) -> Result<Vec<RunEvent>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
+    fsutil::read_jsonl(path)
 }
 
 /// `growth.json` of a stage.
@@ -801,13 +794,7 @@ pub fn collect_events(dir: &Path, plan: &RunPlan) -> Result<Vec<RunEvent>> {
 
 /// Rewrites `dir/events.jsonl` from the parts' logs.
 pub fn write_events(dir: &Path, plan: &RunPlan) -> Result<()> {
-    let path = dir.join(EVENTS_FILE);
-    let mut text = String::new();
-    for e in collect_events(dir, plan)? {
-        text += &serde_json::to_string(&e).map_err(|err| Error::format(&path, err.to_string()))?;
-        text.push('\n');
-    }
-    fsutil::write_bytes_atomic(&path, text.as_bytes())
+    fsutil::write_jsonl_atomic(&dir.join(EVENTS_FILE), &collect_events(dir, plan)?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! (e.g. a grown one), or continue a checkpoint exactly.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,19 +249,7 @@ impl Event {
 
 /// Reads a metrics file.
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(
-            serde_json::from_str(&line)
-                .map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?,
-        );
-    }
-    Ok(out)
+    fsutil::read_jsonl(path)
 }
 
 struct EventLog {
@@ -278,13 +266,7 @@ impl EventLog {
                 .into_iter()
                 .filter(|e| e.iter() <= keep_until)
                 .collect();
-            let mut text = String::new();
-            for e in &kept {
-                text +=
-                    &serde_json::to_string(e).map_err(|e| Error::format(path, e.to_string()))?;
-                text.push('\n');
-            }
-            fsutil::write_bytes_atomic(path, text.as_bytes())?;
+            fsutil::write_jsonl_atomic(path, &kept)?;
         }
         let file = OpenOptions::new()
             .create(true)
