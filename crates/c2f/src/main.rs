@@ -3,6 +3,7 @@
 //! Each verb parses its flags, validates them into a plan (opening inputs, binding the
 //! network to the data), and only then runs, so a bad value fails before any work is done.
 
+mod bench_cmd;
 mod export_cmd;
 mod grow_cmd;
 mod report_cmd;
@@ -67,6 +68,7 @@ enum Command {
     Export(export_cmd::ExportArgs),
     Import(export_cmd::ImportArgs),
     Nets(NetsArgs),
+    Bench(bench_cmd::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -314,6 +316,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Export(a) => export_cmd::cmd_export(a),
         Command::Import(a) => export_cmd::cmd_import(a),
         Command::Nets(a) => cmd_nets(a),
+        Command::Bench(a) => bench_cmd::cmd_bench(a),
     }
 }
 
@@ -357,8 +360,8 @@ fn cmd_prepare(a: PrepareArgs, bars: &Bars) -> Result<()> {
         total as f64 / t0.elapsed().as_secs_f64().max(1e-9),
     );
     if m.skipped > 0 {
-        println!(
-            "skipped {} unreadable image(s); first: {}",
+        eprintln!(
+            "warning: skipped {} unreadable image(s) (--strict makes this an error); first: {}",
             m.skipped,
             rep.skipped_examples.join("; ")
         );
@@ -372,7 +375,7 @@ fn resolve_net(name: &str) -> Result<NetSpec> {
 }
 
 pub(crate) fn checkpoint_dir(p: &Path) -> PathBuf {
-    if p.join(CHECKPOINT_DIR).join("meta.json").is_file() {
+    if Checkpoint::exists(&p.join(CHECKPOINT_DIR)).unwrap_or(false) {
         p.join(CHECKPOINT_DIR)
     } else {
         p.to_path_buf()
@@ -449,6 +452,10 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
             (_, Some(from)) => Start::from_checkpoint(Checkpoint::load(&checkpoint_dir(from))?),
             (Some(name), None) => {
                 let spec = resolve_net(name)?.bind(data.input(), data.classes())?;
+                coarse2fine::resources::training_estimate(&spec, a.batch)?.check(&format!(
+                    "training {name} at {}×{} with batch {}",
+                    a.size, a.size, a.batch
+                ))?;
                 let w = WeightMap::init(&spec, init, a.seed)?;
                 Start::fresh(spec, w)
             }
@@ -456,6 +463,10 @@ fn cmd_train(a: TrainArgs, bars: &Bars) -> Result<()> {
         }
     };
     let spec = start.spec.bind(data.input(), data.classes())?;
+    coarse2fine::resources::training_estimate(&spec, a.batch)?.check(&format!(
+        "training {} at {}×{} with batch {}",
+        spec.name, a.size, a.size, a.batch
+    ))?;
     let per_run = (iterations / 10).max(1);
     let cfg = TrainConfig {
         iterations,

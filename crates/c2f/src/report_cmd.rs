@@ -392,7 +392,7 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
         names.join(", ")
     });
     register_font(a.font.as_deref())?;
-    std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
+    coarse2fine::fsutil::create_dir_all(&a.out)?;
 
     // Plots are drawn into a temporary file and renamed, like every other output.
     for plot in PLOTS {

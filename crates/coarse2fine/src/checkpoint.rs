@@ -2,6 +2,7 @@
 //! `meta.json`, written as a unit (staged, then renamed) so a crash never leaves a mixed or
 //! partial checkpoint.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,8 +15,9 @@ use crate::net::{NetSpec, WeightMap};
 
 /// `format` field of `meta.json`.
 pub const CHECKPOINT_FORMAT: &str = "coarse2fine-checkpoint";
-/// Checkpoint version written by this build.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Checkpoint version written by this build. Version 2 added `checksums`; version 1
+/// checkpoints are still read, without that check.
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// Latest evaluation stored with a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -85,6 +87,10 @@ pub struct CheckpointMeta {
     /// Growth steps that produced this net from a trained one, with their checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub growth: Vec<crate::grow::verify::Verification>,
+    /// CRC-32C of each other file of the checkpoint (hex), filled in by
+    /// [`Checkpoint::save`] and verified by [`Checkpoint::load`].
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// A loaded checkpoint.
@@ -104,6 +110,13 @@ const SPEC: &str = "spec.json";
 const WEIGHTS: &str = "weights.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const META: &str = "meta.json";
+/// The files `meta.json` holds checksums of.
+const CHECKED_FILES: [&str; 3] = [SPEC, WEIGHTS, OPTIMIZER];
+
+fn file_crc(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:08x}", crc32c::crc32c(&bytes)))
+}
 
 impl Checkpoint {
     /// Writes the checkpoint to `dir`, replacing any previous one there only once the new
@@ -113,12 +126,28 @@ impl Checkpoint {
         self.spec.save_json(&staged.path().join(SPEC))?;
         self.weights.save(&staged.path().join(WEIGHTS), None)?;
         self.optimizer.save(&staged.path().join(OPTIMIZER), None)?;
-        fsutil::write_json_atomic(&staged.path().join(META), &self.meta)?;
+        let mut meta = self.meta.clone();
+        meta.version = CHECKPOINT_VERSION;
+        meta.checksums = CHECKED_FILES
+            .iter()
+            .map(|f| Ok((f.to_string(), file_crc(&staged.path().join(f))?)))
+            .collect::<Result<_>>()?;
+        fsutil::write_json_atomic(&staged.path().join(META), &meta)?;
         staged.commit()
     }
 
-    /// Reads and validates a checkpoint folder.
+    /// Whether `dir` holds a checkpoint, after repairing what a process killed while
+    /// replacing it left behind (see [`fsutil::clean_stale`]).
+    pub fn exists(dir: &Path) -> Result<bool> {
+        if let Some(parent) = dir.parent() {
+            fsutil::clean_stale(parent)?;
+        }
+        Ok(dir.join(META).is_file())
+    }
+
+    /// Reads and validates a checkpoint folder, verifying its checksums.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::exists(dir)?;
         if !dir.join(META).is_file() {
             return Err(Error::format(
                 dir,
@@ -126,7 +155,7 @@ impl Checkpoint {
             ));
         }
         let meta: CheckpointMeta = fsutil::read_json(&dir.join(META))?;
-        if meta.format != CHECKPOINT_FORMAT || meta.version != CHECKPOINT_VERSION {
+        if meta.format != CHECKPOINT_FORMAT || !(1..=CHECKPOINT_VERSION).contains(&meta.version) {
             return Err(Error::format(
                 dir.join(META),
                 format!(
@@ -134,6 +163,23 @@ impl Checkpoint {
                     meta.format, meta.version
                 ),
             ));
+        }
+        if meta.version >= 2 {
+            for f in CHECKED_FILES {
+                let want = meta
+                    .checksums
+                    .get(f)
+                    .ok_or_else(|| Error::format(dir.join(META), format!("no checksum for {f}")))?;
+                let have = file_crc(&dir.join(f))?;
+                if *want != have {
+                    return Err(Error::format(
+                        dir.join(f),
+                        format!(
+                            "checksum mismatch (CRC-32C {have}, {META} records {want}): the file is damaged"
+                        ),
+                    ));
+                }
+            }
         }
         let spec = NetSpec::load(&dir.join(SPEC))?;
         spec.summary()

@@ -17,6 +17,20 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// Creates `dir` and its parents. When a path component is a file, the error names it
+/// instead of the operating system's bare "File exists" or "Not a directory".
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        let blocker = dir
+            .ancestors()
+            .find(|a| a.exists() && !a.is_dir() && !a.as_os_str().is_empty());
+        match blocker {
+            Some(b) => Error::format(b, "is a file, so no folder can be created inside it"),
+            None => Error::io(dir, e),
+        }
+    })
+}
+
 /// Writes a file atomically: `fill` writes into a temporary file beside `path`, which is
 /// synced and renamed over `path` only if `fill` succeeds.
 pub fn write_atomic(
@@ -24,8 +38,9 @@ pub fn write_atomic(
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
     let dir = parent_of(path);
+    let prefix = format!(".c2f-tmp-{}-", std::process::id());
     let tmp = tempfile::Builder::new()
-        .prefix(".c2f-tmp-")
+        .prefix(&prefix)
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     {
@@ -80,10 +95,92 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
         .collect()
 }
 
+/// Like [`read_jsonl`], but an unterminated last line that does not parse is dropped: it is
+/// what a crash in the middle of appending a line leaves, and the caller is about to
+/// rewrite the file anyway.
+pub fn read_jsonl_recovering<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut lines: Vec<&str> = text.lines().collect();
+    if !text.is_empty()
+        && !text.ends_with('\n')
+        && lines
+            .last()
+            .is_some_and(|l| serde_json::from_str::<T>(l).is_err())
+    {
+        lines.pop();
+    }
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
 /// Reads and parses a JSON file, naming the file in any error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))
+}
+
+/// Whether process `pid` (another one than this) may still be writing. Only Linux answers
+/// cheaply; elsewhere every other process counts as alive, so leftovers are kept rather than
+/// ever removed from under a writer.
+fn other_process_alive(pid: &str) -> bool {
+    let Ok(pid) = pid.parse::<u32>() else {
+        return true;
+    };
+    if pid == std::process::id() {
+        return false;
+    }
+    !cfg!(target_os = "linux") || Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The process id in a temporary name this module made, and whether it is a moved-aside
+/// old folder: `.c2f-tmp-PID-…` (files), `.NAME.c2f-tmp-PID` and `.NAME.c2f-old-PID`
+/// (folders).
+fn staged_name(name: &str) -> Option<(String, &str, bool)> {
+    if let Some(rest) = name.strip_prefix(".c2f-tmp-") {
+        return Some((String::new(), rest.split('-').next()?, false));
+    }
+    let rest = name.strip_prefix('.')?;
+    for (marker, old) in [(".c2f-tmp-", false), (".c2f-old-", true)] {
+        if let Some(at) = rest.rfind(marker) {
+            return Some((rest[..at].to_string(), &rest[at + marker.len()..], old));
+        }
+    }
+    None
+}
+
+/// Repairs what a process killed while writing into `dir` left there: a folder it had moved
+/// aside to replace (`.NAME.c2f-old-PID`) goes back to `NAME` if `NAME` is missing — the
+/// kill fell between the two renames of [`StagedDir::commit`] — and every other leftover of
+/// a process that no longer runs is deleted. Leftovers of live processes are not touched.
+pub fn clean_stale(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some((name, pid, old)) = staged_name(&file_name) else {
+            continue;
+        };
+        if other_process_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let dest = dir.join(&name);
+        if old && !name.is_empty() && !dest.exists() {
+            fs::rename(&p, &dest).map_err(|err| Error::io(&p, err))?;
+        } else if p.is_dir() {
+            fs::remove_dir_all(&p).map_err(|err| Error::io(&p, err))?;
+        } else {
+            fs::remove_file(&p).map_err(|err| Error::io(&p, err))?;
+        }
+    }
+    Ok(())
 }
 
 /// A folder being built under a temporary name; [`StagedDir::commit`] renames it to its
@@ -99,7 +196,8 @@ impl StagedDir {
     /// Starts staging a folder that will become `dest`.
     pub fn new(dest: &Path) -> Result<Self> {
         let dir = parent_of(dest);
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        create_dir_all(dir)?;
+        clean_stale(dir)?;
         let name = dest
             .file_name()
             .ok_or_else(|| Error::invalid(format!("{}: not a folder name", dest.display())))?;
@@ -195,6 +293,47 @@ mod tests {
             leftovers.is_empty(),
             "temporary folders left behind: {leftovers:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn recovering_reader_drops_only_an_unterminated_broken_line() -> Result<()> {
+        let root = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let path = root.path().join("m.jsonl");
+        fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":").map_err(|e| Error::io(&path, e))?;
+        let v: Vec<serde_json::Value> = read_jsonl_recovering(&path)?;
+        assert_eq!(v.len(), 2);
+        assert!(read_jsonl::<serde_json::Value>(&path).is_err());
+        // A broken line in the middle is damage, not an interrupted append.
+        fs::write(&path, "{\"a\":1}\n{\"a\n{\"a\":3}\n").map_err(|e| Error::io(&path, e))?;
+        let err = read_jsonl_recovering::<serde_json::Value>(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("m.jsonl") && err.contains("line 2"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn clean_stale_restores_a_folder_caught_between_renames() -> Result<()> {
+        let root = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let io = |e| Error::io("fixture", e);
+        // A process that no longer exists (pid 0 is never a user process) moved
+        // `checkpoint` aside and died before its new one was renamed in.
+        fs::create_dir(root.path().join(".checkpoint.c2f-old-0")).map_err(io)?;
+        fs::write(root.path().join(".checkpoint.c2f-old-0/meta.json"), "{}").map_err(io)?;
+        fs::create_dir(root.path().join(".checkpoint.c2f-tmp-0")).map_err(io)?;
+        fs::write(root.path().join(".c2f-tmp-0-abc"), "partial").map_err(io)?;
+        // Our own live sibling (this pid, but a name that is not staged) stays.
+        fs::write(root.path().join("metrics.jsonl"), "").map_err(io)?;
+        clean_stale(root.path())?;
+        let mut names: Vec<String> = fs::read_dir(root.path())
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["checkpoint", "metrics.jsonl"]);
+        assert!(root.path().join("checkpoint/meta.json").is_file());
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! ([`data`]), networks as data ([`net`]), the training loop ([`train`]) and checkpoints;
 //! the deep-learning framework is confined to [`backend`].
 
+#[cfg(feature = "training")]
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
@@ -17,8 +18,12 @@ pub mod lr;
 pub mod net;
 pub mod plan;
 pub mod progress;
+#[cfg(feature = "training")]
 pub mod report;
+pub mod resources;
+#[cfg(feature = "training")]
 pub mod run;
+#[cfg(feature = "training")]
 pub mod train;
 
 pub use error::{Error, Result};

@@ -582,6 +582,22 @@ fn resolve(
                 ))
             })?;
             let prev = &stages[k - 1];
+            // Sizes first, from the operators alone: growth is applied (to zero weights) only
+            // once it is known to end at a prepared size.
+            let upscales = ops
+                .iter()
+                .filter(|o| matches!(o, GrowOp::Upscale { .. }))
+                .count();
+            let grown_side = u32::try_from(upscales)
+                .ok()
+                .and_then(|n| 1usize.checked_shl(n))
+                .and_then(|f| prev.size.checked_mul(f));
+            if grown_side != Some(s.size) {
+                return Err(Error::invalid(format!(
+                    "{at}: size {} does not follow from stage {k}'s size {} and its {upscales} upscale(s); each upscale doubles the side",
+                    s.size, prev.size
+                )));
+            }
             let mut spec = prev.spec.clone();
             let mut zeros = WeightMap::zeros_for(&spec)?;
             for (j, op) in ops.iter().enumerate() {
@@ -605,6 +621,10 @@ fn resolve(
             }
             (spec, ops)
         };
+        crate::resources::training_estimate(&spec, batch)?.check(&format!(
+            "{at}: training {:?} at {}×{} with batch {batch}",
+            spec.name, s.size, s.size
+        ))?;
         stages.push(StagePlan {
             size: s.size,
             grow,
@@ -636,6 +656,10 @@ fn resolve(
         if batch == 0 {
             return Err(Error::invalid("baseline: batch must be at least 1"));
         }
+        crate::resources::training_estimate(&last.spec, batch)?.check(&format!(
+            "baseline: training {:?} at {}×{} with batch {batch}",
+            last.spec.name, last.size, last.size
+        ))?;
         Some(BaselinePlan {
             budget: b.budget,
             hyper: Hyper {

@@ -314,6 +314,9 @@ pub fn execute(
         version: RUN_VERSION,
         plan: plan.clone(),
     };
+    // A run killed while writing leaves temporary files; they must not make its folder look
+    // foreign to the command that resumes it.
+    fsutil::clean_stale(dir)?;
     if dir.join(RUN_FILE).exists() {
         let old = RunManifest::load(dir)?;
         if old.plan != *plan {
@@ -334,7 +337,7 @@ pub fn execute(
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        fsutil::create_dir_all(dir)?;
         fsutil::write_json_atomic(&dir.join(RUN_FILE), &manifest)?;
     }
 
@@ -390,7 +393,7 @@ pub fn execute(
             .as_ref()
             .map_or((0.0, 0.0), |(d, _)| (d.train_s, d.grow_s));
         let mut grow_s = grow_before;
-        let start = if sdir.join(CHECKPOINT_DIR).join("meta.json").is_file() {
+        let start = if Checkpoint::exists(&sdir.join(CHECKPOINT_DIR))? {
             let c = Checkpoint::load(&sdir.join(CHECKPOINT_DIR))?;
             check_hyper(&c, &stage.hyper, &sdir)?;
             if let Ok(g) = fsutil::read_json::<GrowthRecord>(&sdir.join(GROWTH)) {
@@ -478,7 +481,7 @@ pub fn execute(
             }
             Err(_) => {
                 let data = open_data(plan, last.size)?;
-                let start = if bdir.join(CHECKPOINT_DIR).join("meta.json").is_file() {
+                let start = if Checkpoint::exists(&bdir.join(CHECKPOINT_DIR))? {
                     let c = Checkpoint::load(&bdir.join(CHECKPOINT_DIR))?;
                     check_hyper(&c, &b.hyper, &bdir)?;
                     progress.note(&format!("  resuming at iteration {}", c.meta.iteration));

@@ -259,12 +259,13 @@ struct EventLog {
 
 impl EventLog {
     /// Opens the log, first dropping events after `keep_until` (those of an interrupted
-    /// stretch that will be redone).
+    /// stretch that will be redone). Starting at iteration 0 nothing is kept: the only
+    /// events there, the evaluation at the start, are written again.
     fn open(path: &Path, keep_until: u64) -> Result<Self> {
         if path.exists() {
-            let kept: Vec<Event> = read_events(path)?
+            let kept: Vec<Event> = fsutil::read_jsonl_recovering::<Event>(path)?
                 .into_iter()
-                .filter(|e| e.iter() <= keep_until)
+                .filter(|e| keep_until > 0 && e.iter() <= keep_until)
                 .collect();
             fsutil::write_jsonl_atomic(path, &kept)?;
         }
@@ -334,7 +335,7 @@ pub fn train(
     start
         .weights
         .check_against(&spec, Path::new("initial weights"))?;
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    fsutil::create_dir_all(run_dir)?;
     let mut log = EventLog::open(&run_dir.join(METRICS_FILE), start.iteration)?;
 
     let mut net = Network::new(&spec, &start.weights, compute)?;
@@ -410,6 +411,7 @@ pub fn train(
                 backend: compute.kind().to_string(),
                 last_eval,
                 growth: growth.clone(),
+                checksums: Default::default(),
             },
         })
     };
@@ -438,9 +440,13 @@ pub fn train(
         let lr = cfg.rate(t);
         let loss = backend::train_step(&mut net, &mut sgd, &batch, lr, step_seed(h.seed, t))?;
         if !loss.is_finite() {
+            let ckpt = run_dir.join(CHECKPOINT_DIR);
+            let kept = match Checkpoint::exists(&ckpt) {
+                Ok(true) => format!("the last saved checkpoint {} is kept", ckpt.display()),
+                _ => "no checkpoint had been saved yet".to_string(),
+            };
             return Err(Error::invalid(format!(
-                "loss became {loss} at iteration {t} (lr {lr}); stopped, the last saved checkpoint in {} is kept — try a lower --lr",
-                run_dir.display()
+                "loss became {loss} at iteration {t} (lr {lr}); training stopped and {kept} — try a lower learning rate"
             )));
         }
         t += 1;

@@ -33,20 +33,67 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Reads an IDX file of unsigned bytes; a name ending in `.gz` is decompressed.
-pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
-    let gz = path.extension().is_some_and(|e| e == "gz");
-    if gz {
-        flate2::read::GzDecoder::new(file)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::format(path, format!("not a valid gzip file: {e}")))?;
+fn read_error(path: &Path, e: std::io::Error) -> Error {
+    if path.extension().is_some_and(|x| x == "gz") {
+        Error::format(path, format!("not a valid gzip file: {e}"))
     } else {
-        let mut file = file;
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
+        Error::io(path, e)
     }
+}
+
+fn open_idx(path: &Path) -> Result<Box<dyn Read>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    })
+}
+
+/// The data bytes an IDX header declares, if the header can be read at all (a broken one
+/// is reported by [`parse_idx`] when the whole file is read).
+fn declared_size(path: &Path) -> Result<Option<(usize, usize)>> {
+    let mut head = Vec::new();
+    open_idx(path)?
+        .take(4 + 4 * 255)
+        .read_to_end(&mut head)
+        .map_err(|e| read_error(path, e))?;
+    if head.len() < 4 || head[..3] != [0, 0, 0x08] {
+        return Ok(None);
+    }
+    let header = 4 + 4 * head[3] as usize;
+    if head.len() < header {
+        return Ok(None);
+    }
+    let count = head[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .try_fold(1usize, |acc, d| acc.checked_mul(d));
+    Ok(count.map(|c| (header, c)))
+}
+
+/// Reads an IDX file of unsigned bytes; a name ending in `.gz` is decompressed.
+///
+/// The header is read first: a file that declares more data than memory can hold is
+/// refused before anything is allocated, and reading stops one byte past the declared
+/// length, so a compressed file cannot expand without bound.
+pub fn read_idx(path: &Path) -> Result<IdxArray> {
+    let mut limit = u64::MAX;
+    if let Some((header, count)) = declared_size(path)? {
+        crate::resources::MemoryEstimate {
+            parts: vec![
+                ("the file's data".into(), count as u64),
+                ("its decoded copy".into(), count as u64),
+            ],
+        }
+        .check(&format!("reading {}", path.display()))?;
+        limit = (header + count + 1) as u64;
+    }
+    let mut bytes = Vec::new();
+    open_idx(path)?
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| read_error(path, e))?;
     parse_idx(&bytes).map_err(|msg| Error::format(path, msg))
 }
 

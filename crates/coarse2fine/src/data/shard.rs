@@ -159,6 +159,102 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
+/// Where a shard's parts lie, read from its header and checked against its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardLayout {
+    /// Channels per image.
+    pub channels: usize,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+    /// Number of images.
+    pub len: usize,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Byte offset of the first image.
+    pub pixels_at: usize,
+    /// Byte offset of the first label.
+    pub labels_at: usize,
+}
+
+impl ShardLayout {
+    /// Validates a whole shard held in `b`: magic, version, sizes, class names and every
+    /// label, so reads through the layout cannot go out of bounds. The error says what is
+    /// wrong (the caller adds the file name).
+    pub fn parse(b: &[u8]) -> std::result::Result<Self, String> {
+        if b.len() < FIXED_HEADER {
+            return Err(format!(
+                "truncated: {} bytes, shorter than a shard header",
+                b.len()
+            ));
+        }
+        if &b[..8] != SHARD_MAGIC {
+            return Err("not a coarse2fine shard (bad magic)".into());
+        }
+        let version = u32_at(b, 8);
+        if version != SHARD_VERSION {
+            return Err(format!(
+                "shard format version {version}, this build reads version {SHARD_VERSION}"
+            ));
+        }
+        let (channels, height, width) = (
+            u32_at(b, 12) as usize,
+            u32_at(b, 16) as usize,
+            u32_at(b, 20) as usize,
+        );
+        let len = u64::from_le_bytes([b[24], b[25], b[26], b[27], b[28], b[29], b[30], b[31]]);
+        let num_classes = u32_at(b, 32) as usize;
+        let names_len = u32_at(b, 36) as usize;
+        let pixels_at = data_offset(names_len);
+        let image_len = channels
+            .checked_mul(height)
+            .and_then(|v| v.checked_mul(width))
+            .ok_or("image dimensions overflow")?;
+        let expected = usize::try_from(len)
+            .ok()
+            .and_then(|n| n.checked_mul(image_len.checked_add(4)?))
+            .and_then(|v| v.checked_add(pixels_at))
+            .ok_or_else(|| format!("image count {len} overflows"))?;
+        if b.len() != expected {
+            return Err(format!(
+                "truncated or padded: header promises {len} images ({expected} bytes), file has {} bytes",
+                b.len()
+            ));
+        }
+        let names = std::str::from_utf8(&b[FIXED_HEADER..FIXED_HEADER + names_len])
+            .map_err(|_| "class names are not UTF-8".to_string())?;
+        let classes: Vec<String> = if names.is_empty() {
+            Vec::new()
+        } else {
+            names.split('\n').map(String::from).collect()
+        };
+        if classes.len() != num_classes {
+            return Err(format!(
+                "header says {num_classes} classes but lists {} names",
+                classes.len()
+            ));
+        }
+        let len = len as usize;
+        let labels_at = pixels_at + len * image_len;
+        if let Some(i) = (0..len).find(|&i| u32_at(b, labels_at + 4 * i) as usize >= num_classes) {
+            return Err(format!(
+                "image {i} has label {}, out of range",
+                u32_at(b, labels_at + 4 * i)
+            ));
+        }
+        Ok(Self {
+            channels,
+            height,
+            width,
+            len,
+            classes,
+            pixels_at,
+            labels_at,
+        })
+    }
+}
+
 impl Shard {
     /// Opens and validates a shard: magic, version, sizes and label range are checked so
     /// later reads cannot go out of bounds.
@@ -168,80 +264,18 @@ impl Shard {
         // into place; a concurrent truncation by another program is outside our contract.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let fail = |msg: String| Error::format(path, msg);
-        let b: &[u8] = &map;
-        if b.len() < FIXED_HEADER {
-            return Err(fail(format!(
-                "truncated: {} bytes, shorter than a shard header",
-                b.len()
-            )));
-        }
-        if &b[..8] != SHARD_MAGIC {
-            return Err(fail("not a coarse2fine shard (bad magic)".into()));
-        }
-        let version = u32_at(b, 8);
-        if version != SHARD_VERSION {
-            return Err(fail(format!(
-                "shard format version {version}, this build reads version {SHARD_VERSION}"
-            )));
-        }
-        let (channels, height, width) = (
-            u32_at(b, 12) as usize,
-            u32_at(b, 16) as usize,
-            u32_at(b, 20) as usize,
-        );
-        let len = u64::from_le_bytes(b[24..32].try_into().map_err(|_| fail("header".into()))?);
-        let num_classes = u32_at(b, 32) as usize;
-        let names_len = u32_at(b, 36) as usize;
-        let pixels_at = data_offset(names_len);
-        let image_len = channels
-            .checked_mul(height)
-            .and_then(|v| v.checked_mul(width))
-            .ok_or_else(|| fail("image dimensions overflow".into()))?;
-        let expected = usize::try_from(len)
-            .ok()
-            .and_then(|n| n.checked_mul(image_len + 4))
-            .and_then(|v| v.checked_add(pixels_at))
-            .ok_or_else(|| fail(format!("image count {len} overflows")))?;
-        if b.len() != expected {
-            return Err(fail(format!(
-                "truncated or padded: header promises {len} images ({expected} bytes), file has {} bytes",
-                b.len()
-            )));
-        }
-        let names = std::str::from_utf8(&b[FIXED_HEADER..FIXED_HEADER + names_len])
-            .map_err(|_| fail("class names are not UTF-8".into()))?;
-        let classes: Vec<String> = if names.is_empty() {
-            Vec::new()
-        } else {
-            names.split('\n').map(String::from).collect()
-        };
-        if classes.len() != num_classes {
-            return Err(fail(format!(
-                "header says {num_classes} classes but lists {} names",
-                classes.len()
-            )));
-        }
-        let len = len as usize;
-        let labels_at = pixels_at + len * image_len;
-        let shard = Self {
+        let layout = ShardLayout::parse(&map).map_err(|msg| Error::format(path, msg))?;
+        Ok(Self {
             path: path.to_path_buf(),
             map,
-            channels,
-            height,
-            width,
-            len,
-            classes,
-            pixels_at,
-            labels_at,
-        };
-        if let Some(i) = (0..len).find(|&i| shard.label(i) as usize >= num_classes) {
-            return Err(fail(format!(
-                "image {i} has label {}, out of range",
-                shard.label(i)
-            )));
-        }
-        Ok(shard)
+            channels: layout.channels,
+            height: layout.height,
+            width: layout.width,
+            len: layout.len,
+            classes: layout.classes,
+            pixels_at: layout.pixels_at,
+            labels_at: layout.labels_at,
+        })
     }
 
     /// The file this shard was read from.

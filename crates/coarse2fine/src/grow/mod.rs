@@ -325,12 +325,42 @@ pub fn apply(
             } => deepen(spec, map, after, *kernel, *noise, role, seed),
         }
     };
+    refuse_oversized(spec, op)?;
     let (new_spec, new_weights) = run(weights, Role::Weights)?;
     let new_momentum = match momentum {
         Some(m) => Some(run(m, Role::Momentum)?.1),
         None => None,
     };
     Ok((new_spec, new_weights, new_momentum))
+}
+
+/// Refuses, before anything is allocated, an operator whose result would exceed the spec
+/// limits or the memory available: a widening by a huge count, a huge deepening kernel.
+fn refuse_oversized(spec: &NetSpec, op: &GrowOp) -> Result<()> {
+    use crate::net::spec::{Layer, MAX_WINDOW, Units};
+    match op {
+        GrowOp::Widen { layer, add, .. } => {
+            let i = find_layer(spec, layer)?;
+            let mut grown = spec.clone();
+            let too_many = || Error::invalid(format!("widen {layer}: adding {add} is too many"));
+            match &mut grown.layers[i] {
+                Layer::Conv(c) => c.filters = c.filters.checked_add(*add).ok_or_else(too_many)?,
+                Layer::Fc(f) => {
+                    if let Units::Fixed(n) = &mut f.outputs {
+                        *n = n.checked_add(*add).ok_or_else(too_many)?;
+                    }
+                }
+                _ => {}
+            }
+            grown.check_structure()?;
+            crate::resources::training_estimate(&grown, 1)?
+                .check(&format!("widening {layer} by {add}"))
+        }
+        GrowOp::Deepen { kernel, .. } if *kernel > MAX_WINDOW => Err(Error::invalid(format!(
+            "deepen: kernel {kernel} is larger than {MAX_WINDOW}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Index of the layer whose parameters are called `name`.

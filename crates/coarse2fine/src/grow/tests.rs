@@ -383,3 +383,44 @@ fn new_filters_read_their_text_form_and_the_older_tagged_one() -> Result<()> {
     );
     Ok(())
 }
+
+/// Growth too large to hold is refused before any weight is allocated.
+#[test]
+fn oversized_growth_is_refused_up_front() -> Result<()> {
+    let spec = crate::net::presets::resolve("net-1")?.bind(InputShape::square(3, 8), 10)?;
+    let w = WeightMap::zeros_for(&spec)?;
+    let widen = |add| GrowOp::Widen {
+        layer: "fc6".into(),
+        add,
+        init: NewFilters::Gauss(0.01),
+        next_sigma: 0.0,
+        bias: 0.0,
+        noise: 0.0,
+        force: false,
+    };
+    for (op, needle) in [
+        (widen(usize::MAX), "too many"),
+        (widen(1 << 40), "at most"),
+        (
+            GrowOp::Deepen {
+                after: "conv1".into(),
+                kernel: 1_000_001,
+                noise: 0.0,
+            },
+            "larger than",
+        ),
+    ] {
+        let err = apply(&spec, &w, None, &op, 0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(needle), "{}: {err}", op.describe());
+    }
+    // A sensible widening still works.
+    let (grown, _, _) = apply(&spec, &w, None, &widen(4), 0)?;
+    assert_eq!(
+        grown.num_params()?,
+        spec.num_params()? + 4 * (3 * 7 * 7 + 1) + 4 * 10
+    );
+    Ok(())
+}

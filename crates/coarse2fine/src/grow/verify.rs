@@ -10,8 +10,10 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::GrowOp;
+#[cfg(feature = "training")]
 use crate::backend::Network;
 use crate::data::loader::Batch;
+#[cfg(feature = "training")]
 use crate::error::{Error, Result};
 
 /// Relative error an exact operator must stay within.
@@ -67,6 +69,7 @@ pub fn compare(f: &[f32], g: &[f32], n: usize) -> Agreement {
 
 /// Merges agreements of several batches (exact for max and agreement, and for the
 /// relative error when given the batches' squared norms).
+#[cfg(feature = "training")]
 fn merge(parts: &[(Agreement, f64)]) -> Agreement {
     let images: usize = parts.iter().map(|(a, _)| a.images).sum();
     let norm2: f64 = parts.iter().map(|(_, n)| n).sum();
@@ -147,6 +150,7 @@ impl Verification {
 
 /// Compares `small` and `grown` on `batches` (images at the small net's size) and on
 /// `random` noise images.
+#[cfg(feature = "training")]
 pub fn check(
     small: &Network,
     grown: &Network,
@@ -204,6 +208,7 @@ pub fn check(
 }
 
 /// A network grown by [`grow_checked`].
+#[cfg(feature = "training")]
 #[derive(Debug, Clone)]
 pub struct Grown {
     /// Grown spec.
@@ -224,6 +229,7 @@ pub struct Grown {
 /// (real images at the first net's size, replicated as the input grows) and on 64 random
 /// images. An operator whose guarantee is exact but whose relative error exceeds
 /// [`EXACT_TOLERANCE`] is an error.
+#[cfg(feature = "training")]
 pub fn grow_checked(
     small: &crate::checkpoint::Checkpoint,
     ops: &[GrowOp],

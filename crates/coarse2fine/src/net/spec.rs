@@ -282,7 +282,22 @@ pub enum Shape {
     Flat(usize),
 }
 
+/// Largest kernel, stride, dilation, padding or LRN size a spec may give.
+pub const MAX_WINDOW: usize = 4096;
+/// Largest filter or output count of one layer.
+pub const MAX_UNITS: usize = 1 << 24;
+/// Largest number of values one layer may produce per image.
+pub const MAX_ELEMENTS: usize = 1 << 32;
+
 impl Shape {
+    /// Number of values, `None` if it does not fit in `usize`.
+    pub fn checked_numel(&self) -> Option<usize> {
+        match *self {
+            Shape::Map { c, h, w } => c.checked_mul(h)?.checked_mul(w),
+            Shape::Flat(n) => Some(n),
+        }
+    }
+
     /// Number of values.
     pub fn numel(&self) -> usize {
         match *self {
@@ -310,8 +325,8 @@ pub fn window_out(
     dil: usize,
     ceil: bool,
 ) -> Option<usize> {
-    let span = dil * (kernel - 1) + 1;
-    let padded = input + 2 * pad;
+    let span = kernel.checked_sub(1)?.checked_mul(dil)?.checked_add(1)?;
+    let padded = pad.checked_mul(2)?.checked_add(input)?;
     if span > padded || stride == 0 {
         return None;
     }
@@ -379,11 +394,17 @@ impl NetSpec {
     /// Reads a spec from a `.toml` or `.json` file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses spec text, TOML or JSON as `path`'s extension says; `path` names it in
+    /// errors. The layer structure is checked; shapes are checked by [`NetSpec::bind`].
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
         let spec: NetSpec = match path.extension().and_then(|e| e.to_str()) {
             Some("json") => {
-                serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?
+                serde_json::from_str(text).map_err(|e| Error::format(path, e.to_string()))?
             }
-            Some("toml") => toml::from_str(&text).map_err(|e| {
+            Some("toml") => toml::from_str(text).map_err(|e| {
                 Error::format(path, e.to_string().replace('\n', " ").trim().to_string())
             })?,
             _ => return Err(Error::format(path, "spec files must end in .toml or .json")),
@@ -425,6 +446,42 @@ impl NetSpec {
                 }
             }
             match l {
+                Layer::Conv(c)
+                    if [c.kernel, c.stride, c.dilation, c.padding]
+                        .iter()
+                        .any(|&v| v > MAX_WINDOW)
+                        || c.filters > MAX_UNITS =>
+                {
+                    return Err(Error::invalid(format!(
+                        "{}: kernel, stride, dilation and padding must be at most {MAX_WINDOW}, filters at most {MAX_UNITS}",
+                        at()
+                    )));
+                }
+                Layer::MaxPool(p)
+                    if [p.kernel, p.stride(), p.dilation, p.padding]
+                        .iter()
+                        .any(|&v| v > MAX_WINDOW) =>
+                {
+                    return Err(Error::invalid(format!(
+                        "{}: kernel, stride, dilation and padding must be at most {MAX_WINDOW}",
+                        at()
+                    )));
+                }
+                Layer::Fc(Fc {
+                    outputs: Units::Fixed(n),
+                    ..
+                }) if *n > MAX_UNITS => {
+                    return Err(Error::invalid(format!(
+                        "{}: outputs must be at most {MAX_UNITS}",
+                        at()
+                    )));
+                }
+                Layer::Lrn(n) if n.size > MAX_WINDOW => {
+                    return Err(Error::invalid(format!(
+                        "{}: size must be at most {MAX_WINDOW}",
+                        at()
+                    )));
+                }
                 Layer::Conv(c)
                     if c.filters == 0 || c.kernel == 0 || c.stride == 0 || c.dilation == 0 =>
                 {
@@ -559,15 +616,29 @@ impl NetSpec {
                     input.width
                 ))
             };
+            let too_big = || {
+                Error::invalid(format!(
+                    "net {:?}, layer {} ({}): too large (more than {MAX_ELEMENTS} values per image, or sizes that overflow)",
+                    self.name,
+                    i + 1,
+                    l.describe()
+                ))
+            };
             let (out, params, flops) = match (l, shape) {
                 (Layer::Conv(c), Shape::Map { c: ci, h, w }) => {
                     let oh = window_out(h, c.kernel, c.stride, c.padding, c.dilation, false)
                         .ok_or_else(|| too_small("the kernel"))?;
                     let ow = window_out(w, c.kernel, c.stride, c.padding, c.dilation, false)
                         .ok_or_else(|| too_small("the kernel"))?;
-                    let k2 = c.kernel * c.kernel;
-                    let params = c.filters * ci * k2 + c.filters;
-                    let flops = 2 * (c.filters * ci * k2 * oh * ow) as u64;
+                    let macs = [ci, c.kernel, c.kernel]
+                        .iter()
+                        .try_fold(c.filters, |a, &b| a.checked_mul(b));
+                    let params = macs
+                        .and_then(|m| m.checked_add(c.filters))
+                        .ok_or_else(too_big)?;
+                    let flops = macs
+                        .and_then(|m| m.checked_mul(oh)?.checked_mul(ow)?.checked_mul(2))
+                        .ok_or_else(too_big)? as u64;
                     (
                         Shape::Map {
                             c: c.filters,
@@ -604,11 +675,17 @@ impl NetSpec {
                 }
                 (Layer::Fc(f), s) => {
                     let n = self.units(f.outputs)?;
-                    let inputs = s.numel();
-                    (Shape::Flat(n), n * inputs + n, 2 * (n * inputs) as u64)
+                    let macs = n.checked_mul(s.numel()).ok_or_else(too_big)?;
+                    let params = macs.checked_add(n).ok_or_else(too_big)?;
+                    let flops = macs.checked_mul(2).ok_or_else(too_big)? as u64;
+                    (Shape::Flat(n), params, flops)
                 }
                 (Layer::Relu | Layer::Lrn(_) | Layer::Dropout(_) | Layer::Softmax, s) => (s, 0, 0),
             };
+            // Every later size is a product of this one's: keep them all far from overflow.
+            if out.checked_numel().is_none_or(|n| n > MAX_ELEMENTS) {
+                return Err(too_big());
+            }
             shape = out;
             rows.push(LayerSummary {
                 layer: l.describe(),
@@ -695,6 +772,43 @@ outputs = "classes"
 [[layers]]
 type = "softmax"
 "#;
+
+    /// Inputs that overflowed `summary`'s arithmetic (kept in fuzz/seeds/spec/): each is
+    /// now an error naming the layer, never a panic.
+    #[test]
+    fn huge_numbers_are_errors_not_overflows() {
+        let cases = [
+            (
+                "conv",
+                "type=\"conv\"\nname=\"c\"\nfilters=4611686018427387904\nkernel=3",
+            ),
+            ("fc", "type=\"fc\"\nname=\"f\"\noutputs=4611686018427387904"),
+            (
+                "pad",
+                "type=\"conv\"\nname=\"c\"\nfilters=2\nkernel=3\npadding=9223372036854775807",
+            ),
+            (
+                "kernel",
+                "type=\"conv\"\nname=\"c\"\nfilters=2\nkernel=18446744073709551615",
+            ),
+            (
+                "wide",
+                "type=\"conv\"\nname=\"c\"\nfilters=16777216\nkernel=1",
+            ),
+        ];
+        for (what, layer) in cases {
+            let text = format!(
+                "name=\"x\"\n[[layers]]\n{layer}\n[[layers]]\ntype=\"fc\"\nname=\"g\"\noutputs=\"classes\"\n"
+            );
+            let bound = NetSpec::parse(Path::new("x.toml"), &text)
+                .and_then(|s| s.bind(InputShape::square(3, 32), 10));
+            let err = bound.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("at most") || err.contains("too large"),
+                "{what}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn toml_round_trip_and_shapes() -> Result<()> {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The speed benchmark of docs/performance.md, in one invocation: c2f and PyTorch on the
+# same nets at 1 and 2 threads, the data loader, prepare, and peak memory.
+#
+#   ./bench/run.sh [OUT_DIR]      (default: runs/bench)
+#
+# Sets up what it needs: PyTorch (CPU wheels, ~200 MB) into the current Python if it is
+# missing, Fashion-MNIST prepared at 8/16/32 for the loader figure. Stop other work on the
+# machine first: the figures are ratios taken back to back, but a busy machine still adds
+# noise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/bench}
+mkdir -p "$out"
+if ! python3 -c "import torch" 2>/dev/null; then
+    pip install torch --index-url https://download.pytorch.org/whl/cpu ||
+        pip install torch
+fi
+cargo build --locked -p c2f
+c2f=target/debug/c2f
+if [ ! -f data/fashion-mnist/dataset.json ]; then
+    "$c2f" prepare /usr/share/datasets/fashion-mnist --out data/fashion-mnist --sizes 8,16,32 --pad-pow2
+fi
+"$c2f" bench --pytorch --data data/fashion-mnist --prepare-jpegs 2000 \
+    --md "$out/bench.md" --json "$out/bench.json"
+echo "wrote $out/bench.md and $out/bench.json"
