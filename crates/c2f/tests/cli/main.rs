@@ -1094,3 +1094,54 @@ fn pytorch_round_trip_matches_logits() {
     eprintln!("after one SGD step in PyTorch and c2f import: max |c2f − torch| = {max:.3e}");
     assert!(max <= 1e-4, "max |c2f − torch| after import = {max}");
 }
+
+/// `c2f bench` measures every requested net and the loader and writes its tables; the
+/// figures themselves are checked by docs/performance.md's benchmark, not here.
+#[test]
+fn bench_measures_nets_and_loader() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 64, 16, 8, 3).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    let json = tmp.path().join("bench.json");
+    let md = tmp.path().join("bench.md");
+    let out = ok(&[
+        "bench",
+        "--nets",
+        "net-1,tiny16",
+        "--thread-counts",
+        "1",
+        "--batch",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--data",
+        s(&data),
+        "--json",
+        s(&json),
+        "--md",
+        s(&md),
+    ]);
+    assert!(
+        out.contains("| net-1 | 8×8 | 1 |") && out.contains("| tiny16 | 16×16 | 1 |"),
+        "{out}"
+    );
+    assert!(out.contains("Data loader at 8×8"), "{out}");
+    assert_eq!(std::fs::read_to_string(&md).expect("md"), out);
+    let v = json_of(&json);
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert!(
+            r["ours"]["train_step_s"].as_f64().expect("time") > 0.0,
+            "{r}"
+        );
+        assert!(r["flops"].as_u64().expect("flops") > 0, "{r}");
+        assert!(r["pytorch"].is_null());
+    }
+    assert!(v["loader"]["images_per_s"].as_f64().expect("loader") > 0.0);
+    fails(&["bench", "--nets", "net-9"], &["net-9", "tiny16", "net-1"]);
+}
