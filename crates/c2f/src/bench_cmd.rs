@@ -146,6 +146,9 @@ struct Measured {
     train_step_s: f64,
     infer_step_s: f64,
     peak_rss_bytes: Option<u64>,
+    /// Median seconds of each layer's inference forward pass (c2f only).
+    #[serde(default)]
+    layer_forward_s: Vec<(String, f64)>,
 }
 
 /// One row of the results.
@@ -212,10 +215,31 @@ fn worker(a: &BenchArgs, name: &str) -> Result<()> {
         net.logits(&batch)?;
         Ok(())
     })?;
+    let mut per_layer: Vec<Vec<(String, f64)>> = Vec::new();
+    median_time(a.steps, a.warmup, || {
+        per_layer.push(net.forward_layer_times(&batch)?);
+        Ok(())
+    })?;
+    let per_layer = &per_layer[a.warmup.min(per_layer.len())..];
+    let layer_forward_s = per_layer
+        .first()
+        .map(|first| {
+            first
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| {
+                    let mut v: Vec<f64> = per_layer.iter().map(|run| run[i].1).collect();
+                    v.sort_by(f64::total_cmp);
+                    (name.clone(), v[v.len() / 2])
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let m = Measured {
         train_step_s,
         infer_step_s,
         peak_rss_bytes: peak_rss(),
+        layer_forward_s,
     };
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
@@ -266,6 +290,7 @@ fn run_torch(a: &BenchArgs, script: &Path, dir: &Path, threads: usize) -> Result
         train_step_s: t.train_step_s,
         infer_step_s: t.infer_step_s,
         peak_rss_bytes: None,
+        layer_forward_s: Vec::new(),
     })
 }
 
@@ -419,6 +444,23 @@ fn markdown(r: &Report<'_>) -> String {
                 b as f64 / (1u64 << 20) as f64
             )),
         );
+    }
+    if let Some(&first) = r.rows.first().map(|row| &row.threads) {
+        s += &format!(
+            "\nInference forward time per layer (c2f, {first} thread(s), batch {}; median of the same steps):\n\n| net | layer | ms | share |\n|---|---|---|---|\n",
+            r.rows.first().map_or(0, |row| row.batch)
+        );
+        for row in r.rows.iter().filter(|row| row.threads == first) {
+            let total: f64 = row.ours.layer_forward_s.iter().map(|l| l.1).sum();
+            for (name, t) in &row.ours.layer_forward_s {
+                s += &format!(
+                    "| {} | {name} | {:.3} | {:.0}% |\n",
+                    row.net,
+                    1e3 * t,
+                    100.0 * t / total.max(1e-12)
+                );
+            }
+        }
     }
     if let Some(l) = &r.loader {
         let fastest = r

@@ -245,14 +245,17 @@ impl Network {
 
     /// Logits `N × classes` for input `x` (`N × C × H × W`), using `params` (which may be
     /// autodiff-tracked copies of the network's own). `dropout` draws masks when training.
+    ///
+    /// `after_op(i)` is called once layer `i` of the logit layers has been computed.
     fn forward(
         &self,
         params: &[Tensor<1>],
         x: Tensor<4>,
         mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
+        mut after_op: Option<&mut dyn FnMut(usize)>,
     ) -> Tensor<2> {
         let mut a = Act::Map(x);
-        for op in &self.ops {
+        for (i, op) in self.ops.iter().enumerate() {
             a = match (op, a) {
                 (Op::Conv { w, shape, opts }, Act::Map(x)) => {
                     let weight = params[*w].clone().reshape(*shape);
@@ -299,6 +302,9 @@ impl Network {
                 // Shape inference in `NetSpec::summary` rules these out.
                 (_, a) => a,
             };
+            if let Some(f) = after_op.as_deref_mut() {
+                f(i);
+            }
         }
         match a {
             Act::Flat(x) => x,
@@ -330,8 +336,30 @@ impl Network {
     /// Logits for a batch, row-major `N × classes`.
     pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
         let x = self.input(batch)?;
-        let out = self.forward(&self.params, x, None);
+        let out = self.forward(&self.params, x, None, None);
         host_values(out.into_data())
+    }
+
+    /// Seconds of each layer's inference forward pass on `batch`, with the layer's
+    /// description, for profiling. Meaningful on the CPU backend, which computes each
+    /// operation before returning; GPU backends queue work, so their figures are not.
+    pub fn forward_layer_times(&self, batch: &Batch) -> Result<Vec<(String, f64)>> {
+        let x = self.input(batch)?;
+        let mut times = Vec::with_capacity(self.ops.len());
+        let mut t0 = std::time::Instant::now();
+        let mut record = |_: usize| {
+            times.push(t0.elapsed().as_secs_f64());
+            t0 = std::time::Instant::now();
+        };
+        let out = self.forward(&self.params, x, None, Some(&mut record));
+        host_values(out.into_data())?;
+        Ok(self
+            .spec
+            .logit_layers()
+            .iter()
+            .map(|l| l.describe())
+            .zip(times)
+            .collect())
     }
 
     /// The current weights as a host map.
@@ -482,7 +510,7 @@ pub fn train_step(
         .map(|p| p.clone().autodiff().require_grad())
         .collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
-    let logits = net.forward(&tracked, x.autodiff(), Some(&mut rng));
+    let logits = net.forward(&tracked, x.autodiff(), Some(&mut rng), None);
     let loss = cross_entropy(
         logits,
         &batch.labels,
@@ -660,6 +688,24 @@ mod tests {
             err <= 1e-4 * scale.max(1.0),
             "max abs error {err} (scale {scale})"
         );
+        Ok(())
+    }
+
+    /// The per-layer profile runs the same forward pass: one entry per logit layer, in
+    /// order, named like the spec's layers.
+    #[test]
+    fn forward_layer_times_cover_every_layer() -> Result<()> {
+        let spec = mixed_spec().bind(InputShape::square(2, 11), 3)?;
+        let w = WeightMap::init(&spec, Init::Gaussian(0.5), 3)?;
+        let net = Network::new(&spec, &w, &cpu())?;
+        let times = net.forward_layer_times(&Batch {
+            images: rand_vec(2 * 2 * 11 * 11, 9),
+            labels: vec![0; 2],
+            shape: [2, 2, 11, 11],
+        })?;
+        let names: Vec<String> = spec.logit_layers().iter().map(|l| l.describe()).collect();
+        assert_eq!(times.iter().map(|t| t.0.clone()).collect::<Vec<_>>(), names);
+        assert!(times.iter().all(|t| t.1.is_finite() && t.1 >= 0.0));
         Ok(())
     }
 

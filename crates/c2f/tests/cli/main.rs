@@ -1130,6 +1130,10 @@ fn bench_measures_nets_and_loader() {
         "{out}"
     );
     assert!(out.contains("Data loader at 8×8"), "{out}");
+    assert!(
+        out.contains("| net-1 | fc8 fc classes |"),
+        "per-layer table: {out}"
+    );
     assert_eq!(std::fs::read_to_string(&md).expect("md"), out);
     let v = json_of(&json);
     let rows = v["rows"].as_array().expect("rows");
