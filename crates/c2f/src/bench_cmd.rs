@@ -445,10 +445,11 @@ fn markdown(r: &Report<'_>) -> String {
             )),
         );
     }
-    if let Some(&first) = r.rows.first().map(|row| &row.threads) {
+    if let Some(head) = r.rows.first() {
+        let first = head.threads;
         s += &format!(
             "\nInference forward time per layer (c2f, {first} thread(s), batch {}; median of the same steps):\n\n| net | layer | ms | share |\n|---|---|---|---|\n",
-            r.rows.first().map_or(0, |row| row.batch)
+            head.batch
         );
         for row in r.rows.iter().filter(|row| row.threads == first) {
             let total: f64 = row.ours.layer_forward_s.iter().map(|l| l.1).sum();

@@ -147,8 +147,7 @@ impl Checkpoint {
 
     /// Reads and validates a checkpoint folder, verifying its checksums.
     pub fn load(dir: &Path) -> Result<Self> {
-        Self::exists(dir)?;
-        if !dir.join(META).is_file() {
+        if !Self::exists(dir)? {
             return Err(Error::format(
                 dir,
                 format!("not a checkpoint folder: no {META}"),

@@ -86,7 +86,14 @@ pub fn write_jsonl_atomic<T: serde::Serialize>(path: &Path, items: &[T]) -> Resu
 /// Reads a JSON Lines file (blank lines skipped), naming the file and line in any error.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
+    parse_jsonl(path, text.lines())
+}
+
+fn parse_jsonl<'a, T: serde::de::DeserializeOwned>(
+    path: &Path,
+    lines: impl Iterator<Item = &'a str>,
+) -> Result<Vec<T>> {
+    lines
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
@@ -109,14 +116,7 @@ pub fn read_jsonl_recovering<T: serde::de::DeserializeOwned>(path: &Path) -> Res
     {
         lines.pop();
     }
-    lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
+    parse_jsonl(path, lines.into_iter())
 }
 
 /// Reads and parses a JSON file, naming the file in any error.

@@ -582,8 +582,9 @@ fn resolve(
                 ))
             })?;
             let prev = &stages[k - 1];
-            // Sizes first, from the operators alone: growth is applied (to zero weights) only
-            // once it is known to end at a prepared size.
+            // Sizes first, from the operators alone (only an upscale changes the input side):
+            // growth is applied (to zero weights) only once it is known to end at a prepared
+            // size.
             let upscales = ops
                 .iter()
                 .filter(|o| matches!(o, GrowOp::Upscale { .. }))
@@ -611,13 +612,6 @@ fn resolve(
                 })?;
                 spec = s2;
                 zeros = w2;
-            }
-            let grown_side = spec.input.map_or(0, |i| i.height);
-            if grown_side != s.size {
-                return Err(Error::invalid(format!(
-                    "{at}: size {} does not follow from stage {k}'s size {} and its growth (which gives {grown_side}); each upscale doubles the side",
-                    s.size, prev.size
-                )));
             }
             (spec, ops)
         };

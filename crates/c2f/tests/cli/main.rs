@@ -12,9 +12,15 @@ mod reliability;
 const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 fn c2f(args: &[&str]) -> Output {
+    c2f_env(args, &[])
+}
+
+/// Runs `c2f` (2 threads, quiet) with extra environment variables.
+fn c2f_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_c2f"))
         .args(["--threads", "2", "--quiet"])
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("c2f runs")
 }
@@ -32,18 +38,23 @@ fn ok(args: &[&str]) -> String {
 
 /// Runs a command that must fail with a single-line error containing every `needle`.
 fn fails(args: &[&str], needles: &[&str]) {
-    let out = c2f(args);
+    assert_one_line_error(&c2f(args), needles, &format!("c2f {args:?}"));
+}
+
+/// Checks a failed run (`what` names it): non-zero exit, one line on stderr, every
+/// needle in it.
+fn assert_one_line_error(out: &Output, needles: &[&str], what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "c2f {args:?} should fail");
+    assert!(!out.status.success(), "{what} should fail; stderr:\n{err}");
     assert_eq!(
         err.trim().lines().count(),
         1,
-        "error should be one line, got:\n{err}"
+        "error of {what} should be one line, got:\n{err}"
     );
     for n in needles {
         assert!(
             err.contains(n),
-            "error of c2f {args:?} should mention {n:?}: {err}"
+            "error of {what} should mention {n:?}: {err}"
         );
     }
 }
@@ -853,13 +864,20 @@ fn plan_variants_run_as_parallel_array_tasks_and_merge() {
     }
 }
 
-/// The evaluations of a run folder without clocks.
-fn run_evals(run: &Path) -> Vec<serde_json::Value> {
+/// The events of one kind (`eval`, `train`, `growth`) of a run folder's events.jsonl.
+fn run_events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("events.jsonl"))
         .expect("events")
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .filter(|e| e["event"] == "eval")
+        .filter(|e| e["event"] == kind)
+        .collect()
+}
+
+/// The evaluations of a run folder without clocks.
+fn run_evals(run: &Path) -> Vec<serde_json::Value> {
+    run_events(run, "eval")
+        .into_iter()
         .map(|e| {
             serde_json::json!({
                 "curve": e["curve"], "stage": e["stage"], "iter": e["iter"],

@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use coarse2fine::data::idx::encode_idx;
 use coarse2fine::data::shard::Shard;
 use coarse2fine::data::synthetic::write_quadrant_idx;
 use coarse2fine::net::WeightMap;
 
-use super::{assert_clean, c2f, fails, ok, s};
+use super::{assert_clean, assert_one_line_error, c2f, c2f_env, fails, ok, s};
 
 /// A synthetic IDX source prepared at 4×4 and 8×8, in its own temporary folder.
 struct Fx {
@@ -80,26 +80,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     out
-}
-
-/// Runs `c2f` (2 threads, quiet) with extra environment variables.
-fn c2f_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_c2f"))
-        .args(["--threads", "2", "--quiet"])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("c2f runs")
-}
-
-/// Checks a failed run: non-zero exit, one line on stderr, every needle in it.
-fn assert_one_line_error(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail; stderr:\n{err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line expected:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "error should mention {n:?}: {err}");
-    }
 }
 
 /// Prepare of `src` into a new folder must fail with `needles` and create nothing.
@@ -789,7 +769,11 @@ fn bad_disk_full_during_checkpoint() {
         .args(&args)
         .output()
         .expect("bash runs");
-    assert_one_line_error(&out, &["checkpoint", "File too large"]);
+    assert_one_line_error(
+        &out,
+        &["checkpoint", "File too large"],
+        "resume under ulimit -f",
+    );
     assert_eq!(
         snapshot(&run.join("checkpoint")),
         before,
@@ -830,6 +814,7 @@ fn bad_nan_loss_keeps_last_checkpoint() {
     assert_one_line_error(
         &out,
         &["loss became", "at iteration", "checkpoint", "is kept"],
+        "train with --lr 1e30",
     );
     let ckpt = coarse2fine::checkpoint::Checkpoint::load(&run.join("checkpoint"))
         .expect("the last good checkpoint loads");
@@ -858,6 +843,7 @@ fn bad_memory_limit_refused() {
             "C2F_MEMORY_LIMIT is 64.0 KiB",
             "refusing",
         ],
+        "train with C2F_MEMORY_LIMIT=64K",
     );
     assert!(!run.exists());
     // The same check guards every stage of a plan.
@@ -874,14 +860,22 @@ fn bad_memory_limit_refused() {
         &["run", s(&plan), "--out", s(&run)],
         &[("C2F_MEMORY_LIMIT", "1M")],
     );
-    assert_one_line_error(&out, &["plan.toml", "stage 1", "batch 4096", "refusing"]);
+    assert_one_line_error(
+        &out,
+        &["plan.toml", "stage 1", "batch 4096", "refusing"],
+        "run with C2F_MEMORY_LIMIT=1M",
+    );
     assert!(!run.exists());
     // A limit that is not a size is an error of its own.
     let out = c2f_env(
         &train_args(&fx.data, &run, &["--iterations", "2"]),
         &[("C2F_MEMORY_LIMIT", "lots")],
     );
-    assert_one_line_error(&out, &["C2F_MEMORY_LIMIT=\"lots\"", "not a size"]);
+    assert_one_line_error(
+        &out,
+        &["C2F_MEMORY_LIMIT=\"lots\"", "not a size"],
+        "train with C2F_MEMORY_LIMIT=lots",
+    );
 }
 
 // ------------------------------------------------------------ crashes and reruns
@@ -1015,11 +1009,8 @@ fn reruns_are_bit_identical() {
     assert!(super::run_result(&a) == super::run_result(&b));
     // Every training loss and learning rate too, not just the evaluations.
     let losses = |run: &Path| -> Vec<(u64, f64, f64)> {
-        std::fs::read_to_string(run.join("events.jsonl"))
-            .expect("events")
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-            .filter(|e| e["event"] == "train")
+        super::run_events(run, "train")
+            .into_iter()
             .map(|e| {
                 (
                     e["iter"].as_u64().expect("iter"),

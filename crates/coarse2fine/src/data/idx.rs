@@ -50,55 +50,37 @@ fn open_idx(path: &Path) -> Result<Box<dyn Read>> {
     })
 }
 
-/// The data bytes an IDX header declares, if the header can be read at all (a broken one
-/// is reported by [`parse_idx`] when the whole file is read).
-fn declared_size(path: &Path) -> Result<Option<(usize, usize)>> {
+/// Reads an IDX file of unsigned bytes; a name ending in `.gz` is decompressed.
+///
+/// The header is read first: a broken header is reported from it alone, a file that
+/// declares more data than memory can hold is refused before anything is allocated, and
+/// reading stops one byte past the declared length, so a compressed file cannot expand
+/// without bound.
+pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let mut head = Vec::new();
     open_idx(path)?
         .take(4 + 4 * 255)
         .read_to_end(&mut head)
         .map_err(|e| read_error(path, e))?;
-    if head.len() < 4 || head[..3] != [0, 0, 0x08] {
-        return Ok(None);
+    let (header, _, count) = parse_header(&head).map_err(|msg| Error::format(path, msg))?;
+    crate::resources::MemoryEstimate {
+        parts: vec![
+            ("the file's data".into(), count as u64),
+            ("its decoded copy".into(), count as u64),
+        ],
     }
-    let header = 4 + 4 * head[3] as usize;
-    if head.len() < header {
-        return Ok(None);
-    }
-    let count = head[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .try_fold(1usize, |acc, d| acc.checked_mul(d));
-    Ok(count.map(|c| (header, c)))
-}
-
-/// Reads an IDX file of unsigned bytes; a name ending in `.gz` is decompressed.
-///
-/// The header is read first: a file that declares more data than memory can hold is
-/// refused before anything is allocated, and reading stops one byte past the declared
-/// length, so a compressed file cannot expand without bound.
-pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let mut limit = u64::MAX;
-    if let Some((header, count)) = declared_size(path)? {
-        crate::resources::MemoryEstimate {
-            parts: vec![
-                ("the file's data".into(), count as u64),
-                ("its decoded copy".into(), count as u64),
-            ],
-        }
-        .check(&format!("reading {}", path.display()))?;
-        limit = (header + count + 1) as u64;
-    }
+    .check(&format!("reading {}", path.display()))?;
     let mut bytes = Vec::new();
     open_idx(path)?
-        .take(limit)
+        .take((header + count + 1) as u64)
         .read_to_end(&mut bytes)
         .map_err(|e| read_error(path, e))?;
     parse_idx(&bytes).map_err(|msg| Error::format(path, msg))
 }
 
-/// Parses IDX bytes; the error says what is wrong.
-pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
+/// Parses an IDX header at the start of `bytes`: its length, the dimensions and the number
+/// of data bytes they declare.
+fn parse_header(bytes: &[u8]) -> std::result::Result<(usize, Vec<usize>, usize), String> {
     if bytes.len() < 4 {
         return Err(format!(
             "truncated: {} bytes, too short for an IDX header",
@@ -128,16 +110,20 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
             bytes.len()
         ));
     }
-    let mut dims = Vec::with_capacity(ndim);
-    for d in 0..ndim {
-        let o = 4 + 4 * d;
-        let v = u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
-        dims.push(v as usize);
-    }
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
     let count = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| format!("dimensions {dims:?} overflow"))?;
+    Ok((header, dims, count))
+}
+
+/// Parses IDX bytes; the error says what is wrong.
+pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
+    let (header, dims, count) = parse_header(bytes)?;
     let have = bytes.len() - header;
     if have < count {
         return Err(format!(
