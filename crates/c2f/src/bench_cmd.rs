@@ -100,7 +100,8 @@ pub struct BenchArgs {
     /// Write the tables as Markdown.
     #[arg(long)]
     md: Option<PathBuf>,
-    /// Compute backend: cpu, cuda, cuda:N, wgpu.
+    /// Compute backend: cpu (the native engine), flex (burn's CPU backend), cuda, cuda:N,
+    /// wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Internal: measure one net in this process and print JSON.
@@ -296,6 +297,8 @@ fn run_torch(a: &BenchArgs, script: &Path, dir: &Path, threads: usize) -> Result
 
 /// Peak single-precision GFLOP/s of one core, estimated from /proc/cpuinfo: vector width
 /// (AVX-512: 16, AVX2: 8, else 4 floats) × 2 (fused multiply-add) × 2 FMA units × GHz.
+/// AMD's first Zen cores (family 23, models below 0x30) run each 256-bit operation as two
+/// 128-bit halves, so they count 4 floats.
 fn core_peak_gflops() -> Option<(f64, String)> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let field = |key: &str| {
@@ -306,9 +309,13 @@ fn core_peak_gflops() -> Option<(f64, String)> {
     };
     let flags = field("flags")?;
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let number = |key: &str| field(key).and_then(|v| v.parse::<u32>().ok());
+    let half_width_fma = field("vendor_id").is_some_and(|v| v == "AuthenticAMD")
+        && number("cpu family") == Some(23)
+        && number("model").is_some_and(|m| m < 0x30);
     let width = if has("avx512f") {
         16.0
-    } else if has("avx2") && has("fma") {
+    } else if has("avx2") && has("fma") && !half_width_fma {
         8.0
     } else {
         4.0

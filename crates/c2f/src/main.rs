@@ -204,7 +204,8 @@ struct TrainArgs {
     /// Weight initialisation for fresh nets: kaiming, xavier, or gauss:SIGMA.
     #[arg(long, default_value = "kaiming")]
     init: String,
-    /// Compute backend: cpu, cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
+    /// Compute backend: cpu (the native engine), flex (burn's CPU backend, the reference),
+    /// cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
     #[arg(long, default_value = "cpu")]
     backend: String,
 }
@@ -231,7 +232,7 @@ struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Compute backend.
+    /// Compute backend: cpu, flex, cuda, cuda:N, wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Also write the first --dump-images images (pixels 0–255, float32) and the net's

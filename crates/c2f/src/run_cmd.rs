@@ -60,7 +60,8 @@ pub struct RunArgs {
     /// Real test images used by each growth check.
     #[arg(long, default_value_t = 500)]
     pub check_images: usize,
-    /// Compute backend: cpu, cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
+    /// Compute backend: cpu (the native engine), flex (burn's CPU backend, the reference),
+    /// cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
 }

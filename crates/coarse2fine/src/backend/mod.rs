@@ -1,14 +1,23 @@
-//! The one module that talks to the deep-learning framework (burn).
+//! The one module that runs networks: burn, and the native CPU engine beside it.
 //!
 //! Everything else in the library works on plain specs, [`WeightMap`]s and [`Batch`]es; this
-//! module turns them into framework tensors, runs forward and backward passes, and applies
-//! the optimizer. The backend is chosen at run time through [`BackendKind`]; GPU backends
-//! exist only when the crate is built with the `cuda` or `wgpu` feature.
+//! module turns them into tensors, runs forward and backward passes, and applies the
+//! optimizer. The backend is chosen at run time through [`BackendKind`]:
 //!
-//! Parameters are kept as flat 1-D tensors in the order of [`NetSpec::param_shapes`] and
-//! reshaped inside the forward pass. That keeps the optimizer a loop over same-rank
+//! - `cpu` (the default) is the native engine of [`native`]: each layer's forward and
+//!   backward pass written on the `gemm` crate, with buffers reused across steps.
+//! - `flex` is burn's CPU backend with its autodiff, which the native engine is tested
+//!   against operator by operator.
+//! - `cuda` and `wgpu` are burn's GPU backends, present only when the crate is built with
+//!   the feature of that name.
+//!
+//! burn parameters are kept as flat 1-D tensors in the order of [`NetSpec::param_shapes`]
+//! and reshaped inside the forward pass. That keeps the optimizer a loop over same-rank
 //! tensors, and makes its momentum buffers a [`WeightMap`] with the weights' own names,
 //! which growth operators can transform exactly like the weights.
+
+mod kernels;
+mod native;
 
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
@@ -20,13 +29,16 @@ use crate::data::loader::Batch;
 use crate::error::{Error, Result};
 use crate::net::spec::{Layer, NetSpec};
 use crate::net::weights::{Tensor as HostTensor, WeightMap};
+use native::NativeNet;
 
 /// Which compute backend runs the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
-    /// burn's pure-Rust CPU backend (`flex`), the default.
+    /// The native CPU engine, the default.
     #[default]
     Cpu,
+    /// burn's pure-Rust CPU backend, the reference the native engine is tested against.
+    Flex,
     /// NVIDIA GPU `n` through CUDA (feature `cuda`).
     Cuda(usize),
     /// Any GPU through wgpu (feature `wgpu`).
@@ -37,7 +49,8 @@ impl std::str::FromStr for BackendKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "cpu" | "flex" => Ok(BackendKind::Cpu),
+            "cpu" => Ok(BackendKind::Cpu),
+            "flex" => Ok(BackendKind::Flex),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda(0)),
             _ => s
@@ -45,7 +58,9 @@ impl std::str::FromStr for BackendKind {
                 .and_then(|n| n.parse().ok())
                 .map(BackendKind::Cuda)
                 .ok_or_else(|| {
-                    Error::invalid(format!("backend {s:?}: use cpu, cuda, cuda:N or wgpu"))
+                    Error::invalid(format!(
+                        "backend {s:?}: use cpu, flex, cuda, cuda:N or wgpu"
+                    ))
                 }),
         }
     }
@@ -55,6 +70,7 @@ impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BackendKind::Cpu => write!(f, "cpu"),
+            BackendKind::Flex => write!(f, "flex"),
             BackendKind::Cuda(n) => write!(f, "cuda:{n}"),
             BackendKind::Wgpu => write!(f, "wgpu"),
         }
@@ -72,7 +88,8 @@ impl Compute {
     /// Opens the backend; fails with a clear message if it was not compiled in.
     pub fn new(kind: BackendKind) -> Result<Self> {
         let device = match kind {
-            BackendKind::Cpu => Device::flex(),
+            // The native engine needs no device; burn's CPU one stands in for it.
+            BackendKind::Cpu | BackendKind::Flex => Device::flex(),
             #[cfg(feature = "cuda")]
             BackendKind::Cuda(n) => Device::cuda(n),
             #[cfg(feature = "wgpu")]
@@ -145,12 +162,22 @@ enum Act {
     Flat(Tensor<2>),
 }
 
-/// A network ready to run: compiled layer list plus parameters on the device.
+/// A burn network: compiled layer list plus parameters on the device.
+struct BurnNet {
+    ops: Vec<Op>,
+    params: Vec<Tensor<1>>,
+}
+
+enum Engine {
+    Burn(BurnNet),
+    Native(Box<NativeNet>),
+}
+
+/// A network ready to run on the chosen backend.
 pub struct Network {
     spec: NetSpec,
-    ops: Vec<Op>,
     names: Vec<(String, Vec<usize>)>,
-    params: Vec<Tensor<1>>,
+    engine: Engine,
     compute: Compute,
 }
 
@@ -176,64 +203,77 @@ fn download(t: &Tensor<1>) -> Result<Vec<f32>> {
     host_values(t.to_data())
 }
 
+fn compile_burn(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
+    let index = |n: &str| names.iter().position(|(k, _)| k == n);
+    let mut ops = Vec::new();
+    for l in spec.logit_layers() {
+        ops.push(match l {
+            Layer::Conv(c) => {
+                let w = index(&format!("{}.weight", c.name))
+                    .ok_or_else(|| Error::invalid(format!("no weights for {}", c.name)))?;
+                let s = &names[w].1;
+                Op::Conv {
+                    w,
+                    shape: [s[0], s[1], s[2], s[3]],
+                    opts: ConvOptions::new([c.stride; 2], [c.padding; 2], [c.dilation; 2], 1),
+                }
+            }
+            Layer::Relu => Op::Relu,
+            Layer::MaxPool(p) => Op::Pool(
+                MaxPoolOptions::new([p.kernel; 2])
+                    .with_stride([p.stride(); 2])
+                    .with_padding([p.padding; 2])
+                    .with_dilation([p.dilation; 2])
+                    .with_ceil_mode(p.ceil_mode),
+            ),
+            Layer::Lrn(n) => Op::Lrn {
+                size: n.size,
+                alpha: n.alpha,
+                beta: n.beta,
+                k: n.k,
+            },
+            Layer::Dropout(d) => Op::Dropout(d.p),
+            Layer::Fc(f) => {
+                let w = index(&format!("{}.weight", f.name))
+                    .ok_or_else(|| Error::invalid(format!("no weights for {}", f.name)))?;
+                let s = &names[w].1;
+                Op::Fc {
+                    w,
+                    shape: [s[0], s[1]],
+                }
+            }
+            Layer::Softmax => continue,
+        });
+    }
+    Ok(ops)
+}
+
 impl Network {
     /// Builds the network of a bound spec with the given weights.
     pub fn new(spec: &NetSpec, weights: &WeightMap, compute: &Compute) -> Result<Self> {
         let names = spec.param_shapes()?;
         weights.check_against(spec, std::path::Path::new("<weights>"))?;
-        let mut params = Vec::with_capacity(names.len());
+        let mut host = Vec::with_capacity(names.len());
         for (n, _) in &names {
-            let t = weights
-                .get(n)
-                .ok_or_else(|| Error::invalid(format!("missing tensor {n:?}")))?;
-            params.push(upload(t, &compute.device));
+            host.push(
+                weights
+                    .get(n)
+                    .ok_or_else(|| Error::invalid(format!("missing tensor {n:?}")))?,
+            );
         }
-        let index = |n: &str| names.iter().position(|(k, _)| k == n);
-        let mut ops = Vec::new();
-        for l in spec.logit_layers() {
-            ops.push(match l {
-                Layer::Conv(c) => {
-                    let w = index(&format!("{}.weight", c.name))
-                        .ok_or_else(|| Error::invalid(format!("no weights for {}", c.name)))?;
-                    let s = &names[w].1;
-                    Op::Conv {
-                        w,
-                        shape: [s[0], s[1], s[2], s[3]],
-                        opts: ConvOptions::new([c.stride; 2], [c.padding; 2], [c.dilation; 2], 1),
-                    }
-                }
-                Layer::Relu => Op::Relu,
-                Layer::MaxPool(p) => Op::Pool(
-                    MaxPoolOptions::new([p.kernel; 2])
-                        .with_stride([p.stride(); 2])
-                        .with_padding([p.padding; 2])
-                        .with_dilation([p.dilation; 2])
-                        .with_ceil_mode(p.ceil_mode),
-                ),
-                Layer::Lrn(n) => Op::Lrn {
-                    size: n.size,
-                    alpha: n.alpha,
-                    beta: n.beta,
-                    k: n.k,
-                },
-                Layer::Dropout(d) => Op::Dropout(d.p),
-                Layer::Fc(f) => {
-                    let w = index(&format!("{}.weight", f.name))
-                        .ok_or_else(|| Error::invalid(format!("no weights for {}", f.name)))?;
-                    let s = &names[w].1;
-                    Op::Fc {
-                        w,
-                        shape: [s[0], s[1]],
-                    }
-                }
-                Layer::Softmax => continue,
-            });
-        }
+        let engine = if compute.kind == BackendKind::Cpu {
+            let params = host.iter().map(|t| t.data.clone()).collect();
+            Engine::Native(Box::new(NativeNet::new(spec, &names, params)?))
+        } else {
+            Engine::Burn(BurnNet {
+                ops: compile_burn(spec, &names)?,
+                params: host.iter().map(|t| upload(t, &compute.device)).collect(),
+            })
+        };
         Ok(Self {
             spec: spec.clone(),
-            ops,
             names,
-            params,
+            engine,
             compute: compute.clone(),
         })
     }
@@ -243,76 +283,9 @@ impl Network {
         &self.spec
     }
 
-    /// Logits `N × classes` for input `x` (`N × C × H × W`), using `params` (which may be
-    /// autodiff-tracked copies of the network's own). `dropout` draws masks when training.
-    ///
-    /// `after_op(i)` is called once layer `i` of the logit layers has been computed.
-    fn forward(
-        &self,
-        params: &[Tensor<1>],
-        x: Tensor<4>,
-        mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
-        mut after_op: Option<&mut dyn FnMut(usize)>,
-    ) -> Tensor<2> {
-        let mut a = Act::Map(x);
-        for (i, op) in self.ops.iter().enumerate() {
-            a = match (op, a) {
-                (Op::Conv { w, shape, opts }, Act::Map(x)) => {
-                    let weight = params[*w].clone().reshape(*shape);
-                    let bias = params[*w + 1].clone();
-                    Act::Map(conv2d(x, weight, Some(bias), opts.clone()))
-                }
-                (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
-                (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
-                (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
-                (
-                    Op::Lrn {
-                        size,
-                        alpha,
-                        beta,
-                        k,
-                    },
-                    Act::Map(x),
-                ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
-                (Op::Dropout(p), a) => match dropout.as_deref_mut() {
-                    None => a,
-                    Some(rng) => match a {
-                        Act::Map(x) => {
-                            let m = dropout_mask(x.dims(), *p, rng, &x.device());
-                            Act::Map(x * m)
-                        }
-                        Act::Flat(x) => {
-                            let m = dropout_mask(x.dims(), *p, rng, &x.device());
-                            Act::Flat(x * m)
-                        }
-                    },
-                },
-                (Op::Fc { w, shape }, a) => {
-                    let x = match a {
-                        Act::Map(x) => {
-                            let [n, c, h, ww] = x.dims();
-                            x.reshape([n, c * h * ww])
-                        }
-                        Act::Flat(x) => x,
-                    };
-                    let weight = params[*w].clone().reshape(*shape);
-                    let bias = params[*w + 1].clone().reshape([1, shape[0]]);
-                    Act::Flat(x.matmul(weight.transpose()) + bias)
-                }
-                // Shape inference in `NetSpec::summary` rules these out.
-                (_, a) => a,
-            };
-            if let Some(f) = after_op.as_deref_mut() {
-                f(i);
-            }
-        }
-        match a {
-            Act::Flat(x) => x,
-            Act::Map(x) => {
-                let [n, c, h, w] = x.dims();
-                x.reshape([n, c * h * w])
-            }
-        }
+    /// The backend this network runs on.
+    pub fn backend(&self) -> BackendKind {
+        self.compute.kind
     }
 
     fn input(&self, batch: &Batch) -> Result<Tensor<4>> {
@@ -335,46 +308,129 @@ impl Network {
 
     /// Logits for a batch, row-major `N × classes`.
     pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
-        let x = self.input(batch)?;
-        let out = self.forward(&self.params, x, None, None);
-        host_values(out.into_data())
+        match &self.engine {
+            Engine::Native(net) => net.logits(&batch.images, batch.shape),
+            Engine::Burn(net) => {
+                let x = self.input(batch)?;
+                let out = burn_forward(&net.ops, &net.params, x, None, None);
+                host_values(out.into_data())
+            }
+        }
     }
 
     /// Seconds of each layer's inference forward pass on `batch`, with the layer's
-    /// description, for profiling. Meaningful on the CPU backend, which computes each
-    /// operation before returning; GPU backends queue work, so their figures are not.
+    /// description, for profiling. Meaningful on the CPU backends, which compute each
+    /// operation before returning; GPU backends queue work, so their figures are not. The
+    /// native engine fuses a ReLU into the layer before it, which then shows 0 s.
     pub fn forward_layer_times(&self, batch: &Batch) -> Result<Vec<(String, f64)>> {
-        let x = self.input(batch)?;
-        let mut times = Vec::with_capacity(self.ops.len());
-        let mut t0 = std::time::Instant::now();
-        let mut record = |_: usize| {
-            times.push(t0.elapsed().as_secs_f64());
-            t0 = std::time::Instant::now();
+        let layers = self.spec.logit_layers();
+        let times = match &self.engine {
+            Engine::Native(net) => net.layer_times(&batch.images, batch.shape, layers.len())?,
+            Engine::Burn(net) => {
+                let x = self.input(batch)?;
+                let mut times = Vec::with_capacity(net.ops.len());
+                let mut t0 = std::time::Instant::now();
+                let mut record = |_: usize| {
+                    times.push(t0.elapsed().as_secs_f64());
+                    t0 = std::time::Instant::now();
+                };
+                let out = burn_forward(&net.ops, &net.params, x, None, Some(&mut record));
+                host_values(out.into_data())?;
+                times
+            }
         };
-        let out = self.forward(&self.params, x, None, Some(&mut record));
-        host_values(out.into_data())?;
-        Ok(self
-            .spec
-            .logit_layers()
-            .iter()
-            .map(|l| l.describe())
-            .zip(times)
-            .collect())
+        Ok(layers.iter().map(|l| l.describe()).zip(times).collect())
     }
 
     /// The current weights as a host map.
     pub fn weights(&self) -> Result<WeightMap> {
         let mut map = WeightMap::new();
-        for ((name, shape), p) in self.names.iter().zip(&self.params) {
+        for (i, (name, shape)) in self.names.iter().enumerate() {
+            let data = match &self.engine {
+                Engine::Native(net) => net.params[i].clone(),
+                Engine::Burn(net) => download(&net.params[i])?,
+            };
             map.insert(
                 name.clone(),
                 HostTensor {
                     shape: shape.clone(),
-                    data: download(p)?,
+                    data,
                 },
             );
         }
         Ok(map)
+    }
+}
+
+/// Logits `N × classes` for input `x` (`N × C × H × W`), using `params` (which may be
+/// autodiff-tracked copies of the network's own). `dropout` draws masks when training.
+///
+/// `after_op(i)` is called once layer `i` of the logit layers has been computed.
+fn burn_forward(
+    ops: &[Op],
+    params: &[Tensor<1>],
+    x: Tensor<4>,
+    mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
+    mut after_op: Option<&mut dyn FnMut(usize)>,
+) -> Tensor<2> {
+    let mut a = Act::Map(x);
+    for (i, op) in ops.iter().enumerate() {
+        a = match (op, a) {
+            (Op::Conv { w, shape, opts }, Act::Map(x)) => {
+                let weight = params[*w].clone().reshape(*shape);
+                let bias = params[*w + 1].clone();
+                Act::Map(conv2d(x, weight, Some(bias), opts.clone()))
+            }
+            (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
+            (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
+            (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
+            (
+                Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                },
+                Act::Map(x),
+            ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
+            (Op::Dropout(p), a) => match dropout.as_deref_mut() {
+                None => a,
+                Some(rng) => match a {
+                    Act::Map(x) => {
+                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                        Act::Map(x * m)
+                    }
+                    Act::Flat(x) => {
+                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                        Act::Flat(x * m)
+                    }
+                },
+            },
+            (Op::Fc { w, shape }, a) => {
+                let x = match a {
+                    Act::Map(x) => {
+                        let [n, c, h, ww] = x.dims();
+                        x.reshape([n, c * h * ww])
+                    }
+                    Act::Flat(x) => x,
+                };
+                let weight = params[*w].clone().reshape(*shape);
+                let bias = params[*w + 1].clone().reshape([1, shape[0]]);
+                Act::Flat(x.matmul(weight.transpose()) + bias)
+            }
+            // Shape inference in `NetSpec::summary` rules these out.
+            (_, a) => a,
+        };
+        if let Some(f) = after_op.as_deref_mut() {
+            f(i);
+        }
+    }
+    match a {
+        Act::Flat(x) => x,
+        Act::Map(x) => {
+            let [n, c, h, w] = x.dims();
+            x.reshape([n, c * h * w])
+        }
     }
 }
 
@@ -425,8 +481,17 @@ fn cross_entropy(logits: Tensor<2>, labels: &[u32], device: &Device) -> Tensor<1
 pub struct Sgd {
     momentum: f32,
     weight_decay: f32,
-    velocity: Vec<Tensor<1>>,
+    velocity: Velocity,
     decay_mask: Vec<bool>,
+}
+
+enum Velocity {
+    Burn(Vec<Tensor<1>>),
+    /// Momentum buffers, and gradient buffers reused across steps.
+    Native {
+        velocity: Vec<Vec<f32>>,
+        grads: Vec<Vec<f32>>,
+    },
 }
 
 impl std::fmt::Debug for Sgd {
@@ -446,9 +511,9 @@ impl Sgd {
         weight_decay: f32,
         state: Option<&WeightMap>,
     ) -> Result<Self> {
-        let mut velocity = Vec::with_capacity(net.names.len());
+        let mut host = Vec::with_capacity(net.names.len());
         for (name, shape) in &net.names {
-            let host = match state.and_then(|s| s.get(name)) {
+            host.push(match state.and_then(|s| s.get(name)) {
                 Some(t) if &t.shape == shape => t.clone(),
                 Some(t) => {
                     return Err(Error::invalid(format!(
@@ -462,9 +527,19 @@ impl Sgd {
                     )));
                 }
                 None => HostTensor::zeros(shape),
-            };
-            velocity.push(upload(&host, &net.compute.device));
+            });
         }
+        let velocity = match net.engine {
+            Engine::Native(_) => Velocity::Native {
+                grads: host.iter().map(|t| vec![0.0; t.numel()]).collect(),
+                velocity: host.into_iter().map(|t| t.data).collect(),
+            },
+            Engine::Burn(_) => Velocity::Burn(
+                host.iter()
+                    .map(|t| upload(t, &net.compute.device))
+                    .collect(),
+            ),
+        };
         let decay_mask = net
             .names
             .iter()
@@ -481,12 +556,16 @@ impl Sgd {
     /// Momentum buffers by parameter name.
     pub fn state(&self, net: &Network) -> Result<WeightMap> {
         let mut map = WeightMap::new();
-        for ((name, shape), v) in net.names.iter().zip(&self.velocity) {
+        for (i, (name, shape)) in net.names.iter().enumerate() {
+            let data = match &self.velocity {
+                Velocity::Native { velocity, .. } => velocity[i].clone(),
+                Velocity::Burn(v) => download(&v[i])?,
+            };
             map.insert(
                 name.clone(),
                 HostTensor {
                     shape: shape.clone(),
-                    data: download(v)?,
+                    data,
                 },
             );
         }
@@ -503,14 +582,56 @@ pub fn train_step(
     lr: f32,
     dropout_seed: u64,
 ) -> Result<f32> {
+    match (&mut net.engine, &mut sgd.velocity) {
+        (Engine::Native(n), Velocity::Native { velocity, grads }) => {
+            let loss = n.gradients(
+                &batch.images,
+                batch.shape,
+                &batch.labels,
+                dropout_seed,
+                grads,
+            )?;
+            for (i, ((w, v), g)) in n
+                .params
+                .iter_mut()
+                .zip(velocity)
+                .zip(grads.iter())
+                .enumerate()
+            {
+                let decay = if sgd.decay_mask[i] {
+                    sgd.weight_decay
+                } else {
+                    0.0
+                };
+                native::sgd_update(w, v, g, lr, sgd.momentum, decay);
+            }
+            Ok(loss)
+        }
+        (Engine::Burn(_), Velocity::Burn(_)) => burn_train_step(net, sgd, batch, lr, dropout_seed),
+        _ => Err(Error::Backend(
+            "optimizer was made for a network on another backend".into(),
+        )),
+    }
+}
+
+fn burn_train_step(
+    net: &mut Network,
+    sgd: &mut Sgd,
+    batch: &Batch,
+    lr: f32,
+    dropout_seed: u64,
+) -> Result<f32> {
     let x = net.input(batch)?;
-    let tracked: Vec<Tensor<1>> = net
+    let (Engine::Burn(bn), Velocity::Burn(velocity)) = (&mut net.engine, &mut sgd.velocity) else {
+        return Err(Error::Backend("not a burn network".into()));
+    };
+    let tracked: Vec<Tensor<1>> = bn
         .params
         .iter()
         .map(|p| p.clone().autodiff().require_grad())
         .collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
-    let logits = net.forward(&tracked, x.autodiff(), Some(&mut rng), None);
+    let logits = burn_forward(&bn.ops, &tracked, x.autodiff(), Some(&mut rng), None);
     let loss = cross_entropy(
         logits,
         &batch.labels,
@@ -522,15 +643,15 @@ pub fn train_step(
         let g = t
             .grad(&grads)
             .ok_or_else(|| Error::Backend(format!("no gradient for {}", net.names[i].0)))?;
-        let p = net.params[i].clone();
+        let p = bn.params[i].clone();
         let g = if sgd.decay_mask[i] && sgd.weight_decay != 0.0 {
             g + p.clone().mul_scalar(sgd.weight_decay)
         } else {
             g
         };
-        let v = sgd.velocity[i].clone().mul_scalar(sgd.momentum) - g.mul_scalar(lr);
-        net.params[i] = p + v.clone();
-        sgd.velocity[i] = v;
+        let v = velocity[i].clone().mul_scalar(sgd.momentum) - g.mul_scalar(lr);
+        bn.params[i] = p + v.clone();
+        velocity[i] = v;
     }
     loss_value
         .first()
@@ -606,6 +727,189 @@ mod tests {
 
     fn cpu() -> Compute {
         Compute::new(BackendKind::Cpu).expect("cpu backend is always built")
+    }
+
+    fn flex() -> Compute {
+        Compute::new(BackendKind::Flex).expect("flex backend is always built")
+    }
+
+    fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max).max(1e-3);
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / scale
+    }
+
+    /// Trains the same net on both CPU engines for a few steps (momentum, weight decay,
+    /// dropout) and compares loss, logits, weights and momentum after every step.
+    fn engines_agree(spec: &NetSpec, n: usize, steps: u64, seed: u64) -> Result<()> {
+        let input = spec.input.expect("bound");
+        let classes = spec.classes.expect("bound");
+        let w = WeightMap::init(spec, Init::Kaiming, seed)?;
+        let mut fast = Network::new(spec, &w, &cpu())?;
+        let mut slow = Network::new(spec, &w, &flex())?;
+        let mut sgd_fast = Sgd::new(&fast, 0.9, 5e-3, None)?;
+        let mut sgd_slow = Sgd::new(&slow, 0.9, 5e-3, None)?;
+        let size = input.channels * input.height * input.width;
+        for t in 0..steps {
+            let batch = Batch {
+                images: rand_vec(n * size, seed * 100 + t),
+                labels: (0..n)
+                    .map(|i| ((i as u64 * 7 + t) % classes as u64) as u32)
+                    .collect(),
+                shape: [n, input.channels, input.height, input.width],
+            };
+            let e = max_rel_err(&fast.logits(&batch)?, &slow.logits(&batch)?);
+            assert!(e < 1e-4, "{}: step {t}: logits differ by {e}", spec.name);
+            let lf = train_step(&mut fast, &mut sgd_fast, &batch, 0.01, t)?;
+            let ls = train_step(&mut slow, &mut sgd_slow, &batch, 0.01, t)?;
+            assert!(
+                (lf - ls).abs() <= 1e-4 * ls.abs().max(1.0),
+                "{}: step {t}: loss {lf} vs {ls}",
+                spec.name
+            );
+            for (what, a, b) in [
+                ("weights", fast.weights()?, slow.weights()?),
+                ("momentum", sgd_fast.state(&fast)?, sgd_slow.state(&slow)?),
+            ] {
+                for (name, ta) in a.iter() {
+                    let tb = b.get(name).expect("same names");
+                    let e = max_rel_err(&ta.data, &tb.data);
+                    assert!(
+                        e < 1e-3,
+                        "{}: step {t}: {what} {name} differ by {e}",
+                        spec.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn native_engine_matches_burn_on_every_layer_option() -> Result<()> {
+        let spec = mixed_spec().bind(InputShape::square(2, 11), 3)?;
+        engines_agree(&spec, 5, 3, 1)
+    }
+
+    /// Blocks of several images, and convolutions whose unfolded input exceeds the cache
+    /// budget, so that each block is unfolded in several runs; a 1×1 convolution, which
+    /// skips unfolding; an LRN with a general β.
+    #[test]
+    fn native_engine_matches_burn_on_large_maps_and_uneven_blocks() -> Result<()> {
+        let conv = |name: &str, filters, kernel, padding| {
+            Layer::Conv(Conv {
+                name: name.into(),
+                filters,
+                kernel,
+                stride: 1,
+                padding,
+                dilation: 1,
+            })
+        };
+        let spec = NetSpec {
+            name: "wide".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                conv("c1", 8, 3, 1),
+                Layer::Relu,
+                conv("c2", 4, 1, 0),
+                Layer::Relu,
+                // A β other than AlexNet's 0.75, which has a path of its own.
+                Layer::Lrn(Lrn {
+                    size: 3,
+                    alpha: 0.1,
+                    beta: 0.6,
+                    k: 1.5,
+                }),
+                Layer::MaxPool(Pool {
+                    kernel: 2,
+                    stride: None,
+                    padding: 0,
+                    dilation: 1,
+                    ceil_mode: false,
+                }),
+                Layer::Fc(Fc {
+                    name: "f".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+        .bind(InputShape::square(3, 48), 5)?;
+        engines_agree(&spec, 37, 2, 3)
+    }
+
+    /// The native engine splits batches into blocks independently of the thread count
+    /// and sums in block order, so the thread count does not change a single bit.
+    #[test]
+    fn native_engine_is_bit_identical_across_thread_counts() -> Result<()> {
+        let spec = crate::net::presets::preset("alexnet-s4")
+            .expect("preset")
+            .bind(InputShape::square(3, 16), 10)?;
+        let w = WeightMap::init(&spec, Init::Kaiming, 4)?;
+        let batch = Batch {
+            images: rand_vec(40 * 3 * 16 * 16, 6),
+            labels: (0..40).map(|i| i % 10).collect(),
+            shape: [40, 3, 16, 16],
+        };
+        let run = |threads: usize| -> Result<(Vec<f32>, WeightMap, WeightMap)> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| Error::Backend(e.to_string()))?;
+            pool.install(|| {
+                let mut net = Network::new(&spec, &w, &cpu())?;
+                let mut sgd = Sgd::new(&net, 0.9, 5e-4, None)?;
+                let mut losses = Vec::new();
+                for t in 0..3 {
+                    losses.push(train_step(&mut net, &mut sgd, &batch, 0.01, t)?);
+                }
+                losses.extend(net.logits(&batch)?);
+                Ok((losses, net.weights()?, sgd.state(&net)?))
+            })
+        };
+        let one = run(1)?;
+        for threads in [2, 3] {
+            let other = run(threads)?;
+            assert!(
+                one.0
+                    .iter()
+                    .zip(&other.0)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "losses or logits differ at {threads} threads"
+            );
+            for (a, b) in [(&one.1, &other.1), (&one.2, &other.2)] {
+                for (name, t) in a.iter() {
+                    let u = b.get(name).expect("same names");
+                    assert!(
+                        t.data
+                            .iter()
+                            .zip(&u.data)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{name} differs at {threads} threads"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn native_engine_matches_burn_on_table_i_nets() -> Result<()> {
+        // alexnet itself needs 227×227 images: too slow for burn in a unit test.
+        for p in crate::net::presets::PRESETS
+            .iter()
+            .filter(|p| p.native_size <= 32)
+        {
+            let preset = crate::net::presets::preset(p.name).expect("listed preset");
+            let spec = preset.bind(InputShape::square(3, p.native_size), 10)?;
+            engines_agree(&spec, 4, 2, 2)?;
+        }
+        Ok(())
     }
 
     /// Exercises every layer type and option the backend maps to burn.

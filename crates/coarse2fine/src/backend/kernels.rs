@@ -1,0 +1,640 @@
+//! CPU kernels of the native engine: matrix products on the `gemm` crate, and the
+//! convolution, pooling and normalisation loops around them.
+//!
+//! The engine splits a batch into blocks of images and runs each block on one thread, so
+//! these kernels are sequential and work on one block: feature maps laid out
+//! `C × n × H × W` for the block's `n` images. In that layout a convolution over a run of
+//! the block's images is one matrix product `[C_out × K] · [K × images·OH·OW]` whose
+//! result lands in place in the next block, with no transposition.
+
+/// A strided view of a `rows × cols` matrix starting at `data[0]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    /// Distance between rows.
+    pub rs: usize,
+    /// Distance between columns.
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major `rows × cols`.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols)
+    }
+
+    /// Rows of `cols` values, `rs` apart.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `cols × rows` matrix, without copying.
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+
+    /// The transpose of this view.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// The destination of a product: `rows × cols`, stored with strides `rs`, `cs`.
+#[derive(Debug)]
+pub(crate) struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// Row-major `rows × cols`.
+    pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols)
+    }
+
+    /// Rows of `cols` values, `rs` apart.
+    pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// A `rows × cols` matrix stored column-major (its transpose is row-major).
+    #[cfg(test)]
+    pub fn columns(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+}
+
+/// `dst ← (accumulate ? dst : 0) + a · b`. `parallel` lets the product use all of
+/// rayon's threads; the engine passes `false` inside work that is already split across
+/// threads.
+///
+/// # Panics
+/// If the shapes do not agree or a view reaches past its slice: callers derive all
+/// shapes from one validated spec, so a mismatch is a bug, not bad input.
+#[allow(unsafe_code)]
+pub(crate) fn matmul(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool, parallel: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        b.rows == k && dst.rows == m && dst.cols == n,
+        "matmul: shapes differ"
+    );
+    let dst_fits = m == 0 || n == 0 || (m - 1) * dst.rs + (n - 1) * dst.cs < dst.data.len();
+    assert!(
+        dst_fits && a.fits() && b.fits(),
+        "matmul: view out of bounds"
+    );
+    // Distinct positions of `dst` must not overlap, or the product would race with itself.
+    assert!(
+        dst.rs != dst.cs && (dst.rs >= n.max(1) * dst.cs || dst.cs >= m.max(1) * dst.rs),
+        "matmul: destination overlaps itself"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst.data[i * dst.rs + j * dst.cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if parallel && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index the product touches: `dst` holds the
+    // `m × n` result at non-overlapping positions and each operand view lies inside its
+    // slice. `dst` is a unique borrow, so it cannot alias the operands.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            dst.cs as isize,
+            dst.rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Geometry of a convolution or pooling window over one block of `C × n × H × W` maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub channels: usize,
+    /// Images in the block.
+    pub images: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub dilation: usize,
+}
+
+impl Window {
+    /// Rows of the unfolded input: one per (channel, ky, kx).
+    pub fn col_rows(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+
+    /// Output positions per image.
+    pub fn out_plane(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Input row (or column) read by output `o` at kernel offset `k`, if inside the map.
+    fn source(&self, o: usize, k: usize, size: usize) -> Option<usize> {
+        (o * self.stride + k * self.dilation)
+            .checked_sub(self.pad)
+            .filter(|&i| i < size)
+    }
+}
+
+/// Copies a run of a map row. Runs are as short as the map is wide (7 values at 8×8),
+/// where a `memcpy` call costs more than the copy, so short runs move in fixed-size
+/// pieces the compiler inlines.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    if dst.len() > 32 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let mut d = dst.chunks_exact_mut(4);
+    let mut s = src.chunks_exact(4);
+    for (a, b) in (&mut d).zip(&mut s) {
+        a.copy_from_slice(b);
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = *b;
+    }
+}
+
+impl Window {
+    /// Values of one zero-padded input plane, the scratch [`im2col`] and [`col2im`] need.
+    pub fn padded_plane(&self) -> usize {
+        if self.pad == 0 {
+            0
+        } else {
+            (self.h + 2 * self.pad) * (self.w + 2 * self.pad)
+        }
+    }
+}
+
+/// Unfolds images `first..first + count` of the block `x` into `col`
+/// (`C·k·k × count·OH·OW`). `padded` is scratch of [`Window::padded_plane`] values.
+///
+/// Each input plane is first copied into a zero-padded plane (when the window pads), so
+/// that every read is inside it: the copies of a row of output positions then need no
+/// bounds logic, which at 8–16 pixel widths is most of the cost.
+pub(crate) fn im2col(
+    g: &Window,
+    x: &[f32],
+    first: usize,
+    count: usize,
+    col: &mut [f32],
+    padded: &mut [f32],
+) {
+    let plane = g.h * g.w;
+    let wp = g.w + 2 * g.pad;
+    let (p, cols) = (g.out_plane(), count * g.out_plane());
+    for c in 0..g.channels {
+        for n in 0..count {
+            let src = &x[(c * g.images + first + n) * plane..][..plane];
+            let src: &[f32] = if g.pad == 0 {
+                src
+            } else {
+                let padded = &mut padded[..g.padded_plane()];
+                padded.fill(0.0);
+                for (iy, line) in src.chunks_exact(g.w).enumerate() {
+                    padded[(iy + g.pad) * wp + g.pad..][..g.w].copy_from_slice(line);
+                }
+                padded
+            };
+            for ky in 0..g.kernel {
+                for kx in 0..g.kernel {
+                    let r = (c * g.kernel + ky) * g.kernel + kx;
+                    let out = &mut col[r * cols + n * p..][..p];
+                    let off = ky * g.dilation * wp + kx * g.dilation;
+                    for (oy, o) in out.chunks_exact_mut(g.ow).enumerate() {
+                        let start = off + oy * g.stride * wp;
+                        if g.stride == 1 {
+                            copy_run(o, &src[start..start + g.ow]);
+                        } else {
+                            for (ox, v) in o.iter_mut().enumerate() {
+                                *v = src[start + ox * g.stride];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `col` (`C·k·k × count·OH·OW`) back into images `first..first + count` of the
+/// block `dx`, overwriting them and summing overlaps: the adjoint of [`im2col`], with the
+/// same scratch.
+pub(crate) fn col2im(
+    g: &Window,
+    col: &[f32],
+    first: usize,
+    count: usize,
+    dx: &mut [f32],
+    padded: &mut [f32],
+) {
+    let plane = g.h * g.w;
+    let wp = g.w + 2 * g.pad;
+    let (p, cols) = (g.out_plane(), count * g.out_plane());
+    for c in 0..g.channels {
+        for n in 0..count {
+            let dst = &mut dx[(c * g.images + first + n) * plane..][..plane];
+            let acc: &mut [f32] = if g.pad == 0 {
+                &mut *dst
+            } else {
+                &mut padded[..g.padded_plane()]
+            };
+            acc.fill(0.0);
+            for ky in 0..g.kernel {
+                for kx in 0..g.kernel {
+                    let r = (c * g.kernel + ky) * g.kernel + kx;
+                    let src = &col[r * cols + n * p..][..p];
+                    let off = ky * g.dilation * wp + kx * g.dilation;
+                    for (oy, s) in src.chunks_exact(g.ow).enumerate() {
+                        let start = off + oy * g.stride * wp;
+                        if g.stride == 1 {
+                            for (a, v) in acc[start..start + g.ow].iter_mut().zip(s) {
+                                *a += v;
+                            }
+                        } else {
+                            for (ox, v) in s.iter().enumerate() {
+                                acc[start + ox * g.stride] += v;
+                            }
+                        }
+                    }
+                }
+            }
+            if g.pad > 0 {
+                for (iy, line) in dst.chunks_exact_mut(g.w).enumerate() {
+                    line.copy_from_slice(&padded[(iy + g.pad) * wp + g.pad..][..g.w]);
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling of the block `x` into `y`; `arg` receives the in-plane index of each
+/// maximum for the backward pass. The first maximum wins ties.
+pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
+    let (plane, out) = (g.h * g.w, g.out_plane());
+    let planes = g.channels * g.images;
+    let span = (g.kernel - 1) * g.dilation;
+    // Without padding, and with every window inside the map, no position needs a check.
+    let inside =
+        g.pad == 0 && (g.oh - 1) * g.stride + span < g.h && (g.ow - 1) * g.stride + span < g.w;
+    for (p, (yp, ap)) in y[..planes * out]
+        .chunks_exact_mut(out)
+        .zip(arg[..planes * out].chunks_exact_mut(out))
+        .enumerate()
+    {
+        let src = &x[p * plane..][..plane];
+        if inside {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let base = oy * g.stride * g.w + ox * g.stride;
+                    let (mut best, mut at) = (src[base], base);
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            let j = base + (ky * g.w + kx) * g.dilation;
+                            let v = src[j];
+                            // Selects, not branches: where the maximum lies is random, and
+                            // mispredicted branches cost more than the comparisons.
+                            let more = v > best;
+                            at = if more { j } else { at };
+                            best = if more { v } else { best };
+                        }
+                    }
+                    yp[oy * g.ow + ox] = best;
+                    ap[oy * g.ow + ox] = at as u32;
+                }
+            }
+            continue;
+        }
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let mut best = f32::NEG_INFINITY;
+                let mut at = None;
+                for ky in 0..g.kernel {
+                    let Some(iy) = g.source(oy, ky, g.h) else {
+                        continue;
+                    };
+                    for kx in 0..g.kernel {
+                        let Some(ix) = g.source(ox, kx, g.w) else {
+                            continue;
+                        };
+                        let v = src[iy * g.w + ix];
+                        if at.is_none() || v > best {
+                            best = v;
+                            at = Some(iy * g.w + ix);
+                        }
+                    }
+                }
+                // The spec rules out windows with no input position.
+                yp[oy * g.ow + ox] = best;
+                ap[oy * g.ow + ox] = at.unwrap_or(0) as u32;
+            }
+        }
+    }
+}
+
+/// Gradient of [`max_pool`]: each output's gradient goes to its maximum's position.
+pub(crate) fn max_pool_backward(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
+    let (plane, out) = (g.h * g.w, g.out_plane());
+    let planes = g.channels * g.images;
+    for (p, dxp) in dx[..planes * plane].chunks_exact_mut(plane).enumerate() {
+        dxp.fill(0.0);
+        for (d, &a) in dy[p * out..][..out].iter().zip(&arg[p * out..][..out]) {
+            dxp[a as usize] += d;
+        }
+    }
+}
+
+/// Cross-channel local response normalisation of a block, as in Caffe:
+/// `y = x · s^−β` with `s = k + α/size · Σ x²` over `size` neighbouring channels (zero
+/// beyond the ends). `plane` is the block's values per channel (images × H × W).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LrnParams {
+    pub channels: usize,
+    pub plane: usize,
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+}
+
+impl LrnParams {
+    /// Channels `lo..hi` summed for output channel `c`.
+    fn window(&self, c: usize) -> (usize, usize) {
+        let half = (self.size - 1) / 2;
+        (c.saturating_sub(half), (c + half + 1).min(self.channels))
+    }
+}
+
+/// [`LrnParams`] forward; `s` receives `s` and `scale` receives `s^−β` for the backward
+/// pass.
+pub(crate) fn lrn(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f32]) {
+    let n = p.channels * p.plane;
+    let a = p.alpha / p.size as f32;
+    for (c, ((yc, sc), pc)) in y[..n]
+        .chunks_exact_mut(p.plane)
+        .zip(s[..n].chunks_exact_mut(p.plane))
+        .zip(scale[..n].chunks_exact_mut(p.plane))
+        .enumerate()
+    {
+        sc.fill(0.0);
+        let (lo, hi) = p.window(c);
+        for r in lo..hi {
+            for (acc, v) in sc.iter_mut().zip(&x[r * p.plane..][..p.plane]) {
+                *acc += v * v;
+            }
+        }
+        let xc = &x[c * p.plane..][..p.plane];
+        if p.beta == 0.75 {
+            // AlexNet's β: s^−¾ = 1 / (√s · ⁴√s), two square roots the CPU vectorises,
+            // instead of a `powf` call per value.
+            for i in 0..p.plane {
+                sc[i] = p.k + a * sc[i];
+                let r = sc[i].sqrt();
+                pc[i] = 1.0 / (r * r.sqrt());
+                yc[i] = xc[i] * pc[i];
+            }
+        } else {
+            for i in 0..p.plane {
+                sc[i] = p.k + a * sc[i];
+                pc[i] = sc[i].powf(-p.beta);
+                yc[i] = xc[i] * pc[i];
+            }
+        }
+    }
+}
+
+/// Gradient of [`lrn`]:
+/// `dx_c = dy_c·s_c^−β − 2αβ/size · x_c · Σ_{j: c ∈ window(j)} dy_j·y_j / s_j`.
+/// `tmp` is scratch of the same size as `x`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lrn_backward(
+    p: &LrnParams,
+    x: &[f32],
+    y: &[f32],
+    s: &[f32],
+    scale: &[f32],
+    dy: &[f32],
+    tmp: &mut [f32],
+    dx: &mut [f32],
+) {
+    let n = p.channels * p.plane;
+    for (i, t) in tmp[..n].iter_mut().enumerate() {
+        *t = dy[i] * y[i] / s[i];
+    }
+    let coef = 2.0 * p.alpha * p.beta / p.size as f32;
+    for (c, dxc) in dx[..n].chunks_exact_mut(p.plane).enumerate() {
+        // Sizes are odd, so windows are symmetric: c is in window(j) exactly when j is in
+        // window(c).
+        let (lo, hi) = p.window(c);
+        dxc.fill(0.0);
+        for j in lo..hi {
+            for (d, t) in dxc.iter_mut().zip(&tmp[j * p.plane..][..p.plane]) {
+                *d += t;
+            }
+        }
+        let o = c * p.plane;
+        for (i, d) in dxc.iter_mut().enumerate() {
+            *d = dy[o + i] * scale[o + i] - coef * x[o + i] * *d;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn matmul_matches_naive_for_every_stride_layout() {
+        let (m, k, n) = (7, 13, 5);
+        let a = rand_vec(m * k, 1);
+        let b = rand_vec(k * n, 2);
+        let mut want = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|q| a[i * k + q] * b[q * n + j]).sum();
+            }
+        }
+        // Transposed copies, read back through transposed views.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        for (av, bv) in [
+            (Mat::rows(&a, m, k), Mat::rows(&b, k, n)),
+            (Mat::transposed(&at, m, k), Mat::rows(&b, k, n)),
+            (Mat::rows(&a, m, k), Mat::transposed(&bt, k, n)),
+            (Mat::transposed(&at, m, k), Mat::transposed(&bt, k, n)),
+        ] {
+            for parallel in [false, true] {
+                let mut got = vec![1f32; m * n];
+                matmul(MatMut::rows(&mut got, m, n), av, bv, false, parallel);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+                }
+                matmul(MatMut::rows(&mut got, m, n), av, bv, true, parallel);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - 2.0 * w).abs() < 1e-5, "{g} vs {}", 2.0 * w);
+                }
+                // Column-major destination, and a strided one (rows 9 apart).
+                let mut cm = vec![0f32; m * n];
+                matmul(MatMut::columns(&mut cm, m, n), av, bv, false, parallel);
+                let mut st = vec![0f32; (m - 1) * 9 + n];
+                matmul(MatMut::strided(&mut st, m, n, 9), av, bv, false, parallel);
+                for i in 0..m {
+                    for j in 0..n {
+                        assert!((cm[j * m + i] - want[i * n + j]).abs() < 1e-5);
+                        assert!((st[i * 9 + j] - want[i * n + j]).abs() < 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `col2im` is the adjoint of `im2col`: ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for any x, c,
+    /// which checks both at once for every window geometry; and `im2col` against direct
+    /// indexing, on a run of images inside a block.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        for (h, k, s, pad, d) in [
+            (7, 3, 1, 1, 1),
+            (8, 2, 2, 0, 1),
+            (9, 3, 2, 2, 2),
+            (5, 5, 1, 2, 1),
+            (6, 1, 3, 0, 1),
+        ] {
+            let oh = crate::net::spec::window_out(h, k, s, pad, d, false).expect("fits");
+            let (images, first, count) = (4, 1, 2);
+            let g = Window {
+                channels: 3,
+                images,
+                h,
+                w: h,
+                oh,
+                ow: oh,
+                kernel: k,
+                stride: s,
+                pad,
+                dilation: d,
+            };
+            let cols = count * oh * oh;
+            let x = rand_vec(3 * images * h * h, 3);
+            let c = rand_vec(g.col_rows() * cols, 4);
+            let mut col = vec![9f32; c.len()];
+            let mut padded = vec![5f32; g.padded_plane()];
+            im2col(&g, &x, first, count, &mut col, &mut padded);
+            let mut back = vec![7f32; x.len()];
+            col2im(&g, &c, first, count, &mut back, &mut padded);
+            let in_run = |i: usize| (first..first + count).contains(&((i / (h * h)) % images));
+            let lhs: f64 = col.iter().zip(&c).map(|(a, b)| f64::from(a * b)).sum();
+            let rhs: f64 = x
+                .iter()
+                .zip(&back)
+                .enumerate()
+                .filter(|(i, _)| in_run(*i))
+                .map(|(_, (a, b))| f64::from(a * b))
+                .sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-3,
+                "{h} {k} {s} {pad} {d}: {lhs} vs {rhs}"
+            );
+            // Images outside the run are left alone.
+            assert!(back.iter().enumerate().all(|(i, &v)| in_run(i) || v == 7.0));
+            for r in 0..g.col_rows() {
+                let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                for n in 0..count {
+                    for oy in 0..oh {
+                        for ox in 0..oh {
+                            let iy = (oy * s + ky * d) as isize - pad as isize;
+                            let ix = (ox * s + kx * d) as isize - pad as isize;
+                            let want = if iy < 0 || ix < 0 || iy >= h as isize || ix >= h as isize {
+                                0.0
+                            } else {
+                                x[((ci * images + first + n) * h + iy as usize) * h + ix as usize]
+                            };
+                            assert_eq!(col[r * cols + (n * oh + oy) * oh + ox], want);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,916 @@
+//! The native CPU engine: forward and backward passes of a spec written directly on
+//! [`kernels`], with every buffer allocated once per batch size and reused across steps.
+//!
+//! burn's CPU backend runs each operation eagerly through a general autodiff graph: it
+//! allocates every intermediate, and lowers a 2-D convolution to a 3-D one whose im2col
+//! and transposes were a third of a training step. A spec's layer set is small and fixed,
+//! so this engine writes out each layer's gradient by hand and fuses a ReLU that follows
+//! a convolution or fully connected layer into it.
+//!
+//! **Blocks.** A batch is split into at most [`MAX_BLOCKS`] blocks of consecutive images.
+//! Feature maps are stored block by block, each block laid out `C × images × H × W`, and
+//! every map layer runs block-parallel: one thread per block, no synchronisation inside a
+//! layer, and each block's convolution unfolds only a cache-sized run of its images at a
+//! time (a product over the whole batch's unfolded input ran at a third of the speed, for
+//! want of cache). Weight gradients are summed per block and then over blocks in block
+//! order; as the split does not depend on the number of threads, neither do the results.
+//! Flattened activations (`N × features`, row-major) are shared by all blocks, and the
+//! fully connected layers use the matrix product's own threads.
+//!
+//! It is checked against burn (`BackendKind::Flex`) on every layer type and option, for
+//! logits, loss and updated weights, in the tests of the parent module.
+
+use std::sync::{Mutex, PoisonError};
+
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use super::kernels::{self, LrnParams, Mat, MatMut, Window};
+use crate::error::{Error, Result};
+use crate::net::spec::{Layer, NetSpec, Shape};
+
+/// Most blocks a batch is split into: enough to keep 16 threads busy.
+pub(crate) const MAX_BLOCKS: usize = 16;
+
+/// Values of an unfolded input a block handles at once: 512 KiB, about a core's L2 cache.
+const COL_BUDGET: usize = 1 << 17;
+
+/// One step of the compiled net. Sizes are per image.
+#[derive(Debug, Clone)]
+enum Step {
+    Conv {
+        /// Index of the weight in the parameter list; the bias follows it.
+        param: usize,
+        geom: Window,
+        filters: usize,
+        relu: bool,
+    },
+    Pool(Window),
+    Lrn(LrnParams),
+    Relu,
+    Dropout(f32),
+    /// `C × images × HW` maps to `images × C·HW` rows, block by block.
+    Flatten {
+        channels: usize,
+        plane: usize,
+    },
+    Fc {
+        param: usize,
+        inputs: usize,
+        outputs: usize,
+        relu: bool,
+    },
+}
+
+/// A 1×1 convolution with stride 1 and no padding reads its input as the unfolded matrix.
+fn is_pointwise(g: &Window) -> bool {
+    g.kernel == 1 && g.stride == 1 && g.pad == 0
+}
+
+/// Images of a convolution's unfolded input that fit in [`COL_BUDGET`] (at least one).
+fn images_per_run(g: &Window) -> usize {
+    (COL_BUDGET / (g.col_rows() * g.out_plane()).max(1)).max(1)
+}
+
+/// Per-block scratch buffers.
+#[derive(Debug, Default, Clone)]
+struct Scratch {
+    col: Vec<f32>,
+    dcol: Vec<f32>,
+    /// One zero-padded input plane.
+    padded: Vec<f32>,
+    /// A convolution's weight gradient for this block (`K × C_out`, i.e. transposed),
+    /// then its bias gradient.
+    partial: Vec<f32>,
+}
+
+/// Buffers for one batch size.
+#[derive(Debug, Default)]
+struct Workspace {
+    batch: usize,
+    /// First image of each block, and the batch size last.
+    starts: Vec<usize>,
+    /// `acts[0]` is the input, `acts[i + 1]` the output of step `i`.
+    acts: Vec<Vec<f32>>,
+    /// Per step: maxima positions (pool), LRN sums and scales, dropout masks.
+    args: Vec<Vec<u32>>,
+    lrn_sum: Vec<Vec<f32>>,
+    lrn_scale: Vec<Vec<f32>>,
+    masks: Vec<Vec<f32>>,
+    scratch: Vec<Scratch>,
+    grad_out: Vec<f32>,
+    grad_in: Vec<f32>,
+    /// LRN backward scratch, the size of the largest LRN input.
+    lrn_tmp: Vec<f32>,
+}
+
+/// A network compiled for the native engine.
+#[derive(Debug)]
+pub(crate) struct NativeNet {
+    steps: Vec<Step>,
+    /// Index of the spec's logit layer each step computes (a fused ReLU has none).
+    layer_of: Vec<usize>,
+    /// Values per image entering step `i` (`sizes[i]`) and leaving it (`sizes[i + 1]`).
+    sizes: Vec<usize>,
+    input: [usize; 3],
+    pub(crate) params: Vec<Vec<f32>>,
+    ws: Mutex<Workspace>,
+}
+
+impl Clone for NativeNet {
+    fn clone(&self) -> Self {
+        Self {
+            steps: self.steps.clone(),
+            layer_of: self.layer_of.clone(),
+            sizes: self.sizes.clone(),
+            input: self.input,
+            params: self.params.clone(),
+            ws: Mutex::new(Workspace::default()),
+        }
+    }
+}
+
+fn window(
+    shape: Shape,
+    out: Shape,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+) -> Window {
+    let (Shape::Map { c, h, w }, Shape::Map { h: oh, w: ow, .. }) = (shape, out) else {
+        unreachable!("shape inference gives windows map inputs and outputs")
+    };
+    Window {
+        channels: c,
+        images: 0,
+        h,
+        w,
+        oh,
+        ow,
+        kernel,
+        stride,
+        pad,
+        dilation: dil,
+    }
+}
+
+/// Splits `buf` into the blocks of `starts`, `per` values per image.
+fn blocks<'a, T>(buf: &'a [T], starts: &[usize], per: usize) -> Vec<&'a [T]> {
+    starts
+        .windows(2)
+        .map(|w| &buf[w[0] * per..w[1] * per])
+        .collect()
+}
+
+fn blocks_mut<'a, T>(mut buf: &'a mut [T], starts: &[usize], per: usize) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(starts.len().saturating_sub(1));
+    for w in starts.windows(2) {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut((w[1] - w[0]) * per);
+        out.push(head);
+        buf = tail;
+    }
+    out
+}
+
+/// Images per block: the block's share of `starts`.
+fn block_images(starts: &[usize]) -> Vec<usize> {
+    starts.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+impl NativeNet {
+    /// Compiles a bound spec; `names` are its parameters in order, `params` their values.
+    pub(crate) fn new(
+        spec: &NetSpec,
+        names: &[(String, Vec<usize>)],
+        params: Vec<Vec<f32>>,
+    ) -> Result<Self> {
+        let input = spec
+            .input
+            .ok_or_else(|| Error::invalid("network spec is not bound to an input size"))?;
+        let rows = spec.summary()?;
+        let index = |n: String| {
+            names
+                .iter()
+                .position(|(k, _)| *k == n)
+                .ok_or_else(|| Error::invalid(format!("no tensor {n:?}")))
+        };
+        let mut shape = Shape::Map {
+            c: input.channels,
+            h: input.height,
+            w: input.width,
+        };
+        let mut steps = Vec::new();
+        let mut layer_of = Vec::new();
+        let mut sizes = vec![shape.numel()];
+        let layers = spec.logit_layers();
+        for (li, (layer, row)) in layers.iter().zip(&rows).enumerate() {
+            let out = row.output;
+            let step = match layer {
+                Layer::Conv(c) => Step::Conv {
+                    param: index(format!("{}.weight", c.name))?,
+                    geom: window(shape, out, c.kernel, c.stride, c.padding, c.dilation),
+                    filters: c.filters,
+                    relu: false,
+                },
+                Layer::MaxPool(p) => Step::Pool(window(
+                    shape,
+                    out,
+                    p.kernel,
+                    p.stride(),
+                    p.padding,
+                    p.dilation,
+                )),
+                Layer::Lrn(l) => {
+                    let Shape::Map { c, h, w } = shape else {
+                        return Err(Error::invalid("LRN needs feature maps"));
+                    };
+                    Step::Lrn(LrnParams {
+                        channels: c,
+                        plane: h * w,
+                        size: l.size,
+                        alpha: l.alpha,
+                        beta: l.beta,
+                        k: l.k,
+                    })
+                }
+                Layer::Relu => match steps.last_mut() {
+                    Some(Step::Conv { relu, .. } | Step::Fc { relu, .. }) if !*relu => {
+                        *relu = true;
+                        continue;
+                    }
+                    _ => Step::Relu,
+                },
+                Layer::Dropout(d) => Step::Dropout(d.p),
+                Layer::Fc(f) => {
+                    if let Shape::Map { c, h, w } = shape {
+                        steps.push(Step::Flatten {
+                            channels: c,
+                            plane: h * w,
+                        });
+                        layer_of.push(li);
+                        sizes.push(shape.numel());
+                    }
+                    Step::Fc {
+                        param: index(format!("{}.weight", f.name))?,
+                        inputs: shape.numel(),
+                        outputs: out.numel(),
+                        relu: false,
+                    }
+                }
+                Layer::Softmax => continue,
+            };
+            steps.push(step);
+            layer_of.push(li);
+            sizes.push(out.numel());
+            shape = out;
+        }
+        if let Shape::Map { c, h, w } = shape {
+            steps.push(Step::Flatten {
+                channels: c,
+                plane: h * w,
+            });
+            layer_of.push(layers.len().saturating_sub(1));
+            sizes.push(shape.numel());
+        }
+        Ok(Self {
+            steps,
+            layer_of,
+            sizes,
+            input: [input.channels, input.height, input.width],
+            params,
+            ws: Mutex::new(Workspace::default()),
+        })
+    }
+
+    fn prepare(&self, ws: &mut Workspace, n: usize) {
+        if ws.batch == n && !ws.acts.is_empty() {
+            return;
+        }
+        let steps = self.steps.len();
+        let blocks = n.clamp(1, MAX_BLOCKS);
+        let starts: Vec<usize> = (0..=blocks).map(|b| b * n / blocks).collect();
+        let most = block_images(&starts).into_iter().max().unwrap_or(0);
+        *ws = Workspace {
+            batch: n,
+            acts: self.sizes.iter().map(|s| vec![0.0; s * n]).collect(),
+            args: vec![Vec::new(); steps],
+            lrn_sum: vec![Vec::new(); steps],
+            lrn_scale: vec![Vec::new(); steps],
+            masks: vec![Vec::new(); steps],
+            ..Default::default()
+        };
+        let (mut col, mut partial, mut lrn, mut padded) = (0, 0, 0, 0);
+        for (i, s) in self.steps.iter().enumerate() {
+            match s {
+                Step::Conv { geom, filters, .. } => {
+                    let g = Window {
+                        images: most,
+                        ..*geom
+                    };
+                    let run = images_per_run(&g).min(most);
+                    col = col.max(g.col_rows() * g.out_plane() * run);
+                    partial = partial.max((g.col_rows() + 1) * filters);
+                    padded = padded.max(g.padded_plane());
+                }
+                Step::Pool(_) => ws.args[i] = vec![0; self.sizes[i + 1] * n],
+                Step::Lrn(_) => {
+                    ws.lrn_sum[i] = vec![0.0; self.sizes[i] * n];
+                    ws.lrn_scale[i] = vec![0.0; self.sizes[i] * n];
+                    lrn = lrn.max(self.sizes[i] * n);
+                }
+                Step::Dropout(_) => ws.masks[i] = vec![0.0; self.sizes[i] * n],
+                _ => {}
+            }
+        }
+        ws.scratch = vec![
+            Scratch {
+                col: vec![0.0; col],
+                dcol: vec![0.0; col],
+                padded: vec![0.0; padded],
+                partial: vec![0.0; partial],
+            };
+            blocks
+        ];
+        ws.starts = starts;
+        let largest = self.sizes.iter().max().copied().unwrap_or(0) * n;
+        ws.grad_out = vec![0.0; largest];
+        ws.grad_in = vec![0.0; largest];
+        ws.lrn_tmp = vec![0.0; lrn];
+    }
+
+    /// Runs the forward pass on `images` (`N × C × H × W`); the logits (`N × classes`) end
+    /// up in the last activation. With `dropout`, masks are drawn in the order and layout
+    /// of the burn path, so both engines drop the same units for a seed.
+    fn forward(
+        &self,
+        ws: &mut Workspace,
+        images: &[f32],
+        n: usize,
+        mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
+        mut after_step: Option<&mut dyn FnMut(usize)>,
+    ) {
+        self.prepare(ws, n);
+        let starts = ws.starts.clone();
+        let counts = block_images(&starts);
+        let [c, h, w] = self.input;
+        to_blocks(images, &mut ws.acts[0], &starts, c, h * w);
+        for (i, step) in self.steps.iter().enumerate() {
+            let (before, after) = ws.acts.split_at_mut(i + 1);
+            let (x, y) = (&before[i], &mut after[0]);
+            let (sx, sy) = (self.sizes[i], self.sizes[i + 1]);
+            match step {
+                Step::Conv {
+                    param,
+                    geom,
+                    filters,
+                    relu,
+                } => {
+                    let (wt, bias) = (&self.params[*param], &self.params[*param + 1]);
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks_mut(y, &starts, sy))
+                        .zip(ws.scratch.par_iter_mut())
+                        .zip(&counts)
+                        .for_each(|(((xb, yb), s), &images)| {
+                            let g = Window { images, ..*geom };
+                            conv_block(&g, *filters, wt, bias, *relu, xb, yb, s);
+                        });
+                }
+                Step::Pool(geom) => {
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks_mut(y, &starts, sy))
+                        .zip(blocks_mut(&mut ws.args[i], &starts, sy))
+                        .zip(&counts)
+                        .for_each(|(((xb, yb), ab), &images)| {
+                            kernels::max_pool(&Window { images, ..*geom }, xb, yb, ab);
+                        });
+                }
+                Step::Lrn(p) => {
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks_mut(y, &starts, sy))
+                        .zip(blocks_mut(&mut ws.lrn_sum[i], &starts, sx))
+                        .zip(blocks_mut(&mut ws.lrn_scale[i], &starts, sx))
+                        .zip(&counts)
+                        .for_each(|((((xb, yb), sb), pb), &images)| {
+                            let p = LrnParams {
+                                plane: p.plane * images,
+                                ..*p
+                            };
+                            kernels::lrn(&p, xb, yb, sb, pb);
+                        });
+                }
+                Step::Relu => {
+                    y.par_iter_mut()
+                        .zip(x.par_iter())
+                        .with_min_len(4096)
+                        .for_each(|(o, &v)| *o = v.max(0.0));
+                }
+                Step::Dropout(p) => match dropout.as_deref_mut() {
+                    None => y.copy_from_slice(x),
+                    Some(rng) => {
+                        let mask = &mut ws.masks[i];
+                        let channels = self.map_channels(i);
+                        draw_mask(rng, *p, mask, &starts, sx, channels);
+                        for ((o, &v), &m) in y.iter_mut().zip(x.iter()).zip(mask.iter()) {
+                            *o = v * m;
+                        }
+                    }
+                },
+                Step::Flatten { channels, plane } => {
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks_mut(y, &starts, sy))
+                        .zip(&counts)
+                        .for_each(|((xb, yb), &images)| {
+                            transpose_blocks(xb, yb, *channels, images, *plane);
+                        });
+                }
+                Step::Fc {
+                    param,
+                    inputs,
+                    outputs,
+                    relu,
+                } => {
+                    let wt = &self.params[*param];
+                    kernels::matmul(
+                        MatMut::rows(y, n, *outputs),
+                        Mat::rows(x, n, *inputs),
+                        Mat::transposed(wt, *inputs, *outputs),
+                        false,
+                        true,
+                    );
+                    add_bias_cols(y, &self.params[*param + 1], *relu);
+                }
+            }
+            if let Some(f) = after_step.as_deref_mut() {
+                f(i);
+            }
+        }
+    }
+
+    /// Channels of the feature maps entering step `i`, or `None` for flat input.
+    fn map_channels(&self, i: usize) -> Option<usize> {
+        let mut channels = Some(self.input[0]);
+        for s in &self.steps[..i] {
+            match s {
+                Step::Conv { filters, .. } => channels = Some(*filters),
+                Step::Flatten { .. } | Step::Fc { .. } => channels = None,
+                _ => {}
+            }
+        }
+        channels
+    }
+
+    fn check_input(&self, shape: [usize; 4], len: usize) -> Result<()> {
+        let [n, c, h, w] = shape;
+        if [c, h, w] != self.input {
+            let [ec, eh, ew] = self.input;
+            return Err(Error::invalid(format!(
+                "batch of {c}×{h}×{w} images for a net built for {ec}×{eh}×{ew}"
+            )));
+        }
+        if len != n * c * h * w {
+            return Err(Error::invalid(format!(
+                "batch holds {len} values, its shape needs {}",
+                n * c * h * w
+            )));
+        }
+        Ok(())
+    }
+
+    fn workspace(&self) -> std::sync::MutexGuard<'_, Workspace> {
+        // A panic inside a step leaves only scratch values behind, which the next step
+        // overwrites.
+        self.ws.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logits, row-major `N × classes`.
+    pub(crate) fn logits(&self, images: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
+        self.check_input(shape, images.len())?;
+        let mut ws = self.workspace();
+        self.forward(&mut ws, images, shape[0], None, None);
+        Ok(ws.acts.last().cloned().unwrap_or_default())
+    }
+
+    /// Seconds per logit layer of an inference forward pass (a fused ReLU counts 0).
+    pub(crate) fn layer_times(
+        &self,
+        images: &[f32],
+        shape: [usize; 4],
+        layers: usize,
+    ) -> Result<Vec<f64>> {
+        self.check_input(shape, images.len())?;
+        let mut ws = self.workspace();
+        let mut times = vec![0.0; layers];
+        let mut t0 = std::time::Instant::now();
+        let mut record = |i: usize| {
+            if let Some(t) = times.get_mut(self.layer_of[i]) {
+                *t += t0.elapsed().as_secs_f64();
+            }
+            t0 = std::time::Instant::now();
+        };
+        self.forward(&mut ws, images, shape[0], None, Some(&mut record));
+        Ok(times)
+    }
+
+    /// Forward and backward pass on a batch: returns the mean cross-entropy and writes the
+    /// gradient of each parameter into `grads`.
+    pub(crate) fn gradients(
+        &self,
+        images: &[f32],
+        shape: [usize; 4],
+        labels: &[u32],
+        dropout_seed: u64,
+        grads: &mut [Vec<f32>],
+    ) -> Result<f32> {
+        self.check_input(shape, images.len())?;
+        let n = shape[0];
+        if labels.len() != n {
+            return Err(Error::invalid(format!(
+                "batch has {n} images but {} labels",
+                labels.len()
+            )));
+        }
+        let mut guard = self.workspace();
+        let ws = &mut *guard;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
+        self.forward(ws, images, n, Some(&mut rng), None);
+        let classes = self.sizes.last().copied().unwrap_or(0);
+        let logits = ws.acts.last().map(Vec::as_slice).unwrap_or_default();
+        let loss = softmax_cross_entropy(logits, labels, classes, &mut ws.grad_out)?;
+        let starts = ws.starts.clone();
+        let counts = block_images(&starts);
+
+        for (i, step) in self.steps.iter().enumerate().rev() {
+            let (sx, sy) = (self.sizes[i], self.sizes[i + 1]);
+            let x = &ws.acts[i][..];
+            let y = &ws.acts[i + 1][..];
+            let dy = &mut ws.grad_out[..sy * n];
+            let dx = &mut ws.grad_in[..sx * n];
+            // The input gradient of the first step is never used.
+            let need_dx = i > 0;
+            match step {
+                Step::Conv {
+                    param,
+                    geom,
+                    filters,
+                    relu,
+                } => {
+                    let wt = &self.params[*param];
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks(y, &starts, sy))
+                        .zip(blocks_mut(dy, &starts, sy))
+                        .zip(blocks_mut(dx, &starts, sx))
+                        .zip(ws.scratch.par_iter_mut())
+                        .zip(&counts)
+                        .for_each(|(((((xb, yb), dyb), dxb), s), &images)| {
+                            if *relu {
+                                relu_mask(dyb, yb);
+                            }
+                            let g = Window { images, ..*geom };
+                            let dxb = need_dx.then_some(dxb);
+                            conv_block_backward(&g, *filters, wt, xb, dyb, dxb, s);
+                        });
+                    let (gw, rest) = grads[*param..].split_at_mut(1);
+                    let k = geom.col_rows();
+                    sum_partials(&ws.scratch, *filters, k, &mut gw[0], &mut rest[0]);
+                }
+                Step::Pool(geom) => {
+                    if need_dx {
+                        blocks(dy, &starts, sy)
+                            .into_par_iter()
+                            .zip(blocks(&ws.args[i], &starts, sy))
+                            .zip(blocks_mut(dx, &starts, sx))
+                            .zip(&counts)
+                            .for_each(|(((dyb, ab), dxb), &images)| {
+                                let g = Window { images, ..*geom };
+                                kernels::max_pool_backward(&g, dyb, ab, dxb);
+                            });
+                    }
+                }
+                Step::Lrn(p) => {
+                    if need_dx {
+                        blocks(x, &starts, sx)
+                            .into_par_iter()
+                            .zip(blocks(y, &starts, sy))
+                            .zip(blocks(&ws.lrn_sum[i], &starts, sx))
+                            .zip(blocks(&ws.lrn_scale[i], &starts, sx))
+                            .zip(blocks(dy, &starts, sy))
+                            .zip(blocks_mut(&mut ws.lrn_tmp, &starts, sx))
+                            .zip(blocks_mut(dx, &starts, sx))
+                            .zip(&counts)
+                            .for_each(|(((((((xb, yb), sb), pb), dyb), tb), dxb), &images)| {
+                                let p = LrnParams {
+                                    plane: p.plane * images,
+                                    ..*p
+                                };
+                                kernels::lrn_backward(&p, xb, yb, sb, pb, dyb, tb, dxb);
+                            });
+                    }
+                }
+                Step::Relu => {
+                    dx.par_iter_mut()
+                        .zip(dy.par_iter())
+                        .zip(y.par_iter())
+                        .with_min_len(4096)
+                        .for_each(|((d, &g), &v)| *d = if v > 0.0 { g } else { 0.0 });
+                }
+                Step::Dropout(_) => {
+                    for ((d, &g), &m) in dx.iter_mut().zip(dy.iter()).zip(&ws.masks[i]) {
+                        *d = g * m;
+                    }
+                }
+                Step::Flatten { channels, plane } => {
+                    blocks(dy, &starts, sy)
+                        .into_par_iter()
+                        .zip(blocks_mut(dx, &starts, sx))
+                        .zip(&counts)
+                        .for_each(|((dyb, dxb), &images)| {
+                            transpose_blocks(dyb, dxb, images, *channels, *plane);
+                        });
+                }
+                Step::Fc {
+                    param,
+                    inputs,
+                    outputs,
+                    relu,
+                } => {
+                    if *relu {
+                        relu_mask(dy, y);
+                    }
+                    let (gw, rest) = grads[*param..].split_at_mut(1);
+                    kernels::matmul(
+                        MatMut::rows(&mut gw[0], *outputs, *inputs),
+                        Mat::transposed(dy, *outputs, n),
+                        Mat::rows(x, n, *inputs),
+                        false,
+                        true,
+                    );
+                    column_sums(dy, *outputs, &mut rest[0]);
+                    if need_dx {
+                        let wt = &self.params[*param];
+                        kernels::matmul(
+                            MatMut::rows(dx, n, *inputs),
+                            Mat::rows(dy, n, *outputs),
+                            Mat::rows(wt, *outputs, *inputs),
+                            false,
+                            true,
+                        );
+                    }
+                }
+            }
+            std::mem::swap(&mut ws.grad_out, &mut ws.grad_in);
+        }
+        Ok(loss)
+    }
+}
+
+/// One block's convolution: `y = W · unfold(x) + b` (then a ReLU), a cache-sized run of
+/// images at a time.
+#[allow(clippy::too_many_arguments)]
+fn conv_block(
+    g: &Window,
+    filters: usize,
+    wt: &[f32],
+    bias: &[f32],
+    relu: bool,
+    x: &[f32],
+    y: &mut [f32],
+    s: &mut Scratch,
+) {
+    let (k, p) = (g.col_rows(), g.out_plane());
+    let run = images_per_run(g);
+    let row = g.images * p;
+    for first in (0..g.images).step_by(run) {
+        let count = run.min(g.images - first);
+        let cols = count * p;
+        let input = if is_pointwise(g) {
+            Mat::strided(&x[first * p..], k, cols, row)
+        } else {
+            kernels::im2col(g, x, first, count, &mut s.col, &mut s.padded);
+            Mat::rows(&s.col, k, cols)
+        };
+        kernels::matmul(
+            MatMut::strided(&mut y[first * p..], filters, cols, row),
+            Mat::rows(wt, filters, k),
+            input,
+            false,
+            false,
+        );
+    }
+    for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(bias) {
+        if relu {
+            yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+        } else {
+            yc.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// One block's convolution gradients: the weight and bias gradients into
+/// `s.partial` (weights transposed, `K × C_out`), and the input gradient into `dx`.
+fn conv_block_backward(
+    g: &Window,
+    filters: usize,
+    wt: &[f32],
+    x: &[f32],
+    dy: &[f32],
+    mut dx: Option<&mut [f32]>,
+    s: &mut Scratch,
+) {
+    let (k, p) = (g.col_rows(), g.out_plane());
+    let run = images_per_run(g);
+    let row = g.images * p;
+    let (dw, db) = s.partial[..(k + 1) * filters].split_at_mut(k * filters);
+    for first in (0..g.images).step_by(run) {
+        let count = run.min(g.images - first);
+        let cols = count * p;
+        let dy_run = Mat::strided(&dy[first * p..], filters, cols, row);
+        let input = if is_pointwise(g) {
+            Mat::strided(&x[first * p..], k, cols, row)
+        } else {
+            kernels::im2col(g, x, first, count, &mut s.col, &mut s.padded);
+            Mat::rows(&s.col, k, cols)
+        };
+        // dWᵀ (K × C_out) = unfold(x) · dyᵀ; stored so, the product runs at full speed.
+        kernels::matmul(
+            MatMut::rows(dw, k, filters),
+            input,
+            dy_run.t(),
+            first > 0,
+            false,
+        );
+        let Some(dx) = dx.as_deref_mut() else {
+            continue;
+        };
+        let w_t = Mat::transposed(wt, k, filters);
+        if is_pointwise(g) {
+            let dst = MatMut::strided(&mut dx[first * p..], k, cols, row);
+            kernels::matmul(dst, w_t, dy_run, false, false);
+        } else {
+            kernels::matmul(
+                MatMut::rows(&mut s.dcol, k, cols),
+                w_t,
+                dy_run,
+                false,
+                false,
+            );
+            kernels::col2im(g, &s.dcol, first, count, dx, &mut s.padded);
+        }
+    }
+    for (b, dyc) in db.iter_mut().zip(dy.chunks_exact(row.max(1))) {
+        *b = dyc.iter().sum();
+    }
+}
+
+/// Sums the blocks' partial gradients in block order: `gw` (`C_out × K`) and `gb`.
+fn sum_partials(scratch: &[Scratch], filters: usize, k: usize, gw: &mut [f32], gb: &mut [f32]) {
+    gw.par_chunks_mut(k)
+        .zip(gb.par_iter_mut())
+        .enumerate()
+        .for_each(|(c, (gwc, gbc))| {
+            gwc.fill(0.0);
+            *gbc = 0.0;
+            for s in scratch {
+                for (r, v) in gwc.iter_mut().enumerate() {
+                    *v += s.partial[r * filters + c];
+                }
+                *gbc += s.partial[k * filters + c];
+            }
+        });
+}
+
+/// `N × C × P` images into blocks laid out `C × images × P`.
+fn to_blocks(src: &[f32], dst: &mut [f32], starts: &[usize], c: usize, plane: usize) {
+    let per = c * plane;
+    blocks(src, starts, per)
+        .into_par_iter()
+        .zip(blocks_mut(dst, starts, per))
+        .for_each(|(s, d)| {
+            let images = s.len() / per.max(1);
+            transpose_blocks(s, d, images, c, plane);
+        });
+}
+
+/// `a × b × P` → `b × a × P`: swaps the two outer axes of runs of `plane` values.
+fn transpose_blocks(src: &[f32], dst: &mut [f32], a: usize, b: usize, plane: usize) {
+    for i in 0..a {
+        for j in 0..b {
+            dst[(j * a + i) * plane..][..plane]
+                .copy_from_slice(&src[(i * b + j) * plane..][..plane]);
+        }
+    }
+}
+
+/// Adds `bias` to every row of a row-major matrix with `bias.len()` columns, then a ReLU.
+fn add_bias_cols(y: &mut [f32], bias: &[f32], relu: bool) {
+    for row in y.chunks_exact_mut(bias.len().max(1)) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = if relu { (*v + b).max(0.0) } else { *v + b };
+        }
+    }
+}
+
+/// Zeroes the gradient where a ReLU's output was zero.
+fn relu_mask(dy: &mut [f32], y: &[f32]) {
+    for (d, &v) in dy.iter_mut().zip(y) {
+        if v <= 0.0 {
+            *d = 0.0;
+        }
+    }
+}
+
+fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for row in m.chunks_exact(cols.max(1)) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+/// Fills `mask` (laid out like the activation: blocks for maps, rows for flat values)
+/// with 0 or 1/(1−p), drawing image by image in `C × H × W` order as the burn path does.
+fn draw_mask(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    p: f32,
+    mask: &mut [f32],
+    starts: &[usize],
+    size: usize,
+    channels: Option<usize>,
+) {
+    let keep = 1.0 / (1.0 - p);
+    let mut draw = || if rng.random::<f32>() < p { 0.0 } else { keep };
+    match channels {
+        Some(c) if c > 0 => {
+            let plane = size / c;
+            for (w, block) in starts.windows(2).zip(blocks_mut(mask, starts, size)) {
+                let images = w[1] - w[0];
+                for img in 0..images {
+                    for ch in 0..c {
+                        for v in &mut block[(ch * images + img) * plane..][..plane] {
+                            *v = draw();
+                        }
+                    }
+                }
+            }
+        }
+        _ => mask.iter_mut().for_each(|v| *v = draw()),
+    }
+}
+
+/// Mean cross-entropy of `logits` (`N × classes`); writes its gradient w.r.t. the logits,
+/// `(softmax − onehot) / N`, into `grad`.
+fn softmax_cross_entropy(
+    logits: &[f32],
+    labels: &[u32],
+    classes: usize,
+    grad: &mut [f32],
+) -> Result<f32> {
+    let n = labels.len();
+    let mut total = 0f64;
+    for (i, (row, &l)) in logits.chunks_exact(classes.max(1)).zip(labels).enumerate() {
+        let l = l as usize;
+        if l >= classes {
+            return Err(Error::invalid(format!(
+                "label {l} out of range for {classes} classes"
+            )));
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let g = &mut grad[i * classes..][..classes];
+        let mut sum = 0f32;
+        for (gj, &v) in g.iter_mut().zip(row) {
+            *gj = (v - max).exp();
+            sum += *gj;
+        }
+        total += f64::from(sum.ln() + max - row[l]);
+        for gj in g.iter_mut() {
+            *gj /= sum * n as f32;
+        }
+        g[l] -= 1.0 / n as f32;
+    }
+    Ok((total / n.max(1) as f64) as f32)
+}
+
+/// `v ← μ·v − lr·(g + λ·w)` and `w ← w + v`, with `λ` applied where `decay` is set.
+pub(crate) fn sgd_update(
+    w: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    lr: f32,
+    momentum: f32,
+    decay: f32,
+) {
+    w.par_iter_mut()
+        .zip(v.par_iter_mut())
+        .zip(g.par_iter())
+        .with_min_len(1 << 14)
+        .for_each(|((w, v), &g)| {
+            *v = momentum * *v - lr * (g + decay * *w);
+            *w += *v;
+        });
+}
