@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The speed benchmark of docs/performance.md, in one invocation: c2f and PyTorch on the
-# same nets at 1 and 2 threads, the data loader, prepare, and peak memory.
+# same nets at 1 and 2 threads (and burn's CPU backend, the reference engine), the data
+# loader, prepare, and peak memory.
 #
 #   ./bench/run.sh [OUT_DIR]      (default: runs/bench)
 #
@@ -21,6 +22,6 @@ c2f=target/debug/c2f
 if [ ! -f data/fashion-mnist/dataset.json ]; then
     "$c2f" prepare /usr/share/datasets/fashion-mnist --out data/fashion-mnist --sizes 8,16,32 --pad-pow2
 fi
-"$c2f" bench --pytorch --data data/fashion-mnist --prepare-jpegs 2000 \
+"$c2f" bench --pytorch --reference flex --data data/fashion-mnist --prepare-jpegs 2000 \
     --md "$out/bench.md" --json "$out/bench.json"
 echo "wrote $out/bench.md and $out/bench.json"

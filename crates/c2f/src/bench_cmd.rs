@@ -104,6 +104,10 @@ pub struct BenchArgs {
     /// wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Also time this backend on the same nets (e.g. `flex`, burn's CPU backend), for a
+    /// column of c2f/REFERENCE training ratios.
+    #[arg(long, value_name = "BACKEND")]
+    reference: Option<String>,
     /// Internal: measure one net in this process and print JSON.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -163,6 +167,9 @@ struct Row {
     flops: u64,
     ours: Measured,
     pytorch: Option<Measured>,
+    /// The --reference backend.
+    #[serde(default)]
+    reference: Option<Measured>,
 }
 
 impl Row {
@@ -246,11 +253,11 @@ fn worker(a: &BenchArgs, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn run_worker(a: &BenchArgs, name: &str, threads: usize) -> Result<Measured> {
+fn run_worker(a: &BenchArgs, name: &str, threads: usize, backend: &str) -> Result<Measured> {
     let exe = std::env::current_exe().context("locating the c2f executable")?;
     let out = Command::new(exe)
         .args(["--threads", &threads.to_string(), "--quiet", "bench"])
-        .args(["--worker", name, "--backend", &a.backend])
+        .args(["--worker", name, "--backend", backend])
         .args(["--batch", &a.batch.to_string()])
         .args(["--steps", &a.steps.to_string()])
         .args(["--warmup", &a.warmup.to_string()])
@@ -408,6 +415,7 @@ struct Report<'a> {
     cpu: Option<String>,
     core_peak_gflops: Option<f64>,
     backend: &'a str,
+    reference: Option<&'a str>,
     rows: &'a [Row],
     loader: Option<LoaderResult>,
     prepare: Option<PrepareResult>,
@@ -416,8 +424,15 @@ struct Report<'a> {
 fn markdown(r: &Report<'_>) -> String {
     let mut s = String::new();
     let peak = r.core_peak_gflops;
-    s += "| net | input | threads | train img/s (c2f) | train img/s (PyTorch) | train c2f/PyTorch | infer img/s (c2f) | infer img/s (PyTorch) | infer c2f/PyTorch | train GFLOP/s (c2f) | % of peak | peak memory (c2f) |\n";
-    s += "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| net | input | threads | train img/s (c2f) | train img/s (PyTorch) | train c2f/PyTorch | infer img/s (c2f) | infer img/s (PyTorch) | infer c2f/PyTorch | train GFLOP/s (c2f) | % of peak | peak memory (c2f) |";
+    if let Some(b) = r.reference {
+        s += &format!(" train img/s ({b}) | train c2f/{b} |");
+    }
+    s += "\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+    if r.reference.is_some() {
+        s += "---|---|";
+    }
+    s += "\n";
     for row in r.rows {
         let ours_train = row.ips(row.ours.train_step_s);
         let ours_infer = row.ips(row.ours.infer_step_s);
@@ -451,6 +466,11 @@ fn markdown(r: &Report<'_>) -> String {
                 b as f64 / (1u64 << 20) as f64
             )),
         );
+        if let Some(m) = &row.reference {
+            let rt = row.ips(m.train_step_s);
+            s.pop();
+            s += &format!(" {rt:.0} | {:.2} |\n", ours_train / rt);
+        }
     }
     if let Some(head) = r.rows.first() {
         let first = head.threads;
@@ -547,7 +567,12 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     for &threads in &a.thread_counts {
         for (name, spec, side) in &nets {
             eprintln!("measuring {name} at {threads} thread(s)…");
-            let ours = run_worker(&a, name, threads)?;
+            let ours = run_worker(&a, name, threads, &a.backend)?;
+            let reference = a
+                .reference
+                .as_deref()
+                .map(|b| run_worker(&a, name, threads, b))
+                .transpose()?;
             let pytorch = if a.pytorch {
                 Some(run_torch(&a, &script, &tmp.path().join(name), threads)?)
             } else {
@@ -561,6 +586,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 flops: spec.flops()?,
                 ours,
                 pytorch,
+                reference,
             });
         }
     }
@@ -582,6 +608,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         cpu: peak.as_ref().map(|p| p.1.clone()),
         core_peak_gflops: peak.as_ref().map(|p| p.0),
         backend: &a.backend,
+        reference: a.reference.as_deref(),
         rows: &rows,
         loader,
         prepare,

@@ -1138,6 +1138,8 @@ fn bench_measures_nets_and_loader() {
         "0",
         "--data",
         s(&data),
+        "--reference",
+        "flex",
         "--json",
         s(&json),
         "--md",
@@ -1147,6 +1149,7 @@ fn bench_measures_nets_and_loader() {
         out.contains("| net-1 | 8×8 | 1 |") && out.contains("| tiny16 | 16×16 | 1 |"),
         "{out}"
     );
+    assert!(out.contains("train c2f/flex |"), "reference column: {out}");
     assert!(out.contains("Data loader at 8×8"), "{out}");
     assert!(
         out.contains("| net-1 | fc8 fc classes |"),
@@ -1163,6 +1166,13 @@ fn bench_measures_nets_and_loader() {
         );
         assert!(r["flops"].as_u64().expect("flops") > 0, "{r}");
         assert!(r["pytorch"].is_null());
+        assert!(
+            r["reference"]["train_step_s"]
+                .as_f64()
+                .expect("reference time")
+                > 0.0,
+            "{r}"
+        );
     }
     assert!(v["loader"]["images_per_s"].as_f64().expect("loader") > 0.0);
     fails(&["bench", "--nets", "net-9"], &["net-9", "tiny16", "net-1"]);
