@@ -358,6 +358,10 @@ pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
         .enumerate()
     {
         let src = &x[p * plane..][..plane];
+        if inside && g.kernel == 2 && g.stride == 2 && g.dilation == 1 {
+            pool_2x2(g, src, yp, ap);
+            continue;
+        }
         if inside {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
@@ -403,6 +407,25 @@ pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
                 yp[oy * g.ow + ox] = best;
                 ap[oy * g.ow + ox] = at.unwrap_or(0) as u32;
             }
+        }
+    }
+}
+
+/// The common 2×2 / stride 2 pool: the maximum of each pair, then of the two pairs, with
+/// selects, so each output is two short dependency chains instead of one of four.
+fn pool_2x2(g: &Window, src: &[f32], y: &mut [f32], arg: &mut [u32]) {
+    for oy in 0..g.oh {
+        let top = 2 * oy * g.w;
+        let (r0, r1) = (&src[top..][..g.w], &src[top + g.w..][..g.w]);
+        let (yo, ao) = (&mut y[oy * g.ow..][..g.ow], &mut arg[oy * g.ow..][..g.ow]);
+        for ox in 0..g.ow {
+            let (a, b) = (r0[2 * ox], r0[2 * ox + 1]);
+            let (c, d) = (r1[2 * ox], r1[2 * ox + 1]);
+            let (m0, i0) = if b > a { (b, 1) } else { (a, 0) };
+            let (m1, i1) = if d > c { (d, g.w + 1) } else { (c, g.w) };
+            let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
+            yo[ox] = m;
+            ao[ox] = (top + 2 * ox + i) as u32;
         }
     }
 }

@@ -265,7 +265,7 @@ proptest! {
 }
 
 #[test]
-fn backend_runs_grown_nets_like_the_reference() -> crate::Result<()> {
+fn backends_run_grown_nets_like_the_reference() -> crate::Result<()> {
     use crate::backend::{BackendKind, Compute, Network};
     use crate::data::loader::Batch;
     // Padded, strided, dilated pooling and convs after an exact upscale.
@@ -295,14 +295,16 @@ fn backend_runs_grown_nets_like_the_reference() -> crate::Result<()> {
     );
     let x = random_batch([2, 2, 18, 18], 1);
     let want = reference::forward(&g, &gw, &x.images, 2)?;
-    let net = Network::new(&g, &gw, &Compute::new(BackendKind::Cpu)?)?;
-    let got = net.logits(&Batch {
-        images: x.images.clone(),
-        labels: vec![0, 0],
-        shape: x.shape,
-    })?;
-    let c = compare(&want, &got, 2);
-    assert!(c.rel < 1e-5, "backend vs reference on a grown net: {c:?}");
+    for kind in [BackendKind::Cpu, BackendKind::Flex] {
+        let net = Network::new(&g, &gw, &Compute::new(kind)?)?;
+        let got = net.logits(&Batch {
+            images: x.images.clone(),
+            labels: vec![0, 0],
+            shape: x.shape,
+        })?;
+        let c = compare(&want, &got, 2);
+        assert!(c.rel < 1e-5, "{kind} vs reference on a grown net: {c:?}");
+    }
     Ok(())
 }
 
