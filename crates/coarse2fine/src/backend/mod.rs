@@ -203,6 +203,24 @@ fn download(t: &Tensor<1>) -> Result<Vec<f32>> {
     host_values(t.to_data())
 }
 
+/// A host map of the parameters `names`, the `i`-th one's values from `values(i)`.
+fn host_map(
+    names: &[(String, Vec<usize>)],
+    values: impl Fn(usize) -> Result<Vec<f32>>,
+) -> Result<WeightMap> {
+    let mut map = WeightMap::new();
+    for (i, (name, shape)) in names.iter().enumerate() {
+        map.insert(
+            name.clone(),
+            HostTensor {
+                shape: shape.clone(),
+                data: values(i)?,
+            },
+        );
+    }
+    Ok(map)
+}
+
 fn compile_burn(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
     let index = |n: &str| names.iter().position(|(k, _)| k == n);
     let mut ops = Vec::new();
@@ -344,21 +362,10 @@ impl Network {
 
     /// The current weights as a host map.
     pub fn weights(&self) -> Result<WeightMap> {
-        let mut map = WeightMap::new();
-        for (i, (name, shape)) in self.names.iter().enumerate() {
-            let data = match &self.engine {
-                Engine::Native(net) => net.params[i].clone(),
-                Engine::Burn(net) => download(&net.params[i])?,
-            };
-            map.insert(
-                name.clone(),
-                HostTensor {
-                    shape: shape.clone(),
-                    data,
-                },
-            );
-        }
-        Ok(map)
+        host_map(&self.names, |i| match &self.engine {
+            Engine::Native(net) => Ok(net.params[i].clone()),
+            Engine::Burn(net) => download(&net.params[i]),
+        })
     }
 }
 
@@ -555,21 +562,10 @@ impl Sgd {
 
     /// Momentum buffers by parameter name.
     pub fn state(&self, net: &Network) -> Result<WeightMap> {
-        let mut map = WeightMap::new();
-        for (i, (name, shape)) in net.names.iter().enumerate() {
-            let data = match &self.velocity {
-                Velocity::Native { velocity, .. } => velocity[i].clone(),
-                Velocity::Burn(v) => download(&v[i])?,
-            };
-            map.insert(
-                name.clone(),
-                HostTensor {
-                    shape: shape.clone(),
-                    data,
-                },
-            );
-        }
-        Ok(map)
+        host_map(&net.names, |i| match &self.velocity {
+            Velocity::Native { velocity, .. } => Ok(velocity[i].clone()),
+            Velocity::Burn(v) => download(&v[i]),
+        })
     }
 }
 

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::net::spec::{Layer, NetSpec, Shape};
 
 /// Most blocks a batch is split into: enough to keep 16 threads busy.
-pub(crate) const MAX_BLOCKS: usize = 16;
+const MAX_BLOCKS: usize = 16;
 
 /// Values of an unfolded input a block handles at once: 512 KiB, about a core's L2 cache.
 const COL_BUDGET: usize = 1 << 17;
@@ -48,7 +48,8 @@ enum Step {
     Pool(Window),
     Lrn(LrnParams),
     Relu,
-    Dropout(f32),
+    /// Drop probability, and the channels of the maps it drops from (`None`: flat values).
+    Dropout(f32, Option<usize>),
     /// `C × images × HW` maps to `images × C·HW` rows, block by block.
     Flatten {
         channels: usize,
@@ -115,19 +116,6 @@ pub(crate) struct NativeNet {
     input: [usize; 3],
     pub(crate) params: Vec<Vec<f32>>,
     ws: Mutex<Workspace>,
-}
-
-impl Clone for NativeNet {
-    fn clone(&self) -> Self {
-        Self {
-            steps: self.steps.clone(),
-            layer_of: self.layer_of.clone(),
-            sizes: self.sizes.clone(),
-            input: self.input,
-            params: self.params.clone(),
-            ws: Mutex::new(Workspace::default()),
-        }
-    }
 }
 
 fn window(
@@ -241,7 +229,13 @@ impl NativeNet {
                     }
                     _ => Step::Relu,
                 },
-                Layer::Dropout(d) => Step::Dropout(d.p),
+                Layer::Dropout(d) => Step::Dropout(
+                    d.p,
+                    match shape {
+                        Shape::Map { c, .. } => Some(c),
+                        Shape::Flat(_) => None,
+                    },
+                ),
                 Layer::Fc(f) => {
                     if let Shape::Map { c, h, w } = shape {
                         steps.push(Step::Flatten {
@@ -319,7 +313,7 @@ impl NativeNet {
                     ws.lrn_scale[i] = vec![0.0; self.sizes[i] * n];
                     lrn = lrn.max(self.sizes[i] * n);
                 }
-                Step::Dropout(_) => ws.masks[i] = vec![0.0; self.sizes[i] * n],
+                Step::Dropout(..) => ws.masks[i] = vec![0.0; self.sizes[i] * n],
                 _ => {}
             }
         }
@@ -408,12 +402,11 @@ impl NativeNet {
                         .with_min_len(4096)
                         .for_each(|(o, &v)| *o = v.max(0.0));
                 }
-                Step::Dropout(p) => match dropout.as_deref_mut() {
+                Step::Dropout(p, channels) => match dropout.as_deref_mut() {
                     None => y.copy_from_slice(x),
                     Some(rng) => {
                         let mask = &mut ws.masks[i];
-                        let channels = self.map_channels(i);
-                        draw_mask(rng, *p, mask, &starts, sx, channels);
+                        draw_mask(rng, *p, mask, &starts, sx, *channels);
                         for ((o, &v), &m) in y.iter_mut().zip(x.iter()).zip(mask.iter()) {
                             *o = v * m;
                         }
@@ -449,19 +442,6 @@ impl NativeNet {
                 f(i);
             }
         }
-    }
-
-    /// Channels of the feature maps entering step `i`, or `None` for flat input.
-    fn map_channels(&self, i: usize) -> Option<usize> {
-        let mut channels = Some(self.input[0]);
-        for s in &self.steps[..i] {
-            match s {
-                Step::Conv { filters, .. } => channels = Some(*filters),
-                Step::Flatten { .. } | Step::Fc { .. } => channels = None,
-                _ => {}
-            }
-        }
-        channels
     }
 
     fn check_input(&self, shape: [usize; 4], len: usize) -> Result<()> {
@@ -619,7 +599,7 @@ impl NativeNet {
                         .with_min_len(4096)
                         .for_each(|((d, &g), &v)| *d = if v > 0.0 { g } else { 0.0 });
                 }
-                Step::Dropout(_) => {
+                Step::Dropout(..) => {
                     for ((d, &g), &m) in dx.iter_mut().zip(dy.iter()).zip(&ws.masks[i]) {
                         *d = g * m;
                     }
