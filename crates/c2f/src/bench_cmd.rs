@@ -210,13 +210,13 @@ fn worker(a: &BenchArgs, name: &str) -> Result<()> {
     let compute = Compute::new(a.backend.parse::<BackendKind>()?)?;
     let w = WeightMap::init(&spec, "kaiming".parse::<Init>()?, 0)?;
     let mut net = Network::new(&spec, &w, &compute)?;
-    let mut sgd = Sgd::new(&net, 0.9, 5e-4, None)?;
+    let sgd = Sgd::new(&net, 0.9, 5e-4);
     let mut batch = random_batch([a.batch, 3, side, side], 1);
     batch.labels = (0..a.batch as u32).map(|i| i % classes as u32).collect();
     let mut t = 0u64;
     let train_step_s = median_time(a.steps, a.warmup, || {
         t += 1;
-        backend::train_step(&mut net, &mut sgd, &batch, 0.001, t)?;
+        backend::train_step(&mut net, &sgd, &batch, 0.001, t)?;
         Ok(())
     })?;
     let infer_step_s = median_time(a.steps, a.warmup, || {

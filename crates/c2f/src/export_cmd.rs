@@ -6,8 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use coarse2fine::checkpoint::{Checkpoint, CheckpointMeta};
 use coarse2fine::export;
-use coarse2fine::fsutil::{self, StagedDir};
+use coarse2fine::fsutil::{self, OutputLock, OutputState, Ownership, StagedDir};
 use coarse2fine::net::{NetSpec, WeightMap};
+use coarse2fine::train;
 use serde::{Deserialize, Serialize};
 
 /// `coarse2fine.json` of a PyTorch export: what `c2f import` needs to rebuild a checkpoint.
@@ -26,6 +27,21 @@ const INFO: &str = "coarse2fine.json";
 const MODULE: &str = "model.py";
 const WEIGHTS: &str = "model.safetensors";
 
+/// A `--pytorch` export folder.
+const PYTORCH_EXPORT: Ownership = Ownership {
+    what: "PyTorch export folder",
+    marked: |dir| fsutil::has_format(&dir.join(INFO), PYTORCH_FORMAT),
+    // Python caches the compiled model.py beside it.
+    entry: Some(|n| [INFO, MODULE, WEIGHTS, "__pycache__"].contains(&n)),
+};
+
+/// A new checkpoint folder: `import` never writes into an existing one.
+const NEW_CHECKPOINT: Ownership = Ownership {
+    what: "checkpoint folder",
+    marked: |_| false,
+    entry: None,
+};
+
 /// Export a checkpoint's network: ONNX (opset 13) for inference anywhere, or a PyTorch
 /// module with its weights to fine-tune in PyTorch.
 ///
@@ -37,6 +53,9 @@ const WEIGHTS: &str = "model.safetensors";
 /// --pytorch DIR writes DIR/model.py (a self-contained torch.nn.Module whose state_dict keys
 /// are the weights' names; it also takes pixels 0–255), DIR/model.safetensors and
 /// DIR/coarse2fine.json, from which `c2f import` makes a checkpoint again.
+///
+/// An existing output is replaced only with --force, and only if c2f wrote it (an ONNX
+/// model of coarse2fine's, or a folder of this export); nothing else is ever overwritten.
 ///
 /// Examples:
 ///   c2f export runs/net2-16/checkpoint --onnx net2-16.onnx
@@ -53,6 +72,9 @@ pub struct ExportArgs {
     /// Write a PyTorch module, its weights and the spec into this new folder.
     #[arg(long, value_name = "DIR")]
     pub pytorch: Option<PathBuf>,
+    /// Replace an ONNX file or export folder that c2f wrote before.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Make a checkpoint from weights trained elsewhere: a `c2f export --pytorch` folder, after
@@ -80,8 +102,18 @@ pub struct ImportArgs {
 }
 
 pub fn cmd_import(a: ImportArgs) -> Result<()> {
+    let _lock = OutputLock::acquire(&a.out)?;
     if a.out.exists() {
         bail!("{}: already exists; choose a new --out", a.out.display());
+    }
+    let mut inputs: Vec<&Path> = vec![&a.dir];
+    inputs.extend(a.weights.as_deref());
+    fsutil::check_output(&a.out, &NEW_CHECKPOINT, &inputs)?;
+    if !a.dir.join(INFO).is_file() {
+        bail!(
+            "{}: not a `c2f export --pytorch` folder: no {INFO}",
+            a.dir.display()
+        );
     }
     let info: PytorchExport = fsutil::read_json(&a.dir.join(INFO))?;
     if info.format != PYTORCH_FORMAT || info.version != PYTORCH_VERSION {
@@ -115,10 +147,11 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
     Ok(())
 }
 
-fn export_pytorch(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
-    if dir.exists() {
+fn export_pytorch(dir: &Path, ckpt: &Checkpoint, source: &Path, force: bool) -> Result<()> {
+    let _lock = OutputLock::acquire(dir)?;
+    if fsutil::check_output(dir, &PYTORCH_EXPORT, &[source])? == OutputState::Ours && !force {
         bail!(
-            "{}: already exists; choose a new --pytorch folder",
+            "{}: already exists (pass --force to replace this export)",
             dir.display()
         );
     }
@@ -143,10 +176,12 @@ pub fn cmd_export(a: ExportArgs) -> Result<()> {
     if a.onnx.is_none() && a.pytorch.is_none() {
         bail!("nothing to export: give --onnx FILE.onnx and/or --pytorch DIR");
     }
-    let dir = crate::checkpoint_dir(&a.checkpoint);
+    let dir = train::checkpoint_dir(&a.checkpoint);
     let ckpt = Checkpoint::load(&dir)?;
     let input = ckpt.spec.input.map(|i| (i.channels, i.height, i.width));
     if let Some(onnx) = &a.onnx {
+        let _lock = OutputLock::acquire(onnx)?;
+        check_onnx_output(onnx, &dir, a.force)?;
         export::write_onnx(onnx, &ckpt.spec, &ckpt.weights, &ckpt.meta.normalization)?;
         println!(
             "wrote {} ({} at {:?}, ONNX opset {}) from {}",
@@ -158,7 +193,7 @@ pub fn cmd_export(a: ExportArgs) -> Result<()> {
         );
     }
     if let Some(py) = &a.pytorch {
-        export_pytorch(py, &ckpt)?;
+        export_pytorch(py, &ckpt, &dir, a.force)?;
         println!(
             "wrote {}/{{{MODULE}, {WEIGHTS}, {INFO}}} ({} at {:?}) from {}",
             py.display(),
@@ -166,6 +201,39 @@ pub fn cmd_export(a: ExportArgs) -> Result<()> {
             input.unwrap_or_default(),
             dir.display()
         );
+    }
+    Ok(())
+}
+
+/// An ONNX output may be new, or with `force` an ONNX model c2f wrote; never a folder,
+/// another file, or inside the checkpoint read.
+fn check_onnx_output(onnx: &Path, checkpoint: &Path, force: bool) -> Result<()> {
+    if fsutil::resolved(onnx).starts_with(fsutil::resolved(checkpoint)) {
+        bail!(
+            "{}: inside the checkpoint {} being exported; choose another file",
+            onnx.display(),
+            checkpoint.display()
+        );
+    }
+    if onnx.is_dir() {
+        bail!(
+            "{}: is a folder; give a file name such as model.onnx",
+            onnx.display()
+        );
+    }
+    if onnx.exists() {
+        if !export::is_own_onnx(onnx) {
+            bail!(
+                "{}: exists and is not an ONNX model written by c2f; c2f only ever replaces its own files: choose another file",
+                onnx.display()
+            );
+        }
+        if !force {
+            bail!(
+                "{}: already exists (pass --force to replace it)",
+                onnx.display()
+            );
+        }
     }
     Ok(())
 }

@@ -9,12 +9,21 @@ use coarse2fine::backend::{BackendKind, Compute, Network};
 use coarse2fine::checkpoint::Checkpoint;
 use coarse2fine::data::loader::{Batch, Normalizer, make_batch};
 use coarse2fine::data::prepare::DatasetManifest;
-use coarse2fine::grow::verify::{self, Agreement, Verification};
+use coarse2fine::fsutil::{self, OutputLock, Ownership};
+use coarse2fine::grow::verify::{self, Agreement, Growth, Verification};
 use coarse2fine::grow::{GrowOp, NewFilters, UpscaleMode};
 use coarse2fine::net::WeightMap;
 use coarse2fine::progress::Progress;
+use coarse2fine::train;
 
 use crate::ui::Bars;
+
+/// A new checkpoint folder: `grow` never writes into an existing one.
+const NEW_CHECKPOINT: Ownership = Ownership {
+    what: "checkpoint folder",
+    marked: |_| false,
+    entry: None,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ModeArg {
@@ -214,7 +223,7 @@ fn check_batches(
     split: &str,
     norm: &Normalizer,
     limit: Option<usize>,
-) -> Result<Vec<Batch>> {
+) -> coarse2fine::Result<Vec<Batch>> {
     let m = DatasetManifest::load(root)?;
     let set = Arc::new(m.open_split(root, size, split)?);
     let n = limit.unwrap_or(set.len()).min(set.len());
@@ -234,36 +243,47 @@ fn describe(a: &Agreement) -> String {
 
 pub fn cmd_grow(a: GrowArgs, m: &ArgMatches, bars: &Bars) -> Result<()> {
     let ops = ops_in_order(&a, m)?;
+    let _lock = OutputLock::acquire(&a.out)?;
     if a.out.exists() {
         bail!("{}: already exists; choose a new --out", a.out.display());
     }
-    let src = crate::checkpoint_dir(&a.checkpoint);
+    fsutil::check_output(&a.out, &NEW_CHECKPOINT, &[&a.checkpoint])?;
+    let src = train::checkpoint_dir(&a.checkpoint);
     let small = Checkpoint::load(&src)?;
     let compute = Compute::new(BackendKind::Cpu)?;
     let norm = Normalizer::new(&small.meta.normalization);
-    let data_root = a
+    let batches = match a
         .data
         .clone()
-        .unwrap_or_else(|| PathBuf::from(&small.meta.dataset));
-    let batches = match check_batches(
-        &data_root,
-        small.meta.size,
-        "test",
-        &norm,
-        Some(a.check_images),
-    ) {
+        .map_or_else(|| small.meta.locate_dataset(&src), Ok)
+    {
+        Ok(root) => check_batches(&root, small.meta.size, "test", &norm, Some(a.check_images)),
+        Err(e) => Err(e),
+    };
+    let batches = match batches {
         Ok(b) => b,
         Err(e) if a.data.is_none() => {
             bars.note(&format!("checking on random images only: {e}"));
             Vec::new()
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
-
-    let grown = verify::grow_checked(&small, &ops, &batches, a.seed, &compute, |op, v| {
-        let figures = v.data.map_or_else(|| describe(&v.random), |d| describe(&d));
-        println!("{}: {}", op.describe(), figures);
-    })?;
+    let growth = Growth {
+        ops: &ops,
+        batches: &batches,
+        seed: a.seed,
+    };
+    let grown = verify::grow_checked(
+        &small.spec,
+        &small.weights,
+        Some(&small.optimizer),
+        &growth,
+        &compute,
+        |op, v| {
+            let figures = v.data.map_or_else(|| describe(&v.random), |d| describe(&d));
+            println!("{}: {}", op.describe(), figures);
+        },
+    )?;
     let mut records = small.meta.growth.clone();
     records.extend(grown.checks);
     let (spec, weights, momentum) = (grown.spec, grown.weights, grown.momentum);
@@ -303,13 +323,14 @@ pub fn cmd_grow(a: GrowArgs, m: &ArgMatches, bars: &Bars) -> Result<()> {
 
 pub fn cmd_verify(a: VerifyArgs) -> Result<()> {
     let compute = Compute::new(BackendKind::Cpu)?;
-    let small = Checkpoint::load(&crate::checkpoint_dir(&a.small))?;
-    let grown = Checkpoint::load(&crate::checkpoint_dir(&a.grown))?;
+    let small_dir = train::checkpoint_dir(&a.small);
+    let small = Checkpoint::load(&small_dir)?;
+    let grown = Checkpoint::load(&train::checkpoint_dir(&a.grown))?;
     let norm = Normalizer::new(&small.meta.normalization);
-    let root = a
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&small.meta.dataset));
+    let root = match &a.data {
+        Some(d) => d.clone(),
+        None => small.meta.locate_dataset(&small_dir)?,
+    };
     let batches = check_batches(&root, small.meta.size, &a.split, &norm, a.images)?;
     let f = Network::new(&small.spec, &small.weights, &compute)?;
     let g = Network::new(&grown.spec, &grown.weights, &compute)?;

@@ -25,6 +25,10 @@ use crate::ui::Bars;
 /// clock). Interrupt it (Ctrl-C, kill) and run the same command again: finished stages are
 /// kept, the current one continues from its last checkpoint.
 ///
+/// If a part's loss diverges (NaN), it stops and keeps its last checkpoint whose next step
+/// had a finite loss; continue it with a lower learning rate with --retry-lr LR (recorded
+/// in the part's event log; the plan is unchanged).
+///
 /// A plan with [[variant]]s defines one run per variant, in folders OUT/NN-NAME. Without
 /// --index they run one after another; --index N runs only the N-th (from 0), for cluster
 /// array jobs, e.g. Slurm: c2f run plan.toml --out runs/x --index $SLURM_ARRAY_TASK_ID.
@@ -35,7 +39,7 @@ use crate::ui::Bars;
 ///   c2f run plans/exp2-new-filters.toml --list
 ///   c2f run plans/exp2-new-filters.toml --out runs/exp2 --index 3
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct RunArgs {
     /// Plan file (.toml).
     pub plan: PathBuf,
@@ -64,6 +68,10 @@ pub struct RunArgs {
     /// cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// Continue the stage (or baseline) in progress from its last checkpoint with this
+    /// base learning rate, e.g. after its loss became NaN.
+    #[arg(long, value_name = "LR")]
+    pub retry_lr: Option<f32>,
 }
 
 fn describe_budget(b: StageBudget) -> String {
@@ -73,23 +81,34 @@ fn describe_budget(b: StageBudget) -> String {
     }
 }
 
-fn print_run(r: &RunPlan) {
-    println!("[{}] {}", r.index, r.label());
+/// The plan of run `r` as lines of text: its stages, growth and baseline with their
+/// settings (printed by --list, and the plan section of reports).
+pub fn describe_run(r: &RunPlan) -> Vec<String> {
+    let mut out = vec![format!(
+        "[{}] {} (data {}, seed {})",
+        r.index,
+        r.label(),
+        r.data.display(),
+        r.seed
+    )];
     if r.schedule == Schedule::Global {
-        println!("    one learning-rate schedule across all stages");
+        out.push("    one learning-rate schedule across all stages".into());
     }
     for (k, s) in r.stages.iter().enumerate() {
-        println!(
-            "    stage {}: {}×{}, {} ({} parameters), {}, lr {} {}, batch {}{}{}",
+        let h = &s.hyper;
+        out.push(format!(
+            "    stage {}: {}×{}, {} ({} parameters), {}, lr {} {}, batch {}, momentum {}, weight decay {}{}{}",
             k + 1,
             s.size,
             s.size,
             s.spec.name,
             s.spec.num_params().unwrap_or(0),
             describe_budget(s.budget),
-            s.hyper.base_lr,
-            s.hyper.lr_policy,
-            s.hyper.batch_size,
+            h.base_lr,
+            h.lr_policy,
+            h.batch_size,
+            h.momentum,
+            h.weight_decay,
             if k > 0 && s.momentum_state == MomentumState::Reset {
                 ", momentum reset"
             } else {
@@ -100,29 +119,33 @@ fn print_run(r: &RunPlan) {
             } else {
                 String::new()
             }
-        );
+        ));
         if k > 0 {
             let ops: Vec<String> = s.grow.iter().map(GrowOp::describe).collect();
-            println!(
+            out.push(format!(
                 "      grown by: {}",
                 if ops.is_empty() {
                     "nothing (same net)".to_string()
                 } else {
                     ops.join(", ")
                 }
-            );
+            ));
         }
     }
-    match &r.baseline {
-        Some(b) => println!(
-            "    baseline: the final net from scratch, same {}",
+    out.push(match &r.baseline {
+        Some(b) => format!(
+            "    baseline: the final net from scratch, same {}, lr {} {}, batch {}",
             match b.budget {
                 Budget::Time => "training time",
                 Budget::Images => "number of images",
-            }
+            },
+            b.hyper.base_lr,
+            b.hyper.lr_policy,
+            b.hyper.batch_size
         ),
-        None => println!("    baseline: none"),
-    }
+        None => "    baseline: none".into(),
+    });
+    out
 }
 
 pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
@@ -131,7 +154,9 @@ pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
     let runs = file.resolve_all(a.data.as_deref())?;
     if a.list || a.check {
         for r in &runs {
-            print_run(r);
+            for line in describe_run(r) {
+                println!("{line}");
+            }
         }
         if a.check {
             println!("{}: valid ({} run(s))", a.plan.display(), runs.len());
@@ -161,6 +186,7 @@ pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
         checkpoint_every: a.checkpoint_every.unwrap_or(0),
         check_images: a.check_images,
         stop: Some(crate::stop_flag()?),
+        retry_lr: a.retry_lr,
     };
     let single = file.plan.variants.is_empty();
     for r in selected {
@@ -188,21 +214,26 @@ fn run_one(
         compute.kind(),
         backend::threads()
     ));
-    let o = run::execute(dir, r, opts, compute, bars)
-        .map_err(|e| crate::with_hint(e, "run the same command again to continue"))?;
+    let o = run::execute(dir, r, opts, compute, bars).map_err(|e| {
+        crate::with_hint(
+            e,
+            "run the same command again to continue",
+            "to continue from it, run the same command with --retry-lr and a lower learning rate",
+        )
+    })?;
     let pct = |e: Option<coarse2fine::checkpoint::EvalSummary>| {
         e.map_or("-".to_string(), |e| format!("{:.2}%", 100.0 * e.top1))
     };
     println!(
-        "{}: incremental top-1 {} after {:.1} s of training and growth{}; events in {}",
+        "{}: incremental top-1 {} after {} of training and growth{}; events in {}",
         r.label(),
         pct(o.incremental),
-        o.incremental_time,
+        crate::ui::seconds(o.incremental_time),
         if r.baseline.is_some() {
             format!(
-                ", baseline top-1 {} after {:.1} s",
+                ", baseline top-1 {} after {}",
                 pct(o.baseline),
-                o.baseline_time
+                crate::ui::seconds(o.baseline_time)
             )
         } else {
             String::new()

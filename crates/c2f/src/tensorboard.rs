@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use coarse2fine::events::What;
 use coarse2fine::fsutil;
 use coarse2fine::report::Curve;
 use protobuf::CodedOutputStream;
@@ -78,20 +79,18 @@ pub fn write(dir: &Path, curves: &[Curve], start: f64) -> Result<Vec<PathBuf>> {
             &event(start, 0, |os| os.write_string(3, "brain.Event:2"))?,
         );
         let mut points: Vec<Point> = Vec::new();
-        for p in &c.evals {
-            points.push((
-                p.wall_s,
-                p.images as i64,
-                vec![
-                    ("test/top1", p.top1),
-                    ("test/top5", p.top5),
-                    ("test/loss", p.loss),
-                    ("time/training_s", p.time_s),
+        for p in c.evals.iter().chain(&c.trains) {
+            let values = match p.what {
+                What::Eval { top1, top5, loss } => vec![
+                    ("test/top1", top1),
+                    ("test/top5", top5),
+                    ("test/loss", loss),
+                    ("time/training_s", p.clock.time_s),
                 ],
-            ));
-        }
-        for p in &c.trains {
-            points.push((p.wall_s, p.images as i64, vec![("train/loss", p.loss)]));
+                What::Train { loss, .. } => vec![("train/loss", loss)],
+                _ => continue,
+            };
+            points.push((p.clock.wall_s, p.images as i64, values));
         }
         points.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.total_cmp(&b.0)));
         for (wall, step, values) in points {

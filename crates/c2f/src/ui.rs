@@ -106,3 +106,67 @@ impl Progress for Bars {
         }
     }
 }
+
+/// Seconds as a person reads them: three significant digits below 10 s (so 0.04 s does not
+/// print as 0.0), one decimal above.
+pub fn seconds(s: f64) -> String {
+    if s < 10.0 {
+        let digits = format!("{s:.3}");
+        let trimmed = digits.trim_end_matches('0');
+        if trimmed.ends_with('.') {
+            format!("{trimmed}0s")
+        } else {
+            format!("{trimmed}s")
+        }
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+/// Accuracy per class and the confusion matrix as text: one row per true class, one
+/// column per predicted class.
+pub fn confusion_table(classes: &[String], c: &coarse2fine::metrics::Confusion) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("per class (top-1):\n");
+    let width = classes
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    for ((name, acc), row) in classes.iter().zip(c.per_class()).zip(&c.rows) {
+        let acc = acc.map_or("–".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        let _ = writeln!(
+            out,
+            "  {name:<width$}  {acc:>7}  of {}",
+            row.iter().sum::<u64>()
+        );
+    }
+    out += "confusion (rows: true class, columns: predicted, in class order):\n";
+    let cell = c
+        .rows
+        .iter()
+        .flatten()
+        .max()
+        .map_or(1, |m| m.to_string().len())
+        .max(3);
+    for (name, row) in classes.iter().zip(&c.rows) {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:>cell$}")).collect();
+        let _ = writeln!(out, "  {name:<width$}  {}", cells.join(" "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_times_keep_their_digits() {
+        assert_eq!(seconds(0.04), "0.04s");
+        assert_eq!(seconds(0.0), "0.0s");
+        assert_eq!(seconds(1.5), "1.5s");
+        assert_eq!(seconds(0.1234), "0.123s");
+        assert_eq!(seconds(12.34), "12.3s");
+    }
+}

@@ -7,48 +7,21 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::prepare::ChannelStats;
+use crate::clock::Clock;
+use crate::data::prepare::{ChannelStats, MANIFEST_FILE};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, StagedDir};
-use crate::lr::LrPolicy;
+use crate::grow::verify::Verification;
+pub use crate::hyper::Hyper;
+pub use crate::metrics::EvalSummary;
 use crate::net::{NetSpec, WeightMap};
 
 /// `format` field of `meta.json`.
 pub const CHECKPOINT_FORMAT: &str = "coarse2fine-checkpoint";
-/// Checkpoint version written by this build. Version 2 added `checksums`; version 1
-/// checkpoints are still read, without that check.
-pub const CHECKPOINT_VERSION: u32 = 2;
-
-/// Latest evaluation stored with a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalSummary {
-    /// Top-1 accuracy in [0, 1].
-    pub top1: f64,
-    /// Top-5 accuracy in [0, 1].
-    pub top5: f64,
-    /// Mean cross-entropy.
-    pub loss: f64,
-    /// Images evaluated.
-    pub images: usize,
-}
-
-/// Training hyper-parameters, stored so a run can be continued exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Hyper {
-    /// Images per step.
-    pub batch_size: usize,
-    /// Base learning rate.
-    pub base_lr: f32,
-    /// Learning-rate policy.
-    pub lr_policy: LrPolicy,
-    /// Momentum μ.
-    pub momentum: f32,
-    /// Weight decay λ.
-    pub weight_decay: f32,
-    /// Seed of shuffling and dropout.
-    pub seed: u64,
-}
+/// Checkpoint version written by this build. Version 3 stores the data set's absolute
+/// path and its path relative to the checkpoint, and the growth seconds; version 2 added
+/// `checksums`. Versions 1 and 2 are still read (version 1 without the checksum check).
+pub const CHECKPOINT_VERSION: u32 = 3;
 
 /// `meta.json` of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,8 +31,13 @@ pub struct CheckpointMeta {
     pub format: String,
     /// [`CHECKPOINT_VERSION`] when written.
     pub version: u32,
-    /// Prepared data folder trained on.
+    /// Prepared data folder trained on: an absolute path (relative to the working
+    /// directory of the run in versions 1 and 2).
     pub dataset: String,
+    /// The same folder relative to the checkpoint folder, so a checkpoint moved together
+    /// with its data still finds it. Filled in by [`Checkpoint::save`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_from_checkpoint: Option<String>,
     /// Input side.
     pub size: usize,
     /// Class names by label.
@@ -76,6 +54,9 @@ pub struct CheckpointMeta {
     pub eval_seconds: f64,
     /// Wall-clock seconds since the run started.
     pub wall_seconds: f64,
+    /// Seconds in growth operators on the way to this net (a plan's stages).
+    #[serde(default)]
+    pub grow_seconds: f64,
     /// Hyper-parameters.
     pub hyper: Hyper,
     /// Threads used.
@@ -86,11 +67,52 @@ pub struct CheckpointMeta {
     pub last_eval: Option<EvalSummary>,
     /// Growth steps that produced this net from a trained one, with their checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub growth: Vec<crate::grow::verify::Verification>,
+    pub growth: Vec<Verification>,
     /// CRC-32C of each other file of the checkpoint (hex), filled in by
     /// [`Checkpoint::save`] and verified by [`Checkpoint::load`].
     #[serde(default)]
     pub checksums: BTreeMap<String, String>,
+}
+
+impl CheckpointMeta {
+    /// The clock at this checkpoint.
+    pub fn clock(&self) -> Clock {
+        Clock::new(
+            self.train_seconds,
+            self.grow_seconds,
+            self.eval_seconds,
+            self.wall_seconds,
+        )
+    }
+
+    /// Sets the clock fields from `c`.
+    pub fn set_clock(&mut self, c: Clock) {
+        self.train_seconds = c.train_s;
+        self.grow_seconds = c.grow_s;
+        self.eval_seconds = c.eval_s;
+        self.wall_seconds = c.wall_s;
+    }
+
+    /// The prepared data folder of a checkpoint stored in `dir`: the recorded path if it
+    /// holds a data set, else the path recorded relative to the checkpoint. The error names
+    /// every path tried.
+    pub fn locate_dataset(&self, dir: &Path) -> Result<PathBuf> {
+        let mut tried = vec![PathBuf::from(&self.dataset)];
+        if let Some(rel) = &self.dataset_from_checkpoint {
+            tried.push(dir.join(rel));
+        }
+        if let Some(found) = tried.iter().find(|p| p.join(MANIFEST_FILE).is_file()) {
+            return Ok(found.clone());
+        }
+        let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        Err(Error::format(
+            dir,
+            format!(
+                "the prepared data it was trained on is not at {}; give its folder with --data",
+                tried.join(" nor at ")
+            ),
+        ))
+    }
 }
 
 /// A loaded checkpoint.
@@ -128,6 +150,10 @@ impl Checkpoint {
         self.optimizer.save(&staged.path().join(OPTIMIZER), None)?;
         let mut meta = self.meta.clone();
         meta.version = CHECKPOINT_VERSION;
+        let data = fsutil::resolved(Path::new(&meta.dataset));
+        meta.dataset_from_checkpoint =
+            pathdiff::diff_paths(&data, fsutil::resolved(dir)).map(|p| p.display().to_string());
+        meta.dataset = data.display().to_string();
         meta.checksums = CHECKED_FILES
             .iter()
             .map(|f| Ok((f.to_string(), file_crc(&staged.path().join(f))?)))

@@ -31,6 +31,9 @@ pub enum Error {
     /// The user asked to stop; what was done is saved.
     #[error("{0}")]
     Interrupted(String),
+    /// Training diverged (a non-finite loss or weights); what was kept is said.
+    #[error("{0}")]
+    Diverged(String),
     /// The deep-learning backend failed.
     #[error("backend: {0}")]
     Backend(String),

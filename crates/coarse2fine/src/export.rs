@@ -14,7 +14,7 @@ use onnx_protobuf::{
 use crate::data::prepare::ChannelStats;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::net::spec::{Layer, Shape};
+use crate::net::spec::{Layer, Param, Shape, param_name};
 use crate::net::{NetSpec, WeightMap};
 
 /// ONNX operator set of exported models.
@@ -165,7 +165,10 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
         let name = format!("layer{}", i + 1);
         match layer {
             Layer::Conv(cv) => {
-                let (w, b) = (format!("{}.weight", cv.name), format!("{}.bias", cv.name));
+                let (w, b) = (
+                    param_name(&cv.name, Param::Weight),
+                    param_name(&cv.name, Param::Bias),
+                );
                 g.initializer.push(parameter(weights, &w)?);
                 g.initializer.push(parameter(weights, &b)?);
                 g.node.push(node(
@@ -228,7 +231,10 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
                     flat = true;
                     flat_name
                 };
-                let (w, b) = (format!("{}.weight", f.name), format!("{}.bias", f.name));
+                let (w, b) = (
+                    param_name(&f.name, Param::Weight),
+                    param_name(&f.name, Param::Bias),
+                );
                 g.initializer.push(parameter(weights, &w)?);
                 g.initializer.push(parameter(weights, &b)?);
                 g.node.push(node(
@@ -281,6 +287,15 @@ pub fn write_onnx(
         .write_to_bytes()
         .map_err(|e| Error::format(path, format!("encoding ONNX: {e}")))?;
     fsutil::write_bytes_atomic(path, &bytes)
+}
+
+/// Whether `path` is an ONNX model that coarse2fine wrote (its producer name), the only
+/// kind of file `c2f export --onnx --force` replaces.
+pub fn is_own_onnx(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| ModelProto::parse_from_bytes(&b).ok())
+        .is_some_and(|m| m.producer_name == "coarse2fine")
 }
 
 /// Python source of a self-contained PyTorch module for `spec`: `Net()` has the spec's

@@ -31,6 +31,17 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     })
 }
 
+/// Removes a file or a folder with everything in it; nothing there is not an error.
+pub fn remove_path(path: &Path) -> Result<()> {
+    let r = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    };
+    r.map_err(|e| Error::io(path, e))
+}
+
 /// Writes a file atomically: `fill` writes into a temporary file beside `path`, which is
 /// synced and renamed over `path` only if `fill` succeeds.
 pub fn write_atomic(
@@ -227,6 +238,13 @@ impl StagedDir {
         let Some(tmp) = self.tmp.take() else {
             return Ok(self.dest.clone());
         };
+        if self.dest.exists() && !self.dest.is_dir() {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(Error::format(
+                &self.dest,
+                "is a file, not a folder; it was left as it is",
+            ));
+        }
         let old = self.dest.with_file_name(format!(
             ".{}.c2f-old-{}",
             self.dest
@@ -258,6 +276,220 @@ impl Drop for StagedDir {
             let _ = fs::remove_dir_all(tmp);
         }
     }
+}
+
+/// How to recognise an output folder that c2f made, so that it may be replaced or written
+/// into again, while any other folder is left alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Ownership {
+    /// What such a folder is, for messages ("prepared data folder").
+    pub what: &'static str,
+    /// Whether a folder carries c2f's mark (e.g. a manifest with c2f's `format`).
+    pub marked: fn(&Path) -> bool,
+    /// Whether a name inside the folder is one c2f writes there. `None`: any name may stand
+    /// beside c2f's files, because writing into the folder only replaces c2f's own names.
+    pub entry: Option<fn(&str) -> bool>,
+}
+
+/// Whether `path` is a JSON file whose `format` field is `format`.
+pub fn has_format(path: &Path, format: &str) -> bool {
+    read_json::<serde_json::Value>(path)
+        .is_ok_and(|v| v.get("format").and_then(|f| f.as_str()) == Some(format))
+}
+
+/// What [`check_output`] found at an output path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputState {
+    /// Nothing there yet.
+    Absent,
+    /// An empty folder.
+    Empty,
+    /// A folder c2f made, of the expected kind.
+    Ours,
+}
+
+/// `path` made absolute with every existing part resolved (symbolic links, `..`), so two
+/// spellings of one place compare equal even when its tail does not exist yet.
+pub fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut head = abs.as_path();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(real) = head.canonicalize() {
+            return tail.iter().rev().fold(real, |p: PathBuf, t| p.join(t));
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Checks an output folder before anything is written: it must not be a file, must not be
+/// or contain any of `inputs` (the files and folders the command reads), and if it exists
+/// and is not empty it must be a folder of kind `own` that c2f made. Errors name the path
+/// and say why; nothing is touched.
+pub fn check_output(out: &Path, own: &Ownership, inputs: &[&Path]) -> Result<OutputState> {
+    if let Some(blocker) = out
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir())
+    {
+        let msg = if blocker == out {
+            format!(
+                "is a file, not a folder; choose another output folder for the {}",
+                own.what
+            )
+        } else {
+            "is a file, so no folder can be created inside it".to_string()
+        };
+        return Err(Error::format(blocker, msg));
+    }
+    let real_out = resolved(out);
+    for input in inputs {
+        let real_in = resolved(input);
+        if real_in.starts_with(&real_out) {
+            let how = if real_in == real_out {
+                "is"
+            } else {
+                "contains"
+            };
+            return Err(Error::format(
+                out,
+                format!(
+                    "{how} {}, which this command reads; c2f never writes over its input: choose another output folder",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    if !out.exists() {
+        return Ok(OutputState::Absent);
+    }
+    let names: Vec<String> = fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .map(|e| {
+            e.map(|e| e.file_name().to_string_lossy().into_owned())
+                .map_err(|err| Error::io(out, err))
+        })
+        .collect::<Result<_>>()?;
+    if names.is_empty() {
+        return Ok(OutputState::Empty);
+    }
+    if !(own.marked)(out) {
+        return Err(Error::format(
+            out,
+            format!(
+                "exists and is not a {} made by c2f; c2f only ever replaces its own folders: choose another output folder",
+                own.what
+            ),
+        ));
+    }
+    if let Some(entry) = own.entry
+        && let Some(foreign) = names
+            .iter()
+            .find(|n| !entry(n) && staged_name(n).is_none() && !n.ends_with(LOCK_SUFFIX))
+    {
+        return Err(Error::format(
+            out,
+            format!(
+                "holds {foreign:?}, which c2f did not write, so it will not replace this {}; move that away or choose another output folder",
+                own.what
+            ),
+        ));
+    }
+    Ok(OutputState::Ours)
+}
+
+const LOCK_SUFFIX: &str = ".c2f-lock";
+
+/// An exclusive lock on an output path, held until dropped: the lock file
+/// `PARENT/.NAME.c2f-lock` (holding the process id) is locked with the operating system's
+/// advisory lock, which a killed process releases by itself. A second c2f process that
+/// wants to write the same output fails at once with the holder's process id.
+#[derive(Debug)]
+pub struct OutputLock {
+    file: fs::File,
+    path: PathBuf,
+}
+
+impl OutputLock {
+    /// Locks `out` (a file or folder that may not exist yet; its parent is created).
+    pub fn acquire(out: &Path) -> Result<Self> {
+        let real = resolved(out);
+        let dir = parent_of(&real).to_path_buf();
+        let name = real.file_name().ok_or_else(|| {
+            Error::invalid(format!("{}: not a usable output name", out.display()))
+        })?;
+        create_dir_all(&dir)?;
+        let path = dir.join(format!(".{}{LOCK_SUFFIX}", name.to_string_lossy()));
+        loop {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    let holder = fs::read_to_string(&path).unwrap_or_default();
+                    let holder = holder.trim();
+                    return Err(Error::invalid(format!(
+                        "{}: another c2f process ({}) is writing it; wait for it to finish or stop it",
+                        out.display(),
+                        if holder.is_empty() {
+                            "process id not yet recorded".to_string()
+                        } else {
+                            format!("pid {holder}")
+                        }
+                    )));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+            // The previous holder removes the file as it lets go; a lock taken on a file
+            // that is no longer at `path` protects nothing, so take it again.
+            if same_file(&file, &path) {
+                let lock = Self { file, path };
+                lock.record_pid()?;
+                return Ok(lock);
+            }
+        }
+    }
+
+    fn record_pid(&self) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = &self.file;
+        f.set_len(0).map_err(|e| Error::io(&self.path, e))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&self.path, e))?;
+        writeln!(f, "{}", std::process::id()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no other process can be holding this file.
+        let _ = fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_file: &fs::File, path: &Path) -> bool {
+    path.exists()
 }
 
 #[cfg(test)]

@@ -9,12 +9,16 @@
 #[cfg(feature = "training")]
 pub mod backend;
 pub mod checkpoint;
+pub mod clock;
 pub mod data;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod fsutil;
 pub mod grow;
+pub mod hyper;
 pub mod lr;
+pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod progress;

@@ -37,6 +37,29 @@ impl LrPolicy {
     }
 }
 
+impl LrPolicy {
+    /// Checks that the rate stays positive and finite: a step factor γ in (0, ∞) and a
+    /// step of at least one iteration; `inv` with γ ≥ 0 and power ≥ 0.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::invalid(format!("lr policy {self}: {what}")));
+        match *self {
+            LrPolicy::Fixed => Ok(()),
+            LrPolicy::Step { gamma, .. } if !(gamma.is_finite() && gamma > 0.0) => {
+                bad("gamma must be a positive number")
+            }
+            LrPolicy::Step { step: 0, .. } => bad("the step must be at least 1 iteration"),
+            LrPolicy::Inv { gamma, power }
+                if !(gamma.is_finite() && gamma >= 0.0 && power.is_finite() && power >= 0.0) =>
+            {
+                bad(
+                    "gamma and power must be 0 or positive, or the rate would grow without bound or turn negative",
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl std::fmt::Display for LrPolicy {
     /// The form [`LrPolicy::from_str`] reads.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,7 +87,7 @@ impl std::str::FromStr for LrPolicy {
                 .filter(|x| x.is_finite())
                 .ok_or_else(bad)
         };
-        match parts.as_slice() {
+        let policy = match parts.as_slice() {
             ["fixed"] => Ok(LrPolicy::Fixed),
             ["step", g, n] => Ok(LrPolicy::Step {
                 gamma: num(g)?,
@@ -75,7 +98,9 @@ impl std::str::FromStr for LrPolicy {
                 power: num(p)?,
             }),
             _ => Err(bad()),
-        }
+        }?;
+        policy.validate()?;
+        Ok(policy)
     }
 }
 
@@ -93,6 +118,10 @@ mod tests {
         assert_eq!("fixed".parse::<LrPolicy>()?.rate(0.5, 1_000_000), 0.5);
         assert!("step:0.1".parse::<LrPolicy>().is_err());
         assert!("step:0.1:0".parse::<LrPolicy>().is_err());
+        for bad in ["inv:-0.1:0.75", "inv:0.1:-1", "step:-0.1:10", "step:0:10"] {
+            let e = bad.parse::<LrPolicy>().err().map(|e| e.to_string());
+            assert!(e.as_ref().is_some_and(|e| e.contains(bad)), "{bad}: {e:?}");
+        }
         Ok(())
     }
 }

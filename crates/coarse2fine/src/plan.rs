@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Hyper;
 use crate::data::prepare::DatasetManifest;
 use crate::error::{Error, Result};
 use crate::grow::{self, GrowOp};
+use crate::hyper::{Hyper, StopAt};
 use crate::lr::LrPolicy;
 use crate::net::spec::InputShape;
 use crate::net::weights::Init;
@@ -45,10 +45,12 @@ pub enum MomentumState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Budget {
-    /// The incremental run's training plus growth seconds.
-    #[default]
+    /// The incremental run's training plus growth seconds. Not reproducible: how many
+    /// iterations fit depends on the machine's speed and load.
     Time,
-    /// The incremental run's training images.
+    /// The incremental run's training images (the default: the same numbers on every
+    /// rerun).
+    #[default]
     Images,
 }
 
@@ -59,7 +61,7 @@ pub struct BaselineSpec {
     /// Run it (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Same time (default) or same number of images as the incremental run.
+    /// Same number of images (default) or same training time as the incremental run.
     #[serde(default)]
     pub budget: Budget,
     /// Base learning rate (default: the plan's).
@@ -76,7 +78,7 @@ impl Default for BaselineSpec {
     fn default() -> Self {
         Self {
             enabled: true,
-            budget: Budget::Time,
+            budget: Budget::Images,
             lr: None,
             lr_policy: None,
             batch: None,
@@ -413,6 +415,11 @@ impl PlanFile {
                 "{where_} ({name:?}): use letters, digits, '-', '_' and '.' in names (they name folders)"
             )));
         }
+        if patch.contains_key("variant") {
+            return Err(Error::invalid(format!(
+                "{where_} ({name}): a variant cannot hold [[variant]]s of its own; list every variant at the top level"
+            )));
+        }
         let mut patch = patch.clone();
         patch.remove("name");
         let mut base = toml::Value::Table(self.raw.clone());
@@ -462,6 +469,11 @@ fn parse_policy(s: &str, key: &str) -> Result<LrPolicy> {
         .map_err(|e| Error::invalid(format!("{key}: {}", strip_kind(&e))))
 }
 
+/// `e` with `at` (e.g. "stage 2") in front.
+fn at(at: &str, e: Error) -> Error {
+    Error::invalid(format!("{at}: {}", strip_kind(&e)))
+}
+
 fn resolve(
     plan: &Plan,
     variant: Option<String>,
@@ -471,12 +483,6 @@ fn resolve(
     let data = data.map_or_else(|| plan.data.clone(), Path::to_path_buf);
     if plan.stages.is_empty() {
         return Err(Error::invalid("the plan has no [[stage]]"));
-    }
-    if plan.batch == 0 {
-        return Err(Error::invalid("batch must be at least 1"));
-    }
-    if !(plan.lr.is_finite() && plan.lr > 0.0) {
-        return Err(Error::invalid(format!("lr = {} must be positive", plan.lr)));
     }
     if plan.eval_every == 0 {
         return Err(Error::invalid("eval_every must be at least 1"));
@@ -488,189 +494,21 @@ fn resolve(
         .init
         .parse()
         .map_err(|e: Error| Error::invalid(format!("init: {}", strip_kind(&e))))?;
-    let plan_policy = parse_policy(&plan.lr_policy, "lr_policy")?;
-    let manifest = DatasetManifest::load(&data)?;
-    let classes = manifest.classes.len();
-    let n_train = manifest.splits.get("train").copied().unwrap_or(0) as f64;
-
+    let ctx = Context {
+        plan,
+        policy: parse_policy(&plan.lr_policy, "lr_policy")?,
+        manifest: DatasetManifest::load(&data)?,
+        data: &data,
+    };
     let mut stages: Vec<StagePlan> = Vec::new();
     for (k, s) in plan.stages.iter().enumerate() {
-        let at = format!("stage {}", k + 1);
-        if !manifest.sizes.contains(&s.size) {
-            return Err(Error::invalid(format!(
-                "{at}: size {} is not prepared in {} (sizes {:?}; run `c2f prepare` with --sizes)",
-                s.size,
-                data.display(),
-                manifest.sizes
-            )));
-        }
-        let batch = s.batch.unwrap_or(plan.batch);
-        if batch == 0 {
-            return Err(Error::invalid(format!("{at}: batch must be at least 1")));
-        }
-        let budget = match (s.iterations, s.epochs, s.seconds) {
-            (Some(i), None, None) if i > 0 => StageBudget::Iterations(i),
-            (None, Some(e), None) if e > 0.0 && e.is_finite() => {
-                StageBudget::Iterations(((e * n_train) / batch as f64).ceil().max(1.0) as u64)
-            }
-            (None, None, Some(sec)) if sec > 0.0 && sec.is_finite() => StageBudget::Seconds(sec),
-            (None, None, None) => {
-                return Err(Error::invalid(format!(
-                    "{at}: give one of iterations, epochs or seconds"
-                )));
-            }
-            (i, e, sec)
-                if [i.is_some(), e.is_some(), sec.is_some()]
-                    .iter()
-                    .filter(|b| **b)
-                    .count()
-                    > 1 =>
-            {
-                return Err(Error::invalid(format!(
-                    "{at}: give only one of iterations, epochs or seconds"
-                )));
-            }
-            _ => {
-                return Err(Error::invalid(format!(
-                    "{at}: iterations, epochs and seconds must be positive"
-                )));
-            }
-        };
-        if plan.schedule == Schedule::Global && (s.lr.is_some() || s.lr_policy.is_some()) {
-            return Err(Error::invalid(format!(
-                "{at}: with schedule = \"global\" the plan's lr and lr_policy apply to all stages; remove the stage's"
-            )));
-        }
-        let lr = s.lr.unwrap_or(plan.lr);
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::invalid(format!("{at}: lr = {lr} must be positive")));
-        }
-        let policy = match &s.lr_policy {
-            Some(p) => parse_policy(p, &format!("{at}: lr_policy"))?,
-            None => plan_policy,
-        };
-        let input = InputShape::square(manifest.channels, s.size);
-        let (spec, grow) = if k == 0 {
-            if s.grow.is_some() {
-                return Err(Error::invalid(format!(
-                    "{at}: the first stage has nothing to grow from; give net = \"…\" only"
-                )));
-            }
-            if s.momentum_state.is_some() || s.warmup.is_some() {
-                return Err(Error::invalid(format!(
-                    "{at}: momentum_state and warmup describe a transition; the first stage has none"
-                )));
-            }
-            let name = s.net.as_deref().ok_or_else(|| {
-                Error::invalid(format!(
-                    "{at}: the first stage needs net = \"PRESET\" or a spec file"
-                ))
-            })?;
-            let spec = presets::resolve(name)
-                .and_then(|n| n.bind(input, classes))
-                .map_err(|e| Error::invalid(format!("{at}: net {name:?}: {}", strip_kind(&e))))?;
-            (spec, Vec::new())
-        } else {
-            if let Some(n) = &s.net {
-                return Err(Error::invalid(format!(
-                    "{at}: net = {n:?}: later stages grow from the previous one; use grow = [ … ]"
-                )));
-            }
-            let ops = s.grow.clone().ok_or_else(|| {
-                Error::invalid(format!(
-                    "{at}: give grow = [ … ] (the operators from stage {k}'s net; [] keeps it)"
-                ))
-            })?;
-            let prev = &stages[k - 1];
-            // Sizes first, from the operators alone (only an upscale changes the input side):
-            // growth is applied (to zero weights) only once it is known to end at a prepared
-            // size.
-            let upscales = ops
-                .iter()
-                .filter(|o| matches!(o, GrowOp::Upscale { .. }))
-                .count();
-            let grown_side = u32::try_from(upscales)
-                .ok()
-                .and_then(|n| 1usize.checked_shl(n))
-                .and_then(|f| prev.size.checked_mul(f));
-            if grown_side != Some(s.size) {
-                return Err(Error::invalid(format!(
-                    "{at}: size {} does not follow from stage {k}'s size {} and its {upscales} upscale(s); each upscale doubles the side",
-                    s.size, prev.size
-                )));
-            }
-            let mut spec = prev.spec.clone();
-            let mut zeros = WeightMap::zeros_for(&spec)?;
-            for (j, op) in ops.iter().enumerate() {
-                let (s2, w2, _) = grow::apply(&spec, &zeros, None, op, 0).map_err(|e| {
-                    Error::invalid(format!(
-                        "{at}: grow[{}] ({}): {}",
-                        j + 1,
-                        op.describe(),
-                        strip_kind(&e)
-                    ))
-                })?;
-                spec = s2;
-                zeros = w2;
-            }
-            (spec, ops)
-        };
-        crate::resources::training_estimate(&spec, batch)?.check(&format!(
-            "{at}: training {:?} at {}×{} with batch {batch}",
-            spec.name, s.size, s.size
-        ))?;
-        stages.push(StagePlan {
-            size: s.size,
-            grow,
-            spec,
-            budget,
-            hyper: Hyper {
-                batch_size: batch,
-                base_lr: lr,
-                lr_policy: policy,
-                momentum: plan.momentum,
-                weight_decay: plan.weight_decay,
-                seed: plan.seed.wrapping_add(k as u64),
-            },
-            eval_every: s.eval_every.unwrap_or(plan.eval_every).max(1),
-            momentum_state: s.momentum_state.unwrap_or_default(),
-            warmup: s.warmup.unwrap_or(0),
-        });
+        let where_ = format!("stage {}", k + 1);
+        let stage = ctx.stage(k, s, stages.last()).map_err(|e| at(&where_, e))?;
+        stages.push(stage);
     }
-    let baseline = if plan.baseline.enabled {
-        let b = &plan.baseline;
-        let last = stages.last().ok_or_else(|| Error::invalid("no stages"))?;
-        let lr = b.lr.unwrap_or(plan.lr);
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::invalid(format!(
-                "baseline: lr = {lr} must be positive"
-            )));
-        }
-        let batch = b.batch.unwrap_or(last.hyper.batch_size);
-        if batch == 0 {
-            return Err(Error::invalid("baseline: batch must be at least 1"));
-        }
-        crate::resources::training_estimate(&last.spec, batch)?.check(&format!(
-            "baseline: training {:?} at {}×{} with batch {batch}",
-            last.spec.name, last.size, last.size
-        ))?;
-        Some(BaselinePlan {
-            budget: b.budget,
-            hyper: Hyper {
-                batch_size: batch,
-                base_lr: lr,
-                lr_policy: match &b.lr_policy {
-                    Some(p) => parse_policy(p, "baseline: lr_policy")?,
-                    None => plan_policy,
-                },
-                momentum: plan.momentum,
-                weight_decay: plan.weight_decay,
-                seed: plan.seed.wrapping_add(1000),
-            },
-            eval_every: b.eval_every.unwrap_or(plan.eval_every).max(1),
-        })
-    } else {
-        None
+    let baseline = match (plan.baseline.enabled, stages.last()) {
+        (true, Some(last)) => Some(ctx.baseline(last).map_err(|e| at("baseline", e))?),
+        _ => None,
     };
     Ok(RunPlan {
         plan: plan.name.clone(),
@@ -685,6 +523,192 @@ fn resolve(
         stages,
         baseline,
     })
+}
+
+/// What resolving a plan's stages needs besides the stages themselves.
+struct Context<'a> {
+    plan: &'a Plan,
+    /// The plan's default learning-rate policy.
+    policy: LrPolicy,
+    manifest: DatasetManifest,
+    data: &'a Path,
+}
+
+impl Context<'_> {
+    fn classes(&self) -> usize {
+        self.manifest.classes.len()
+    }
+
+    /// Hyper-parameters from the plan's defaults and a part's own values, validated.
+    fn hyper(
+        &self,
+        batch: Option<usize>,
+        lr: Option<f32>,
+        policy: Option<&String>,
+        seed: u64,
+    ) -> Result<Hyper> {
+        let h = Hyper {
+            batch_size: batch.unwrap_or(self.plan.batch),
+            base_lr: lr.unwrap_or(self.plan.lr),
+            lr_policy: match policy {
+                Some(p) => parse_policy(p, "lr_policy")?,
+                None => self.policy,
+            },
+            momentum: self.plan.momentum,
+            weight_decay: self.plan.weight_decay,
+            seed,
+        };
+        h.validate()?;
+        Ok(h)
+    }
+
+    /// Stage `k` (0-based) of the plan, after the already resolved `prev`.
+    fn stage(&self, k: usize, s: &StageSpec, prev: Option<&StagePlan>) -> Result<StagePlan> {
+        if !self.manifest.sizes.contains(&s.size) {
+            return Err(Error::invalid(format!(
+                "size {} is not prepared in {} (sizes {:?}; run `c2f prepare` with --sizes)",
+                s.size,
+                self.data.display(),
+                self.manifest.sizes
+            )));
+        }
+        if self.plan.schedule == Schedule::Global && (s.lr.is_some() || s.lr_policy.is_some()) {
+            return Err(Error::invalid(
+                "with schedule = \"global\" the plan's lr and lr_policy apply to all stages; remove the stage's",
+            ));
+        }
+        let seed = self.plan.seed.wrapping_add(k as u64);
+        let hyper = self.hyper(s.batch, s.lr, s.lr_policy.as_ref(), seed)?;
+        let budget = self.budget(s, hyper.batch_size)?;
+        let (spec, grow) = match prev {
+            None => (self.first_net(s)?, Vec::new()),
+            Some(p) => self.grown_net(k, s, p)?,
+        };
+        crate::resources::training_estimate(&spec, hyper.batch_size)?.check(&format!(
+            "training {:?} at {}×{} with batch {}",
+            spec.name, s.size, s.size, hyper.batch_size
+        ))?;
+        Ok(StagePlan {
+            size: s.size,
+            grow,
+            spec,
+            budget,
+            hyper,
+            eval_every: s.eval_every.unwrap_or(self.plan.eval_every).max(1),
+            momentum_state: s.momentum_state.unwrap_or_default(),
+            warmup: s.warmup.unwrap_or(0),
+        })
+    }
+
+    /// A stage's budget: exactly one of iterations, epochs or seconds.
+    fn budget(&self, s: &StageSpec, batch: usize) -> Result<StageBudget> {
+        let n_train = self.manifest.splits.get("train").copied().unwrap_or(0);
+        match (s.iterations, s.epochs, s.seconds) {
+            (None, None, Some(sec)) => {
+                StopAt::TrainSeconds(sec).validate()?;
+                Ok(StageBudget::Seconds(sec))
+            }
+            (i, e, None) if i.is_some() || e.is_some() => {
+                match StopAt::from_counts(i, e, n_train, batch)? {
+                    StopAt::Iterations(n) => Ok(StageBudget::Iterations(n)),
+                    StopAt::TrainSeconds(sec) => Ok(StageBudget::Seconds(sec)),
+                }
+            }
+            (None, None, None) => Err(Error::invalid("give one of iterations, epochs or seconds")),
+            _ => Err(Error::invalid(
+                "give only one of iterations, epochs or seconds",
+            )),
+        }
+    }
+
+    /// The first stage's net, bound to its size.
+    fn first_net(&self, s: &StageSpec) -> Result<NetSpec> {
+        if s.grow.is_some() {
+            return Err(Error::invalid(
+                "the first stage has nothing to grow from; give net = \"…\" only",
+            ));
+        }
+        if s.momentum_state.is_some() || s.warmup.is_some() {
+            return Err(Error::invalid(
+                "momentum_state and warmup describe a transition; the first stage has none",
+            ));
+        }
+        let name = s.net.as_deref().ok_or_else(|| {
+            Error::invalid("the first stage needs net = \"PRESET\" or a spec file")
+        })?;
+        let input = InputShape::square(self.manifest.channels, s.size);
+        presets::resolve(name)
+            .and_then(|n| n.bind(input, self.classes()))
+            .map_err(|e| Error::invalid(format!("net {name:?}: {}", strip_kind(&e))))
+    }
+
+    /// A later stage's net: the previous one grown by the stage's operators, which are
+    /// applied to zero weights to check that they fit. Sizes are checked first, from the
+    /// operators alone (only an upscale changes the input side), so growth is applied only
+    /// once it is known to end at the stage's size.
+    fn grown_net(
+        &self,
+        k: usize,
+        s: &StageSpec,
+        prev: &StagePlan,
+    ) -> Result<(NetSpec, Vec<GrowOp>)> {
+        if let Some(n) = &s.net {
+            return Err(Error::invalid(format!(
+                "net = {n:?}: later stages grow from the previous one; use grow = [ … ]"
+            )));
+        }
+        let ops = s.grow.clone().ok_or_else(|| {
+            Error::invalid(format!(
+                "give grow = [ … ] (the operators from stage {k}'s net; [] keeps it)"
+            ))
+        })?;
+        let upscales = ops
+            .iter()
+            .filter(|o| matches!(o, GrowOp::Upscale { .. }))
+            .count();
+        let grown_side = u32::try_from(upscales)
+            .ok()
+            .and_then(|n| 1usize.checked_shl(n))
+            .and_then(|f| prev.size.checked_mul(f));
+        if grown_side != Some(s.size) {
+            return Err(Error::invalid(format!(
+                "size {} does not follow from stage {k}'s size {} and its {upscales} upscale(s); each upscale doubles the side",
+                s.size, prev.size
+            )));
+        }
+        let mut spec = prev.spec.clone();
+        let mut zeros = WeightMap::zeros_for(&spec)?;
+        for (j, op) in ops.iter().enumerate() {
+            let (s2, w2, _) = grow::apply(&spec, &zeros, None, op, 0).map_err(|e| {
+                Error::invalid(format!(
+                    "grow[{}] ({}): {}",
+                    j + 1,
+                    op.describe(),
+                    strip_kind(&e)
+                ))
+            })?;
+            spec = s2;
+            zeros = w2;
+        }
+        Ok((spec, ops))
+    }
+
+    /// The baseline: the final stage's net from scratch.
+    fn baseline(&self, last: &StagePlan) -> Result<BaselinePlan> {
+        let b = &self.plan.baseline;
+        let seed = self.plan.seed.wrapping_add(1000);
+        let batch = Some(b.batch.unwrap_or(last.hyper.batch_size));
+        let hyper = self.hyper(batch, b.lr, b.lr_policy.as_ref(), seed)?;
+        crate::resources::training_estimate(&last.spec, hyper.batch_size)?.check(&format!(
+            "training {:?} at {}×{} with batch {}",
+            last.spec.name, last.size, last.size, hyper.batch_size
+        ))?;
+        Ok(BaselinePlan {
+            budget: b.budget,
+            hyper,
+            eval_every: b.eval_every.unwrap_or(self.plan.eval_every).max(1),
+        })
+    }
 }
 
 #[cfg(test)]

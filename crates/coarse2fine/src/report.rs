@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::checkpoint::CheckpointMeta;
 use crate::error::{Error, Result};
-use crate::run::{CurveKind, EVENTS_FILE, RUN_FILE, RunEvent, RunManifest, read_run_events};
+use crate::events::{CurveKind, Event, What, read_events};
+use crate::metrics::Confusion;
+use crate::run::{EVENTS_FILE, RUN_FILE, RunManifest, collect_events, final_confusions, stage_dir};
+use crate::train::CHECKPOINT_DIR;
 
 /// One run folder, loaded.
 #[derive(Debug, Clone)]
@@ -17,23 +21,31 @@ pub struct RunData {
     /// Its plan label (`plan` or `plan/variant`).
     pub label: String,
     /// Its events.
-    pub events: Vec<RunEvent>,
+    pub events: Vec<Event>,
+    /// Confusion matrices of the final incremental net and the baseline, where finished.
+    pub confusions: Vec<(CurveKind, Confusion)>,
+    /// Class names by label (from the run's first checkpoint; numbers if it has none yet).
+    pub classes: Vec<String>,
+    /// The validated plan it ran.
+    pub manifest: Option<RunManifest>,
 }
 
 /// Finds run folders: each path is a run folder (it has `run.json`) or a folder whose
-/// immediate subfolders are; the result is sorted by path within each argument.
+/// immediate subfolders are; the result is sorted by path within each argument, and a
+/// folder named twice (under any spelling) is listed once.
 pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for p in paths {
-        if p.join(RUN_FILE).is_file() {
-            out.push(p.clone());
-            continue;
-        }
-        let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-            .map_err(|e| Error::io(p, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|d| d.join(RUN_FILE).is_file())
-            .collect();
+        let mut found: Vec<PathBuf> = if p.join(RUN_FILE).is_file() {
+            vec![p.clone()]
+        } else {
+            std::fs::read_dir(p)
+                .map_err(|e| Error::io(p, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|d| d.join(RUN_FILE).is_file())
+                .collect()
+        };
         if found.is_empty() {
             return Err(Error::format(
                 p,
@@ -41,72 +53,45 @@ pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             ));
         }
         found.sort();
-        out.extend(found);
+        out.extend(
+            found
+                .into_iter()
+                .filter(|d| seen.insert(crate::fsutil::resolved(d))),
+        );
     }
     Ok(out)
 }
 
-/// Loads a run folder's events.
+/// Loads a run folder's events: `events.jsonl` of a finished run, else the events its
+/// parts have logged so far.
 pub fn load_run(dir: &Path) -> Result<RunData> {
     let m = RunManifest::load(dir)?;
     let path = dir.join(EVENTS_FILE);
-    if !path.is_file() {
-        return Err(Error::format(
-            dir,
-            format!("no {EVENTS_FILE} yet: the run has not finished a stage"),
-        ));
+    let events = if path.is_file() {
+        read_events(&path)?
+    } else {
+        collect_events(dir, &m.plan)?
+    };
+    if events.is_empty() {
+        return Err(Error::format(dir, "the run has no events yet"));
     }
+    let confusions = final_confusions(dir, &m.plan);
+    let classes = crate::fsutil::read_json::<CheckpointMeta>(
+        &stage_dir(dir, 0).join(CHECKPOINT_DIR).join("meta.json"),
+    )
+    .map(|meta| meta.classes)
+    .unwrap_or_else(|_| {
+        let k = confusions.first().map_or(0, |(_, c)| c.rows.len());
+        (0..k).map(|i| i.to_string()).collect()
+    });
     Ok(RunData {
         dir: dir.to_path_buf(),
         label: m.plan.label(),
-        events: read_run_events(&path)?,
+        events,
+        confusions,
+        classes,
+        manifest: Some(m),
     })
-}
-
-/// A point of a curve.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Point {
-    /// Stage.
-    pub stage: usize,
-    /// Input side.
-    pub size: usize,
-    /// Iterations.
-    pub iter: u64,
-    /// Training images seen.
-    pub images: u64,
-    /// Training plus growth seconds.
-    pub time_s: f64,
-    /// Wall-clock seconds.
-    pub wall_s: f64,
-    /// Top-1 (eval points; NaN for train points).
-    pub top1: f64,
-    /// Top-5 (eval points; NaN for train points).
-    pub top5: f64,
-    /// Loss: test loss for eval points, training loss for train points.
-    pub loss: f64,
-}
-
-/// A growth on a curve.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GrowthMark {
-    /// Stage it starts.
-    pub stage: usize,
-    /// Sizes.
-    pub from_size: usize,
-    /// Size after.
-    pub size: usize,
-    /// Operators.
-    pub ops: Vec<String>,
-    /// Exact guarantee.
-    pub exact: bool,
-    /// Relative error of the check.
-    pub rel: f64,
-    /// Top-1 agreement of the check.
-    pub top1_agreement: f64,
-    /// Time on the curve's clock.
-    pub time_s: f64,
-    /// Seconds spent in the operators.
-    pub seconds: f64,
 }
 
 /// One curve: a run's incremental or baseline part.
@@ -117,11 +102,11 @@ pub struct Curve {
     /// Which part.
     pub kind: CurveKind,
     /// Evaluations, in order.
-    pub evals: Vec<Point>,
-    /// Training-loss points, in order.
-    pub trains: Vec<Point>,
+    pub evals: Vec<Event>,
+    /// Training-loss events, in order.
+    pub trains: Vec<Event>,
     /// Growths.
-    pub growths: Vec<GrowthMark>,
+    pub growths: Vec<Event>,
 }
 
 impl Curve {
@@ -131,7 +116,7 @@ impl Curve {
     }
 
     /// The last evaluation.
-    pub fn last(&self) -> Option<&Point> {
+    pub fn last(&self) -> Option<&Event> {
         self.evals.last()
     }
 
@@ -141,8 +126,8 @@ impl Curve {
             .iter()
             // Accuracies are counts over the test split; the slack only absorbs the rounding
             // of `fraction × final`.
-            .find(|p| p.top1 >= target - 1e-9)
-            .map(|p| p.time_s)
+            .find(|p| p.top1().is_some_and(|a| a >= target - 1e-9))
+            .map(|p| p.clock.time_s)
     }
 }
 
@@ -151,79 +136,15 @@ pub fn curves(runs: &[RunData]) -> Vec<Curve> {
     let mut out = Vec::new();
     for r in runs {
         for kind in [CurveKind::Incremental, CurveKind::Baseline] {
-            let mut c = Curve {
+            let mine = || r.events.iter().filter(move |e| e.curve() == Some(kind));
+            let of = |f: fn(&What) -> bool| mine().filter(|e| f(&e.what)).cloned().collect();
+            let c = Curve {
                 run: r.label.clone(),
                 kind,
-                evals: Vec::new(),
-                trains: Vec::new(),
-                growths: Vec::new(),
+                evals: of(|w| matches!(w, What::Eval { .. })),
+                trains: of(|w| matches!(w, What::Train { .. })),
+                growths: of(|w| matches!(w, What::Growth { .. })),
             };
-            for e in r.events.iter().filter(|e| e.curve() == kind) {
-                match e {
-                    RunEvent::Eval {
-                        stage,
-                        size,
-                        iter,
-                        images,
-                        top1,
-                        top5,
-                        loss,
-                        clock,
-                        ..
-                    } => c.evals.push(Point {
-                        stage: *stage,
-                        size: *size,
-                        iter: *iter,
-                        images: *images,
-                        time_s: clock.time_s,
-                        wall_s: clock.wall_s,
-                        top1: *top1,
-                        top5: *top5,
-                        loss: *loss,
-                    }),
-                    RunEvent::Train {
-                        stage,
-                        size,
-                        iter,
-                        images,
-                        loss,
-                        clock,
-                        ..
-                    } => c.trains.push(Point {
-                        stage: *stage,
-                        size: *size,
-                        iter: *iter,
-                        images: *images,
-                        time_s: clock.time_s,
-                        wall_s: clock.wall_s,
-                        top1: f64::NAN,
-                        top5: f64::NAN,
-                        loss: *loss,
-                    }),
-                    RunEvent::Growth {
-                        stage,
-                        from_size,
-                        size,
-                        ops,
-                        exact,
-                        rel,
-                        top1_agreement,
-                        seconds,
-                        clock,
-                        ..
-                    } => c.growths.push(GrowthMark {
-                        stage: *stage,
-                        from_size: *from_size,
-                        size: *size,
-                        ops: ops.clone(),
-                        exact: *exact,
-                        rel: *rel,
-                        top1_agreement: *top1_agreement,
-                        time_s: clock.time_s,
-                        seconds: *seconds,
-                    }),
-                }
-            }
             if !c.evals.is_empty() || !c.trains.is_empty() {
                 out.push(c);
             }
@@ -321,12 +242,8 @@ pub fn summarize(runs: &[RunData]) -> Summary {
     let totals = |run: &RunData, kind: CurveKind| -> (f64, f64, f64) {
         run.events
             .iter()
-            .filter(|e| e.curve() == kind)
-            .map(|e| match e {
-                RunEvent::Train { clock, .. }
-                | RunEvent::Eval { clock, .. }
-                | RunEvent::Growth { clock, .. } => *clock,
-            })
+            .filter(|e| e.curve() == Some(kind))
+            .map(|e| e.clock)
             .fold((0.0, 0.0, 0.0), |acc, c| {
                 (
                     acc.0.max(c.grow_s),
@@ -341,7 +258,7 @@ pub fn summarize(runs: &[RunData]) -> Summary {
             .iter()
             .find(|b| b.kind == CurveKind::Baseline && b.run == c.run)
             .or(first_baseline);
-        let ref_final = reference.and_then(|b| b.last()).map(|p| p.top1);
+        let ref_final = reference.and_then(|b| b.last()).and_then(Event::top1);
         let reach = match (reference, ref_final) {
             (Some(b), Some(fin)) => FRACTIONS
                 .iter()
@@ -369,13 +286,16 @@ pub fn summarize(runs: &[RunData]) -> Summary {
             .iter()
             .chain(&c.trains)
             .fold((0.0f64, 0u64), |a, p| {
-                (a.0.max(p.time_s), a.1.max(p.images))
+                (a.0.max(p.clock.time_s), a.1.max(p.images))
             });
         rows.push(SummaryRow {
             curve: c.label(),
             reference: reference.map(Curve::label),
-            final_top1: c.last().map(|p| p.top1),
-            final_top5: c.last().map(|p| p.top5),
+            final_top1: c.last().and_then(Event::top1),
+            final_top5: c.last().and_then(|p| match p.what {
+                What::Eval { top5, .. } => Some(top5),
+                _ => None,
+            }),
             time_s: end.0,
             images: end.1,
             reach,
@@ -384,63 +304,89 @@ pub fn summarize(runs: &[RunData]) -> Summary {
             wall_s,
         });
     }
-    let mut dips = Vec::new();
-    for c in &curves {
-        for g in &c.growths {
-            let before = c.evals.iter().rfind(|p| p.stage < g.stage).map(|p| p.top1);
-            let stage: Vec<&Point> = c.evals.iter().filter(|p| p.stage == g.stage).collect();
-            let after = stage.first().map(|p| p.top1);
-            let lowest = stage.iter().map(|p| p.top1).reduce(f64::min);
-            let recovered_after_s = before.and_then(|b| {
-                stage
-                    .iter()
-                    .find(|p| p.top1 >= b)
-                    .map(|p| p.time_s - g.time_s)
-            });
-            dips.push(DipRow {
-                curve: c.label(),
-                stage: g.stage,
-                from_size: g.from_size,
-                size: g.size,
-                ops: g.ops.clone(),
-                before,
-                after,
-                lowest,
-                recovered_after_s,
-                rel: g.rel,
-                top1_agreement: g.top1_agreement,
-                seconds: g.seconds,
-            });
-        }
-    }
+    let dips = curves
+        .iter()
+        .flat_map(|c| c.growths.iter().filter_map(move |g| dip(c, g)))
+        .collect();
     Summary { curves, rows, dips }
+}
+
+/// The dip of curve `c` at growth `g`.
+fn dip(c: &Curve, g: &Event) -> Option<DipRow> {
+    let What::Growth {
+        from_size,
+        ops,
+        rel,
+        top1_agreement,
+        seconds,
+        ..
+    } = &g.what
+    else {
+        return None;
+    };
+    let place = g.place?;
+    let stage_of = |e: &Event| e.place.map_or(0, |p| p.stage);
+    let before = c
+        .evals
+        .iter()
+        .rfind(|p| stage_of(p) < place.stage)
+        .and_then(Event::top1);
+    let stage: Vec<(f64, f64)> = c
+        .evals
+        .iter()
+        .filter(|p| stage_of(p) == place.stage)
+        .filter_map(|p| Some((p.top1()?, p.clock.time_s)))
+        .collect();
+    Some(DipRow {
+        curve: c.label(),
+        stage: place.stage,
+        from_size: *from_size,
+        size: place.size,
+        ops: ops.clone(),
+        before,
+        after: stage.first().map(|p| p.0),
+        lowest: stage.iter().map(|p| p.0).reduce(f64::min),
+        recovered_after_s: before.and_then(|b| {
+            stage
+                .iter()
+                .find(|p| p.0 >= b)
+                .map(|p| p.1 - g.clock.time_s)
+        }),
+        rel: *rel,
+        top1_agreement: *top1_agreement,
+        seconds: *seconds,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Clock;
+    use crate::clock::Clock;
+    use crate::events::Place;
 
     fn clock(time_s: f64) -> Clock {
-        Clock {
-            time_s,
-            train_s: time_s,
-            grow_s: 0.0,
-            eval_s: 0.0,
-            wall_s: time_s,
-        }
+        Clock::new(time_s, 0.0, 0.0, time_s)
     }
 
-    fn eval(curve: CurveKind, stage: usize, t: f64, top1: f64) -> RunEvent {
-        RunEvent::Eval {
+    fn at(curve: CurveKind, stage: usize) -> Option<Place> {
+        Some(Place {
             curve,
             stage,
             size: 8 * stage,
+        })
+    }
+
+    fn eval(curve: CurveKind, stage: usize, t: f64, top1: f64) -> Event {
+        Event {
+            what: What::Eval {
+                top1,
+                top5: 1.0,
+                loss: 1.0 - top1,
+            },
+            place: at(curve, stage),
             iter: (t * 10.0) as u64,
             images: (t * 1000.0) as u64,
-            top1,
-            top5: 1.0,
-            loss: 1.0 - top1,
+            epoch: None,
             clock: clock(t),
         }
     }
@@ -456,20 +402,20 @@ mod tests {
             eval(I, 1, 10.0, 0.50),
             eval(I, 1, 20.0, 0.77),
             eval(I, 1, 30.0, 0.78),
-            RunEvent::Growth {
-                curve: I,
-                stage: 2,
-                from_size: 8,
-                size: 16,
-                ops: vec!["upscale exact".into()],
-                exact: true,
-                rel: 1e-7,
-                top1_agreement: 1.0,
-                seconds: 0.5,
-                clock: Clock {
-                    grow_s: 0.5,
-                    ..clock(30.0)
+            Event {
+                what: What::Growth {
+                    from_size: 8,
+                    ops: vec!["upscale exact".into()],
+                    exact: true,
+                    rel: 1e-7,
+                    top1_agreement: 1.0,
+                    seconds: 0.5,
                 },
+                place: at(I, 2),
+                iter: 300,
+                images: 30000,
+                epoch: None,
+                clock: Clock::new(29.5, 0.5, 0.0, 30.5),
             },
             eval(I, 2, 30.0, 0.70),
             eval(I, 2, 40.0, 0.795),
@@ -489,6 +435,9 @@ mod tests {
             dir: PathBuf::from("synthetic"),
             label: "exp".into(),
             events,
+            confusions: Vec::new(),
+            classes: Vec::new(),
+            manifest: None,
         }
     }
 
@@ -523,16 +472,8 @@ mod tests {
     #[test]
     fn a_curve_that_never_reaches_the_target_has_no_time_and_no_speedup() {
         let mut r = synthetic();
-        r.events.retain(|e| {
-            !matches!(
-                e,
-                RunEvent::Eval {
-                    curve: CurveKind::Incremental,
-                    stage: 2,
-                    ..
-                }
-            )
-        });
+        r.events
+            .retain(|e| !(e.is_eval() && e.place == at(CurveKind::Incremental, 2)));
         let s = summarize(&[r]);
         let inc = &s.rows[0];
         assert_eq!(inc.reach[0].time_s, None);
@@ -547,7 +488,8 @@ mod tests {
         let a = synthetic();
         let mut b = synthetic();
         b.label = "other".into();
-        b.events.retain(|e| e.curve() == CurveKind::Incremental);
+        b.events
+            .retain(|e| e.curve() == Some(CurveKind::Incremental));
         let s = summarize(&[a, b]);
         let other = s
             .rows

@@ -7,12 +7,15 @@
 //! RUN/incremental/stage-K/growth.json  its checks and timings
 //! RUN/incremental/stage-K/metrics.jsonl, checkpoint/, done.json
 //! RUN/baseline/metrics.jsonl, checkpoint/, done.json
-//! RUN/events.jsonl                     every event on one run-wide clock
+//! RUN/PART/override.json               a learning rate set with --retry-lr, if any
+//! RUN/events.jsonl                     every event on one clock per curve (when finished)
 //! ```
 //!
-//! Every file is written atomically and `done.json` only after its stage's final checkpoint,
-//! so running the same plan again continues from the last checkpoint: finished stages are
-//! skipped, a stage in progress resumes exactly, a growth step is redone if it was cut.
+//! Each stage and the baseline is a *part*: one [`TrainJob`] whose events are already
+//! placed on their curve. Every file is written atomically and `done.json` only after its
+//! part's final checkpoint, so running the same plan again continues from the last
+//! checkpoint: finished parts are skipped, a part in progress resumes exactly, a growth
+//! step is redone if it was cut.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,16 +24,23 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Compute;
-use crate::checkpoint::{Checkpoint, EvalSummary, Hyper};
+use crate::checkpoint::{Checkpoint, EvalSummary};
+use crate::clock::Clock;
 use crate::data::loader::{Batch, Normalizer, make_batch};
 use crate::error::{Error, Result};
-use crate::fsutil;
+pub use crate::events::CurveKind;
+use crate::events::{Event, Place, What, read_events};
+use crate::fsutil::{self, OutputLock, Ownership};
 use crate::grow::GrowOp;
-use crate::grow::verify::{self, Verification};
+use crate::grow::verify::{self, Growth, Verification};
+use crate::hyper::{Hyper, LrSchedule, StopAt};
+use crate::metrics::Confusion;
 use crate::net::WeightMap;
 use crate::plan::{Budget, MomentumState, RunPlan, Schedule, StageBudget};
 use crate::progress::Progress;
-use crate::train::{self, CHECKPOINT_DIR, Event, METRICS_FILE, Start, TrainConfig, TrainData};
+use crate::train::{
+    CHECKPOINT_DIR, Cadence, METRICS_FILE, Start, TrainData, TrainJob, latest_checkpoint,
+};
 
 /// The run folder's manifest.
 pub const RUN_FILE: &str = "run.json";
@@ -38,12 +48,21 @@ pub const RUN_FILE: &str = "run.json";
 pub const EVENTS_FILE: &str = "events.jsonl";
 /// `format` of `run.json`.
 pub const RUN_FORMAT: &str = "coarse2fine-run";
-/// Version of `run.json` and `events.jsonl` written by this build.
-pub const RUN_VERSION: u32 = 1;
+/// Version of `run.json` written by this build. Version 2 places each part's events on
+/// its curve; a version-1 run folder can still be reported, not continued.
+pub const RUN_VERSION: u32 = 2;
 
 const DONE: &str = "done.json";
 const GROWTH: &str = "growth.json";
 const GROWN: &str = "grown";
+const OVERRIDE: &str = "override.json";
+
+/// A run folder of `c2f run`.
+pub const PLAN_RUN: Ownership = Ownership {
+    what: "run folder",
+    marked: |dir| fsutil::has_format(&dir.join(RUN_FILE), RUN_FORMAT),
+    entry: Some(|n| [RUN_FILE, EVENTS_FILE, "incremental", "baseline"].contains(&n)),
+};
 
 /// `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,14 +70,14 @@ const GROWN: &str = "grown";
 pub struct RunManifest {
     /// Always [`RUN_FORMAT`].
     pub format: String,
-    /// [`RUN_VERSION`].
+    /// [`RUN_VERSION`] when written.
     pub version: u32,
     /// The validated plan.
     pub plan: RunPlan,
 }
 
 impl RunManifest {
-    /// Reads and checks `dir/run.json`.
+    /// Reads and checks `dir/run.json` (versions 1 and 2).
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(RUN_FILE);
         if !path.is_file() {
@@ -68,7 +87,7 @@ impl RunManifest {
             ));
         }
         let m: RunManifest = fsutil::read_json(&path)?;
-        if m.format != RUN_FORMAT || m.version != RUN_VERSION {
+        if m.format != RUN_FORMAT || !(1..=RUN_VERSION).contains(&m.version) {
             return Err(Error::format(
                 &path,
                 format!(
@@ -81,131 +100,6 @@ impl RunManifest {
     }
 }
 
-/// Which curve an event belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CurveKind {
-    /// The coarse-to-fine stages.
-    Incremental,
-    /// The final net from scratch.
-    Baseline,
-}
-
-impl CurveKind {
-    /// `incremental` or `baseline`.
-    pub fn name(self) -> &'static str {
-        match self {
-            CurveKind::Incremental => "incremental",
-            CurveKind::Baseline => "baseline",
-        }
-    }
-}
-
-/// Clock readings shared by all events. `time_s` (training plus growth seconds) is the
-/// x-axis of the curves: evaluation and checkpoint writing are left out, since their cost
-/// depends on how often one measures, not on the method.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Clock {
-    /// Training plus growth seconds.
-    pub time_s: f64,
-    /// Seconds in training steps.
-    pub train_s: f64,
-    /// Seconds in growth operators.
-    pub grow_s: f64,
-    /// Seconds in evaluation and growth checks.
-    pub eval_s: f64,
-    /// Wall-clock seconds since the curve started.
-    pub wall_s: f64,
-}
-
-/// One line of `events.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum RunEvent {
-    /// Training progress.
-    Train {
-        /// Curve.
-        curve: CurveKind,
-        /// Stage (1-based; the baseline has one).
-        stage: usize,
-        /// Input side.
-        size: usize,
-        /// Iterations since the curve started.
-        iter: u64,
-        /// Training images since the curve started.
-        images: u64,
-        /// Mean loss since the previous train event.
-        loss: f64,
-        /// Learning rate of the last step.
-        lr: f32,
-        /// Clock.
-        #[serde(flatten)]
-        clock: Clock,
-    },
-    /// An evaluation on the held-out split.
-    Eval {
-        /// Curve.
-        curve: CurveKind,
-        /// Stage.
-        stage: usize,
-        /// Input side.
-        size: usize,
-        /// Iterations since the curve started.
-        iter: u64,
-        /// Training images since the curve started.
-        images: u64,
-        /// Top-1 accuracy in [0, 1].
-        top1: f64,
-        /// Top-5 accuracy.
-        top5: f64,
-        /// Mean loss.
-        loss: f64,
-        /// Clock.
-        #[serde(flatten)]
-        clock: Clock,
-    },
-    /// A growth step between stages (`stage` is the stage it starts).
-    Growth {
-        /// Curve (always incremental).
-        curve: CurveKind,
-        /// The stage the grown net trains in.
-        stage: usize,
-        /// Input side before.
-        from_size: usize,
-        /// Input side after.
-        size: usize,
-        /// The operators.
-        ops: Vec<String>,
-        /// Whether every operator promises exact preservation.
-        exact: bool,
-        /// Largest relative error of logits over the steps (real images if any).
-        rel: f64,
-        /// Smallest top-1 agreement over the steps.
-        top1_agreement: f64,
-        /// Seconds in the operators.
-        seconds: f64,
-        /// Clock after the growth.
-        #[serde(flatten)]
-        clock: Clock,
-    },
-}
-
-impl RunEvent {
-    /// The event's curve.
-    pub fn curve(&self) -> CurveKind {
-        match self {
-            RunEvent::Train { curve, .. }
-            | RunEvent::Eval { curve, .. }
-            | RunEvent::Growth { curve, .. } => *curve,
-        }
-    }
-}
-
-/// Reads an `events.jsonl`.
-pub fn read_run_events(path: &Path) -> Result<Vec<RunEvent>> {
-    fsutil::read_jsonl(path)
-}
-
 /// `growth.json` of a stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GrowthRecord {
@@ -215,33 +109,57 @@ struct GrowthRecord {
     check_seconds: f64,
 }
 
-/// `done.json` of a part: its totals on the run-wide clock.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+impl GrowthRecord {
+    /// The growth event of stage `stage` (from `from_size` to `size`), on a curve whose
+    /// clock read `before` when the growth began.
+    fn event(
+        &self,
+        place: Place,
+        from_size: usize,
+        iter: u64,
+        images: u64,
+        before: Clock,
+    ) -> Event {
+        let seen = |c: &Verification| c.data.unwrap_or(c.random);
+        Event {
+            what: What::Growth {
+                from_size,
+                ops: self.ops.iter().map(GrowOp::describe).collect(),
+                exact: self.checks.iter().all(|c| c.exact),
+                rel: self.checks.iter().map(|c| seen(c).rel).fold(0.0, f64::max),
+                top1_agreement: self
+                    .checks
+                    .iter()
+                    .map(|c| seen(c).top1_agreement)
+                    .fold(1.0, f64::min),
+                seconds: self.grow_seconds,
+            },
+            place: Some(place),
+            iter,
+            images,
+            epoch: None,
+            clock: before.after_growth(self.grow_seconds, self.check_seconds),
+        }
+    }
+}
+
+/// `done.json` of a part: its own iterations and images, the curve's clock at its end,
+/// its last evaluation and the confusion matrix of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct PartDone {
     iterations: u64,
     images: u64,
-    train_s: f64,
-    eval_s: f64,
-    wall_s: f64,
-    /// Growth seconds of this curve up to and including this part.
-    grow_s: f64,
+    #[serde(flatten)]
+    clock: Clock,
     last_eval: Option<EvalSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    confusion: Option<Confusion>,
 }
 
-impl PartDone {
-    /// The totals of a part that ended with `ckpt`.
-    fn of(ckpt: &Checkpoint, grow_s: f64) -> Self {
-        let m = &ckpt.meta;
-        Self {
-            iterations: m.iteration,
-            images: m.images_seen,
-            train_s: m.train_seconds,
-            eval_s: m.eval_seconds,
-            wall_s: m.wall_seconds,
-            grow_s,
-            last_eval: m.last_eval,
-        }
-    }
+/// A learning rate set with `--retry-lr` for a part from some iteration on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Override {
+    base_lr: f32,
 }
 
 /// Options of [`execute`] that are not part of the plan.
@@ -253,6 +171,9 @@ pub struct RunOptions {
     pub check_images: usize,
     /// Raised to stop after the current step (a checkpoint is saved).
     pub stop: Option<Arc<AtomicBool>>,
+    /// Continue the part in progress (one whose loss diverged, say) from its last
+    /// checkpoint with this base learning rate.
+    pub retry_lr: Option<f32>,
 }
 
 impl Default for RunOptions {
@@ -261,6 +182,7 @@ impl Default for RunOptions {
             checkpoint_every: 0,
             check_images: 500,
             stop: None,
+            retry_lr: None,
         }
     }
 }
@@ -276,7 +198,7 @@ pub struct RunOutcome {
     pub incremental_time: f64,
     /// Training seconds of the baseline.
     pub baseline_time: f64,
-    /// Stages skipped because they were already done.
+    /// Parts skipped because they were already done.
     pub skipped: usize,
 }
 
@@ -301,6 +223,93 @@ fn open_data(plan: &RunPlan, size: usize) -> Result<TrainData> {
     Ok(d)
 }
 
+/// Creates the run folder for `plan`, or checks that the one there holds the same plan.
+fn open_run_folder(dir: &Path, plan: &RunPlan) -> Result<()> {
+    // A run killed while writing leaves temporary files; they must not make its folder look
+    // foreign to the command that resumes it.
+    fsutil::clean_stale(dir)?;
+    fsutil::check_output(dir, &PLAN_RUN, &[&plan.data])?;
+    if dir.join(RUN_FILE).exists() {
+        let old = RunManifest::load(dir)?;
+        if old.version != RUN_VERSION {
+            return Err(Error::format(
+                dir.join(RUN_FILE),
+                format!(
+                    "a run of format version {} (an older c2f) cannot be continued; report it, or start the plan in a new --out",
+                    old.version
+                ),
+            ));
+        }
+        if old.plan != *plan {
+            return Err(Error::invalid(format!(
+                "{}: this folder holds a run of a different plan (or other settings); choose a new --out",
+                dir.display()
+            )));
+        }
+        return Ok(());
+    }
+    fsutil::create_dir_all(dir)?;
+    let manifest = RunManifest {
+        format: RUN_FORMAT.into(),
+        version: RUN_VERSION,
+        plan: plan.clone(),
+    };
+    fsutil::write_json_atomic(&dir.join(RUN_FILE), &manifest)
+}
+
+/// How a part that has no checkpoint yet begins.
+enum Begin<'a> {
+    /// Fresh weights for this spec.
+    Fresh(&'a crate::net::NetSpec),
+    /// Stage `k` grown from the previous stage's final checkpoint.
+    Grown { k: usize, from: &'a Checkpoint },
+}
+
+/// One stage or the baseline, ready to run.
+struct Part<'a> {
+    dir: PathBuf,
+    place: Place,
+    hyper: Hyper,
+    stop: StopAt,
+    schedule: LrSchedule,
+    eval_every: u64,
+    /// Iterations and images of the curve before this part.
+    origin: (u64, u64),
+    /// The curve's clock when this part begins.
+    clock: Clock,
+    begin: Begin<'a>,
+    reset_momentum: bool,
+}
+
+/// The curve so far: what the last finished part left.
+struct Curve {
+    last: Option<(PartDone, Checkpoint)>,
+    iterations: u64,
+    images: u64,
+}
+
+impl Curve {
+    fn new() -> Self {
+        Self {
+            last: None,
+            iterations: 0,
+            images: 0,
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        self.last
+            .as_ref()
+            .map_or(Clock::default(), |(d, _)| d.clock)
+    }
+
+    fn push(&mut self, done: PartDone, ckpt: Checkpoint) {
+        self.iterations += done.iterations;
+        self.images += done.images;
+        self.last = Some((done, ckpt));
+    }
+}
+
 /// Runs (or continues) `plan` in `dir`.
 pub fn execute(
     dir: &Path,
@@ -309,495 +318,434 @@ pub fn execute(
     compute: &Compute,
     progress: &dyn Progress,
 ) -> Result<RunOutcome> {
-    let manifest = RunManifest {
-        format: RUN_FORMAT.into(),
-        version: RUN_VERSION,
-        plan: plan.clone(),
+    let _lock = OutputLock::acquire(dir)?;
+    open_run_folder(dir, plan)?;
+    let runner = Runner {
+        dir,
+        plan,
+        opts,
+        compute,
+        progress,
+        parts: plan.stages.len() + usize::from(plan.baseline.is_some()),
     };
-    // A run killed while writing leaves temporary files; they must not make its folder look
-    // foreign to the command that resumes it.
-    fsutil::clean_stale(dir)?;
-    if dir.join(RUN_FILE).exists() {
-        let old = RunManifest::load(dir)?;
-        if old.plan != *plan {
-            return Err(Error::invalid(format!(
-                "{}: this folder holds a run of a different plan (or other settings); choose a new --out",
-                dir.display()
-            )));
-        }
-    } else {
-        if dir.exists()
-            && std::fs::read_dir(dir)
-                .map_err(|e| Error::io(dir, e))?
-                .next()
-                .is_some()
-        {
-            return Err(Error::invalid(format!(
-                "{}: exists, is not empty and is not a run folder; choose a new --out",
-                dir.display()
-            )));
-        }
-        fsutil::create_dir_all(dir)?;
-        fsutil::write_json_atomic(&dir.join(RUN_FILE), &manifest)?;
-    }
-
-    let n_parts = plan.stages.len() + usize::from(plan.baseline.is_some());
+    runner.place_retry()?;
     let mut skipped = 0;
-    let mut prev: Option<(PartDone, Checkpoint)> = None;
-    let mut iters_before = 0u64;
-    for (k, stage) in plan.stages.iter().enumerate() {
-        let sdir = stage_dir(dir, k);
-        progress.overall(
-            k as u64,
-            n_parts as u64,
-            &format!(
-                "{}: stage {} at {}×{}",
-                plan.label(),
-                k + 1,
-                stage.size,
-                stage.size
-            ),
-        );
-        progress.note(&format!(
-            "[{}/{n_parts}] {}: stage {} at {}×{}: {} ({} parameters){}",
-            k + 1,
-            plan.label(),
-            k + 1,
-            stage.size,
-            stage.size,
-            stage.spec.name,
-            stage.spec.num_params()?,
-            if stage.grow.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", grown by {}",
-                    stage
-                        .grow
-                        .iter()
-                        .map(GrowOp::describe)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        ));
-        if let Ok(done) = fsutil::read_json::<PartDone>(&sdir.join(DONE)) {
-            skipped += 1;
-            progress.note("  already done");
-            iters_before += done.iterations;
-            prev = Some((done, Checkpoint::load(&sdir.join(CHECKPOINT_DIR))?));
-            continue;
-        }
-        let data = open_data(plan, stage.size)?;
-        let (start_train, grow_before) = prev
-            .as_ref()
-            .map_or((0.0, 0.0), |(d, _)| (d.train_s, d.grow_s));
-        let mut grow_s = grow_before;
-        let start = if Checkpoint::exists(&sdir.join(CHECKPOINT_DIR))? {
-            let c = Checkpoint::load(&sdir.join(CHECKPOINT_DIR))?;
-            check_hyper(&c, &stage.hyper, &sdir)?;
-            if let Ok(g) = fsutil::read_json::<GrowthRecord>(&sdir.join(GROWTH)) {
-                grow_s += g.grow_seconds;
-            }
-            progress.note(&format!("  resuming at iteration {}", c.meta.iteration));
-            Start::resume(c)
-        } else if let Some((pdone, pckpt)) = &prev {
-            let (grown, record) = grow_stage(dir, k, plan, pckpt, opts, compute, progress)?;
-            grow_s += record.grow_seconds;
-            let mut s = Start::from_checkpoint(grown);
-            if stage.momentum_state == MomentumState::Reset {
-                s.optimizer = Some(WeightMap::zeros_for(&s.spec)?);
-            }
-            s.seconds = (
-                pdone.train_s,
-                pdone.eval_s + record.check_seconds,
-                pdone.wall_s + record.grow_seconds + record.check_seconds,
-            );
-            s
-        } else {
-            let w = WeightMap::init(&stage.spec, plan.init, plan.seed)?;
-            Start::fresh(stage.spec.clone(), w)
-        };
-        let budget = match stage.budget {
-            StageBudget::Iterations(n) => (n, None),
-            StageBudget::Seconds(s) => (u64::MAX / 4, Some(start_train + s)),
-        };
-        let cfg = TrainConfig {
-            lr_offset: if plan.schedule == Schedule::Global {
-                iters_before
-            } else {
-                0
-            },
-            warmup: stage.warmup,
-            ..part_config(opts, &stage.hyper, stage.eval_every, budget)
-        };
-        let ckpt = finish_or_train(&sdir, start, &data, &cfg, compute, progress)?;
-        let done = PartDone::of(&ckpt, grow_s);
-        fsutil::write_json_atomic(&sdir.join(DONE), &done)?;
-        iters_before += done.iterations;
-        prev = Some((done, ckpt));
-        write_events(dir, plan)?;
+    let mut curve = Curve::new();
+    for k in 0..plan.stages.len() {
+        let part = runner.stage(k, &curve)?;
+        let (done, ckpt, skip) = runner.run_part(&part, k)?;
+        skipped += usize::from(skip);
+        curve.push(done, ckpt);
     }
-    let (inc_done, inc_ckpt) = prev.ok_or_else(|| Error::invalid("the plan has no stages"))?;
-    let inc_time = inc_done.train_s + inc_done.grow_s;
-    let inc_images: u64 = (0..plan.stages.len())
-        .map(|k| fsutil::read_json::<PartDone>(&stage_dir(dir, k).join(DONE)).map(|d| d.images))
-        .sum::<Result<u64>>()?;
-
+    let (inc_done, inc_ckpt) = curve
+        .last
+        .as_ref()
+        .ok_or_else(|| Error::invalid("the plan has no stages"))?;
     let mut outcome = RunOutcome {
         incremental: inc_done.last_eval,
         baseline: None,
-        incremental_time: inc_time,
+        incremental_time: inc_done.clock.time_s,
         baseline_time: 0.0,
         skipped,
     };
-    if let Some(b) = &plan.baseline {
-        let bdir = baseline_dir(dir);
-        let last = plan
-            .stages
-            .last()
-            .ok_or_else(|| Error::invalid("no stages"))?;
-        progress.overall(
-            plan.stages.len() as u64,
-            n_parts as u64,
-            &format!("{}: baseline at {}×{}", plan.label(), last.size, last.size),
-        );
-        progress.note(&format!(
-            "[{n_parts}/{n_parts}] {}: baseline: {} from scratch at {}×{} for {}",
-            plan.label(),
-            inc_ckpt.spec.name,
-            last.size,
-            last.size,
-            match b.budget {
-                Budget::Time => format!("{inc_time:.1} s of training (the incremental run's)"),
-                Budget::Images => format!("{inc_images} images (the incremental run's)"),
-            }
-        ));
-        let done = match fsutil::read_json::<PartDone>(&bdir.join(DONE)) {
-            Ok(d) => {
-                skipped += 1;
-                progress.note("  already done");
-                d
-            }
-            Err(_) => {
-                let data = open_data(plan, last.size)?;
-                let start = if Checkpoint::exists(&bdir.join(CHECKPOINT_DIR))? {
-                    let c = Checkpoint::load(&bdir.join(CHECKPOINT_DIR))?;
-                    check_hyper(&c, &b.hyper, &bdir)?;
-                    progress.note(&format!("  resuming at iteration {}", c.meta.iteration));
-                    Start::resume(c)
-                } else {
-                    // The final stage's net as grown (same layers and shapes), fresh weights.
-                    let spec = inc_ckpt.spec.clone();
-                    let w = WeightMap::init(&spec, plan.init, plan.seed)?;
-                    Start::fresh(spec, w)
-                };
-                let budget = match b.budget {
-                    Budget::Time => (u64::MAX / 4, Some(inc_time)),
-                    Budget::Images => (inc_images.div_ceil(b.hyper.batch_size as u64).max(1), None),
-                };
-                let cfg = part_config(opts, &b.hyper, b.eval_every, budget);
-                let ckpt = finish_or_train(&bdir, start, &data, &cfg, compute, progress)?;
-                let d = PartDone::of(&ckpt, 0.0);
-                fsutil::write_json_atomic(&bdir.join(DONE), &d)?;
-                d
-            }
-        };
+    if let Some(part) = runner.baseline(&curve, inc_ckpt)? {
+        let (done, _, skip) = runner.run_part(&part, plan.stages.len())?;
+        outcome.skipped += usize::from(skip);
         outcome.baseline = done.last_eval;
-        outcome.baseline_time = done.train_s;
+        outcome.baseline_time = done.clock.train_s;
     }
-    outcome.skipped = skipped;
     write_events(dir, plan)?;
-    progress.overall(n_parts as u64, n_parts as u64, "done");
+    progress.overall(runner.parts as u64, runner.parts as u64, "done");
     Ok(outcome)
 }
 
-/// The training options of a stage or the baseline: `budget` is the iterations (an upper
-/// bound when timed) and the training-seconds limit, if any.
-fn part_config(
-    opts: &RunOptions,
-    hyper: &Hyper,
-    eval_every: u64,
-    budget: (u64, Option<f64>),
-) -> TrainConfig {
-    TrainConfig {
-        iterations: budget.0,
-        hyper: hyper.clone(),
-        eval_every,
-        eval_at_start: true,
-        log_every: 10,
-        checkpoint_every: if opts.checkpoint_every > 0 {
-            opts.checkpoint_every
-        } else {
-            eval_every
-        },
-        eval_batch: 500,
-        lr_offset: 0,
-        warmup: 0,
-        time_limit: budget.1,
-        stop: opts.stop.clone(),
-    }
+/// What every part of one execution shares.
+struct Runner<'a> {
+    dir: &'a Path,
+    plan: &'a RunPlan,
+    opts: &'a RunOptions,
+    compute: &'a Compute,
+    progress: &'a dyn Progress,
+    parts: usize,
 }
 
-fn check_hyper(c: &Checkpoint, h: &Hyper, dir: &Path) -> Result<()> {
-    if c.meta.hyper != *h {
-        return Err(Error::format(
-            dir.join(CHECKPOINT_DIR),
-            format!(
-                "trained with other settings ({:?}) than the plan's ({h:?})",
-                c.meta.hyper
-            ),
+impl Runner<'_> {
+    fn part_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = (0..self.plan.stages.len())
+            .map(|k| stage_dir(self.dir, k))
+            .collect();
+        if self.plan.baseline.is_some() {
+            dirs.push(baseline_dir(self.dir));
+        }
+        dirs
+    }
+
+    /// Records `--retry-lr` for the part in progress: the first one not done, which must
+    /// have started.
+    fn place_retry(&self) -> Result<()> {
+        let Some(lr) = self.opts.retry_lr else {
+            return Ok(());
+        };
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::invalid(format!(
+                "--retry-lr {lr}: the learning rate must be a positive number"
+            )));
+        }
+        let dirs = self.part_dirs();
+        let Some(part) = dirs.iter().find(|d| !d.join(DONE).is_file()) else {
+            return Err(Error::invalid(format!(
+                "--retry-lr: every part of {} is finished; there is nothing to continue",
+                self.dir.display()
+            )));
+        };
+        if !part.join(METRICS_FILE).is_file() {
+            return Err(Error::invalid(format!(
+                "--retry-lr: {} has not started; change the plan's lr instead",
+                part.display()
+            )));
+        }
+        fsutil::write_json_atomic(&part.join(OVERRIDE), &Override { base_lr: lr })
+    }
+
+    /// Stage `k`, after the parts of `curve`.
+    fn stage<'c>(&'c self, k: usize, curve: &'c Curve) -> Result<Part<'c>> {
+        let stage = &self.plan.stages[k];
+        let clock = curve.clock();
+        let begin = match &curve.last {
+            Some((_, from)) => Begin::Grown { k, from },
+            None => Begin::Fresh(&stage.spec),
+        };
+        let stop = match stage.budget {
+            StageBudget::Iterations(n) => StopAt::Iterations(n),
+            StageBudget::Seconds(s) => StopAt::TrainSeconds(clock.train_s + s),
+        };
+        Ok(Part {
+            dir: stage_dir(self.dir, k),
+            place: Place {
+                curve: CurveKind::Incremental,
+                stage: k + 1,
+                size: stage.size,
+            },
+            hyper: stage.hyper.clone(),
+            stop,
+            schedule: LrSchedule {
+                offset: if self.plan.schedule == Schedule::Global {
+                    curve.iterations
+                } else {
+                    0
+                },
+                warmup: stage.warmup,
+            },
+            eval_every: stage.eval_every,
+            origin: (curve.iterations, curve.images),
+            clock,
+            begin,
+            reset_momentum: stage.momentum_state == MomentumState::Reset,
+        })
+    }
+
+    /// The baseline, if the plan has one: the final stage's net as grown (same layers and
+    /// shapes), fresh weights, for the incremental curve's time or images.
+    fn baseline<'c>(&'c self, curve: &Curve, last: &'c Checkpoint) -> Result<Option<Part<'c>>> {
+        let Some(b) = &self.plan.baseline else {
+            return Ok(None);
+        };
+        let size = self.plan.stages.last().map_or(0, |s| s.size);
+        let stop = match b.budget {
+            Budget::Time => StopAt::TrainSeconds(curve.clock().time_s),
+            Budget::Images => {
+                StopAt::Iterations(curve.images.div_ceil(b.hyper.batch_size as u64).max(1))
+            }
+        };
+        Ok(Some(Part {
+            dir: baseline_dir(self.dir),
+            place: Place {
+                curve: CurveKind::Baseline,
+                stage: 1,
+                size,
+            },
+            hyper: b.hyper.clone(),
+            stop,
+            schedule: LrSchedule::default(),
+            eval_every: b.eval_every,
+            origin: (0, 0),
+            clock: Clock::default(),
+            begin: Begin::Fresh(&last.spec),
+            reset_momentum: false,
+        }))
+    }
+
+    /// Runs part number `index` (0-based over stages then baseline) unless it is done.
+    /// Returns its totals, its final checkpoint and whether it was skipped.
+    fn run_part(&self, part: &Part<'_>, index: usize) -> Result<(PartDone, Checkpoint, bool)> {
+        self.announce(part, index)?;
+        if let Ok(done) = fsutil::read_json::<PartDone>(&part.dir.join(DONE)) {
+            self.progress.note("  already done");
+            let ckpt = Checkpoint::load(&part.dir.join(CHECKPOINT_DIR))?;
+            return Ok((done, ckpt, true));
+        }
+        let mut hyper = part.hyper.clone();
+        if let Ok(o) = fsutil::read_json::<Override>(&part.dir.join(OVERRIDE)) {
+            hyper.base_lr = o.base_lr;
+        }
+        let start = match latest_checkpoint(&part.dir)? {
+            Some(c) => self.resumed(c, &hyper, part)?,
+            None => self.begun(part)?,
+        };
+        let job = TrainJob {
+            dir: part.dir.clone(),
+            data: open_data(self.plan, part.place.size)?,
+            start,
+            hyper,
+            stop: part.stop,
+            schedule: part.schedule,
+            cadence: Cadence {
+                eval_every: part.eval_every,
+                eval_at_start: true,
+                log_every: 10,
+                checkpoint_every: match self.opts.checkpoint_every {
+                    0 => part.eval_every,
+                    n => n,
+                },
+                eval_batch: 500,
+            },
+            place: Some(part.place),
+            origin: part.origin,
+            replace: false,
+            lock: None,
+        };
+        let fin = job.run(self.compute, self.progress, self.opts.stop.as_deref())?;
+        let m = &fin.checkpoint.meta;
+        let done = PartDone {
+            iterations: m.iteration,
+            images: m.images_seen,
+            clock: m.clock(),
+            last_eval: m.last_eval,
+            confusion: fin.confusion,
+        };
+        fsutil::write_json_atomic(&part.dir.join(DONE), &done)?;
+        Ok((done, fin.checkpoint, false))
+    }
+
+    fn announce(&self, part: &Part<'_>, index: usize) -> Result<()> {
+        let (label, n) = (self.plan.label(), self.parts);
+        let size = part.place.size;
+        let what = match part.place.curve {
+            CurveKind::Incremental => format!("stage {}", part.place.stage),
+            CurveKind::Baseline => "baseline".to_string(),
+        };
+        self.progress.overall(
+            index as u64,
+            n as u64,
+            &format!("{label}: {what} at {size}×{size}"),
+        );
+        let detail = match &part.begin {
+            Begin::Fresh(spec) => format!("{} ({} parameters)", spec.name, spec.num_params()?),
+            Begin::Grown { k, .. } => {
+                let s = &self.plan.stages[*k];
+                let ops: Vec<String> = s.grow.iter().map(GrowOp::describe).collect();
+                format!(
+                    "{} ({} parameters), grown by {}",
+                    s.spec.name,
+                    s.spec.num_params()?,
+                    if ops.is_empty() {
+                        "nothing".into()
+                    } else {
+                        ops.join(", ")
+                    }
+                )
+            }
+        };
+        let budget = match (part.place.curve, part.stop) {
+            (CurveKind::Baseline, StopAt::TrainSeconds(s)) => {
+                format!(" for {s:.1} s of training (the incremental run's)")
+            }
+            (CurveKind::Baseline, StopAt::Iterations(n)) => {
+                format!(" for {n} iterations (the incremental run's images)")
+            }
+            _ => String::new(),
+        };
+        self.progress.note(&format!(
+            "[{}/{n}] {label}: {what} at {size}×{size}: {detail}{budget}",
+            index + 1
         ));
+        Ok(())
     }
-    Ok(())
-}
 
-/// Trains, unless the checkpoint already met its budget (a crash after the last checkpoint
-/// but before `done.json`).
-fn finish_or_train(
-    dir: &Path,
-    start: Start,
-    data: &TrainData,
-    cfg: &TrainConfig,
-    compute: &Compute,
-    progress: &dyn Progress,
-) -> Result<Checkpoint> {
-    let met = start.iteration >= cfg.iterations
-        || cfg
-            .time_limit
-            .is_some_and(|l| start.iteration > 0 && start.seconds.0 >= l);
-    if met {
-        return Checkpoint::load(&dir.join(CHECKPOINT_DIR));
-    }
-    train::train(dir, start, data, cfg, compute, progress)
-}
-
-/// Grows the previous stage's checkpoint into stage `k`'s start, or reuses a growth that
-/// completed before an interruption.
-fn grow_stage(
-    dir: &Path,
-    k: usize,
-    plan: &RunPlan,
-    prev: &Checkpoint,
-    opts: &RunOptions,
-    compute: &Compute,
-    progress: &dyn Progress,
-) -> Result<(Checkpoint, GrowthRecord)> {
-    let sdir = stage_dir(dir, k);
-    let stage = &plan.stages[k];
-    if let (Ok(record), Ok(grown)) = (
-        fsutil::read_json::<GrowthRecord>(&sdir.join(GROWTH)),
-        Checkpoint::load(&sdir.join(GROWN)),
-    ) {
-        return Ok((grown, record));
-    }
-    let prev_size = plan.stages[k - 1].size;
-    let data = open_data(plan, prev_size)?;
-    let norm = Normalizer::new(&data.test.stats);
-    let n = opts.check_images.min(data.test.set.len());
-    let idx: Vec<usize> = (0..n).collect();
-    let batches: Vec<Batch> = idx
-        .chunks(500)
-        .map(|c| make_batch(&data.test.set, &norm, c))
-        .collect();
-    let grown = verify::grow_checked(
-        prev,
-        &stage.grow,
-        &batches,
-        plan.seed.wrapping_add(2000 + k as u64),
-        compute,
-        |op, v| {
-            let a = v.data.unwrap_or(v.random);
-            progress.note(&format!(
-                "  {}: relative error {:.2e}, top-1 agreement {:.2}%{}",
-                op.describe(),
-                a.rel,
-                100.0 * a.top1_agreement,
-                if v.exact { " (exact)" } else { "" }
+    /// The start of a part continued from its checkpoint `c`. Its settings must be the
+    /// plan's, or differ only in the learning rate set by `--retry-lr`.
+    fn resumed(&self, c: Checkpoint, hyper: &Hyper, part: &Part<'_>) -> Result<Start> {
+        let retried = part.dir.join(OVERRIDE).is_file();
+        if c.meta.hyper != *hyper && !(retried && c.meta.hyper.same_but_rate(hyper)) {
+            return Err(Error::format(
+                part.dir.join(CHECKPOINT_DIR),
+                format!(
+                    "trained with other settings than the plan's ({})",
+                    c.meta.hyper.differences(hyper).join(", ")
+                ),
             ));
-        },
-    )?;
-    let mut meta = prev.meta.clone();
-    meta.size = stage.size;
-    meta.growth.extend(grown.checks.iter().cloned());
-    let optimizer = match grown.momentum {
-        Some(m) => m,
-        None => WeightMap::zeros_for(&grown.spec)?,
-    };
-    let ckpt = Checkpoint {
-        spec: grown.spec,
-        weights: grown.weights,
-        optimizer,
-        meta,
-    };
-    ckpt.save(&sdir.join(GROWN))?;
-    let record = GrowthRecord {
-        ops: stage.grow.clone(),
-        checks: grown.checks,
-        grow_seconds: grown.grow_seconds,
-        check_seconds: grown.check_seconds,
-    };
-    fsutil::write_json_atomic(&sdir.join(GROWTH), &record)?;
-    Ok((ckpt, record))
-}
-
-fn clock_of(train_s: f64, eval_s: f64, wall_s: f64, grow_s: f64) -> Clock {
-    Clock {
-        time_s: train_s + grow_s,
-        train_s,
-        grow_s,
-        eval_s,
-        wall_s,
+        }
+        self.progress
+            .note(&format!("  resuming at iteration {}", c.meta.iteration));
+        let changed = c.meta.hyper.differences(hyper);
+        Ok(Start {
+            changed,
+            ..Start::resume(c)
+        })
     }
-}
 
-/// Where a part sits on its curve.
-struct PartOrigin {
-    curve: CurveKind,
-    stage: usize,
-    size: usize,
-    /// Iterations and images of the curve's earlier parts.
-    iter0: u64,
-    images0: u64,
-    /// Growth seconds of the curve so far.
-    grow_s: f64,
-}
-
-/// Events of one part's `metrics.jsonl`, moved onto the curve's clock.
-fn part_events(path: &Path, o: &PartOrigin, out: &mut Vec<RunEvent>) -> Result<()> {
-    let PartOrigin {
-        curve,
-        stage,
-        size,
-        iter0,
-        images0,
-        grow_s,
-    } = *o;
-    if !path.is_file() {
-        return Ok(());
+    /// The start of a part that has no checkpoint yet.
+    fn begun(&self, part: &Part<'_>) -> Result<Start> {
+        match part.begin {
+            Begin::Fresh(spec) => {
+                let w = WeightMap::init(spec, self.plan.init, self.plan.seed)?;
+                Ok(Start {
+                    clock: part.clock,
+                    ..Start::fresh(spec.clone(), w)
+                })
+            }
+            Begin::Grown { k, from } => {
+                let (grown, record) = self.grow_stage(k, from)?;
+                let clock = part
+                    .clock
+                    .after_growth(record.grow_seconds, record.check_seconds);
+                let mut s = Start::from_checkpoint(grown, clock);
+                if part.reset_momentum {
+                    s.momentum = Some(WeightMap::zeros_for(&s.spec)?);
+                }
+                Ok(s)
+            }
+        }
     }
-    for e in train::read_events(path)? {
-        out.push(match e {
-            Event::Train {
-                iter,
-                images,
-                loss,
-                lr,
-                train_s,
-                eval_s,
-                wall_s,
-                ..
-            } => RunEvent::Train {
-                curve,
-                stage,
-                size,
-                iter: iter0 + iter,
-                images: images0 + images,
-                loss,
-                lr,
-                clock: clock_of(train_s, eval_s, wall_s, grow_s),
+
+    /// Grows the previous stage's checkpoint into stage `k`'s start, or reuses a growth
+    /// that completed before an interruption.
+    fn grow_stage(&self, k: usize, prev: &Checkpoint) -> Result<(Checkpoint, GrowthRecord)> {
+        let sdir = stage_dir(self.dir, k);
+        let stage = &self.plan.stages[k];
+        if let (Ok(record), Ok(grown)) = (
+            fsutil::read_json::<GrowthRecord>(&sdir.join(GROWTH)),
+            Checkpoint::load(&sdir.join(GROWN)),
+        ) {
+            return Ok((grown, record));
+        }
+        let data = open_data(self.plan, self.plan.stages[k - 1].size)?;
+        let norm = Normalizer::new(&data.test.stats);
+        let n = self.opts.check_images.min(data.test.set.len());
+        let idx: Vec<usize> = (0..n).collect();
+        let batches: Vec<Batch> = idx
+            .chunks(500)
+            .map(|c| make_batch(&data.test.set, &norm, c))
+            .collect();
+        let growth = Growth {
+            ops: &stage.grow,
+            batches: &batches,
+            seed: self.plan.seed.wrapping_add(2000 + k as u64),
+        };
+        let progress = self.progress;
+        let grown = verify::grow_checked(
+            &prev.spec,
+            &prev.weights,
+            Some(&prev.optimizer),
+            &growth,
+            self.compute,
+            |op, v| {
+                let a = v.data.unwrap_or(v.random);
+                progress.note(&format!(
+                    "  {}: relative error {:.2e}, top-1 agreement {:.2}%{}",
+                    op.describe(),
+                    a.rel,
+                    100.0 * a.top1_agreement,
+                    if v.exact { " (exact)" } else { "" }
+                ));
             },
-            Event::Eval {
-                iter,
-                images,
-                top1,
-                top5,
-                loss,
-                train_s,
-                eval_s,
-                wall_s,
-                ..
-            } => RunEvent::Eval {
-                curve,
-                stage,
-                size,
-                iter: iter0 + iter,
-                images: images0 + images,
-                top1,
-                top5,
-                loss,
-                clock: clock_of(train_s, eval_s, wall_s, grow_s),
-            },
-        });
+        )?;
+        let mut meta = prev.meta.clone();
+        meta.size = stage.size;
+        meta.growth.extend(grown.checks.iter().cloned());
+        let optimizer = match grown.momentum {
+            Some(m) => m,
+            None => WeightMap::zeros_for(&grown.spec)?,
+        };
+        let ckpt = Checkpoint {
+            spec: grown.spec,
+            weights: grown.weights,
+            optimizer,
+            meta,
+        };
+        ckpt.save(&sdir.join(GROWN))?;
+        let record = GrowthRecord {
+            ops: stage.grow.clone(),
+            checks: grown.checks,
+            grow_seconds: grown.grow_seconds,
+            check_seconds: grown.check_seconds,
+        };
+        fsutil::write_json_atomic(&sdir.join(GROWTH), &record)?;
+        Ok((ckpt, record))
     }
-    Ok(())
 }
 
-/// Collects every part's events onto one clock per curve.
-pub fn collect_events(dir: &Path, plan: &RunPlan) -> Result<Vec<RunEvent>> {
+/// Every event of a run on one clock per curve: each part's log (already placed on its
+/// curve) and, before each grown stage's, its growth event. Parts not yet started add
+/// nothing, so this also reads a run in progress.
+pub fn collect_events(dir: &Path, plan: &RunPlan) -> Result<Vec<Event>> {
     let mut out = Vec::new();
-    let (mut iter0, mut images0, mut grow_s) = (0u64, 0u64, 0f64);
-    let mut prev_done: Option<PartDone> = None;
+    let mut prev: Option<PartDone> = None;
+    let (mut iter0, mut images0) = (0u64, 0u64);
     for (k, stage) in plan.stages.iter().enumerate() {
         let sdir = stage_dir(dir, k);
-        if k > 0 {
+        if let Some(p) = &prev {
             let Ok(g) = fsutil::read_json::<GrowthRecord>(&sdir.join(GROWTH)) else {
                 break;
             };
-            let Some(p) = prev_done else {
-                break;
-            };
-            grow_s += g.grow_seconds;
-            let worst = |f: &dyn Fn(&Verification) -> f64, pick: fn(f64, f64) -> f64, init: f64| {
-                g.checks.iter().map(f).fold(init, pick)
-            };
-            out.push(RunEvent::Growth {
+            let place = Place {
                 curve: CurveKind::Incremental,
                 stage: k + 1,
-                from_size: plan.stages[k - 1].size,
                 size: stage.size,
-                ops: g.ops.iter().map(GrowOp::describe).collect(),
-                exact: g.checks.iter().all(|c| c.exact),
-                rel: worst(&|c| c.data.unwrap_or(c.random).rel, f64::max, 0.0),
-                top1_agreement: worst(
-                    &|c| c.data.unwrap_or(c.random).top1_agreement,
-                    f64::min,
-                    1.0,
-                ),
-                seconds: g.grow_seconds,
-                clock: clock_of(
-                    p.train_s,
-                    p.eval_s + g.check_seconds,
-                    p.wall_s + g.grow_seconds + g.check_seconds,
-                    grow_s,
-                ),
-            });
+            };
+            out.push(g.event(place, plan.stages[k - 1].size, iter0, images0, p.clock));
         }
-        let origin = PartOrigin {
-            curve: CurveKind::Incremental,
-            stage: k + 1,
-            size: stage.size,
-            iter0,
-            images0,
-            grow_s,
-        };
-        part_events(&sdir.join(METRICS_FILE), &origin, &mut out)?;
+        read_part(&sdir, &mut out)?;
         match fsutil::read_json::<PartDone>(&sdir.join(DONE)) {
             Ok(d) => {
                 iter0 += d.iterations;
                 images0 += d.images;
-                prev_done = Some(d);
+                prev = Some(d);
             }
             Err(_) => break,
         }
     }
-    if let Some(last) = plan.stages.last() {
-        let origin = PartOrigin {
-            curve: CurveKind::Baseline,
-            stage: 1,
-            size: last.size,
-            iter0: 0,
-            images0: 0,
-            grow_s: 0.0,
-        };
-        part_events(&baseline_dir(dir).join(METRICS_FILE), &origin, &mut out)?;
-    }
+    read_part(&baseline_dir(dir), &mut out)?;
     Ok(out)
 }
 
-/// Rewrites `dir/events.jsonl` from the parts' logs.
+fn read_part(dir: &Path, out: &mut Vec<Event>) -> Result<()> {
+    let path = dir.join(METRICS_FILE);
+    if path.is_file() {
+        out.extend(read_events(&path)?);
+    }
+    Ok(())
+}
+
+/// Writes `dir/events.jsonl` from the parts' logs.
 pub fn write_events(dir: &Path, plan: &RunPlan) -> Result<()> {
     fsutil::write_jsonl_atomic(&dir.join(EVENTS_FILE), &collect_events(dir, plan)?)
+}
+
+/// The confusion matrices of a run's final incremental net and its baseline, where
+/// finished.
+pub fn final_confusions(dir: &Path, plan: &RunPlan) -> Vec<(CurveKind, Confusion)> {
+    let last = stage_dir(dir, plan.stages.len().saturating_sub(1));
+    [
+        (CurveKind::Incremental, last),
+        (CurveKind::Baseline, baseline_dir(dir)),
+    ]
+    .into_iter()
+    .filter_map(|(kind, d)| {
+        let done: PartDone = fsutil::read_json(&d.join(DONE)).ok()?;
+        Some((kind, done.confusion?))
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -844,16 +792,12 @@ budget = "images"
     }
 
     /// The learning rates of the incremental curve's train events, by curve iteration.
-    fn rates(events: &[RunEvent]) -> Vec<(u64, f32)> {
+    fn rates(events: &[Event]) -> Vec<(u64, f32)> {
         events
             .iter()
-            .filter_map(|e| match e {
-                RunEvent::Train {
-                    curve: CurveKind::Incremental,
-                    iter,
-                    lr,
-                    ..
-                } => Some((*iter, *lr)),
+            .filter(|e| e.curve() == Some(CurveKind::Incremental))
+            .filter_map(|e| match e.what {
+                What::Train { lr, .. } => Some((e.iter, lr)),
                 _ => None,
             })
             .collect()
@@ -877,16 +821,15 @@ budget = "images"
         execute(&dir, &plan, &RunOptions::default(), &compute, &Silent)?;
         let s1: PartDone = fsutil::read_json(&stage_dir(&dir, 0).join(DONE))?;
         let s2: PartDone = fsutil::read_json(&stage_dir(&dir, 1).join(DONE))?;
-        // Stage 2 trained until its training seconds reached the budget, then stopped.
-        assert_eq!(s1.iterations, 20);
-        assert!(s2.iterations > 0);
-        assert!(
-            s2.train_s - s1.train_s >= 0.5,
-            "{} − {}",
-            s2.train_s,
-            s1.train_s
+        let (s1, s2) = (
+            (s1.iterations, s1.clock.train_s),
+            (s2.iterations, s2.clock.train_s),
         );
-        let events = read_run_events(&dir.join(EVENTS_FILE))?;
+        // Stage 2 trained until its training seconds reached the budget, then stopped.
+        assert_eq!(s1.0, 20);
+        assert!(s2.0 > 0);
+        assert!(s2.1 - s1.1 >= 0.5, "{} − {}", s2.1, s1.1);
+        let events = read_events(&dir.join(EVENTS_FILE))?;
         let lr = rates(&events);
         // Global schedule: the step policy runs on across stages (the last step of stage 1
         // is global step 19, rate 0.02 · 0.5; curve iteration 30 is stage 2's tenth step,
@@ -912,38 +855,30 @@ budget = "images"
         let dir = tmp.path().join("run");
         let first = execute(&dir, &plan, &RunOptions::default(), &compute, &Silent)?;
         assert_eq!(first.skipped, 0);
-        let events = read_run_events(&dir.join(EVENTS_FILE))?;
+        let events = read_events(&dir.join(EVENTS_FILE))?;
 
         // The growth is recorded between the stages, exact, with its check.
-        let growth: Vec<&RunEvent> = events
+        let growth: Vec<&Event> = events
             .iter()
-            .filter(|e| matches!(e, RunEvent::Growth { .. }))
+            .filter(|e| matches!(e.what, What::Growth { .. }))
             .collect();
         assert_eq!(growth.len(), 1);
-        let RunEvent::Growth {
-            stage,
-            exact,
-            rel,
-            ops,
-            clock,
-            ..
-        } = growth[0]
+        let What::Growth {
+            exact, rel, ops, ..
+        } = &growth[0].what
         else {
             unreachable!()
         };
-        assert_eq!((*stage, *exact, ops.len()), (2, true, 2));
+        let (stage, clock) = (growth[0].place.map(|p| p.stage), growth[0].clock);
+        assert_eq!((stage, *exact, ops.len()), (Some(2), true, 2));
         assert!(*rel <= verify::EXACT_TOLERANCE, "rel {rel}");
 
         // One clock per curve: iterations and time only grow; stage 2 continues stage 1.
         for kind in [CurveKind::Incremental, CurveKind::Baseline] {
             let evals: Vec<(u64, f64)> = events
                 .iter()
-                .filter_map(|e| match e {
-                    RunEvent::Eval {
-                        curve, iter, clock, ..
-                    } if *curve == kind => Some((*iter, clock.time_s)),
-                    _ => None,
-                })
+                .filter(|e| e.is_eval() && e.curve() == Some(kind))
+                .map(|e| (e.iter, e.clock.time_s))
                 .collect();
             assert!(
                 evals
@@ -954,26 +889,17 @@ budget = "images"
         }
         let last_inc_iter = events
             .iter()
-            .filter_map(|e| match e {
-                RunEvent::Eval {
-                    curve: CurveKind::Incremental,
-                    iter,
-                    ..
-                } => Some(*iter),
-                _ => None,
-            })
+            .filter(|e| e.is_eval() && e.curve() == Some(CurveKind::Incremental))
+            .map(|e| e.iter)
             .max();
         assert_eq!(last_inc_iter, Some(50));
         assert!(clock.time_s >= clock.grow_s && clock.grow_s > 0.0);
         // Same images: 50 iterations of 16.
-        let base_images = events.iter().rev().find_map(|e| match e {
-            RunEvent::Eval {
-                curve: CurveKind::Baseline,
-                images,
-                ..
-            } => Some(*images),
-            _ => None,
-        });
+        let base_images = events
+            .iter()
+            .rev()
+            .find(|e| e.is_eval() && e.curve() == Some(CurveKind::Baseline))
+            .map(|e| e.images);
         assert_eq!(base_images, Some(800));
         assert!(first.baseline.is_some() && first.incremental.is_some());
 
@@ -981,7 +907,7 @@ budget = "images"
         let again = execute(&dir, &plan, &RunOptions::default(), &compute, &Silent)?;
         assert_eq!(again.skipped, 3);
         assert_eq!(again.incremental, first.incremental);
-        assert_eq!(read_run_events(&dir.join(EVENTS_FILE))?, events);
+        assert_eq!(read_events(&dir.join(EVENTS_FILE))?, events);
 
         // Another plan cannot reuse the folder.
         let mut other = plan.clone();

@@ -251,7 +251,12 @@ fn bad_image_corrupt_skipped_or_strict() {
         .map(|k| manifest(&out)["splits"][k].as_u64().expect("count"))
         .sum();
     assert_eq!(total, 8, "the eight good images are kept");
-    prepare_fails(&fx, &tree, &["--strict"], &["broken.jpg", "cannot decode"]);
+    prepare_fails(
+        &fx,
+        &tree,
+        &["--strict", "--sizes", "4"],
+        &["broken.jpg", "cannot decode"],
+    );
 }
 
 #[test]
@@ -265,7 +270,7 @@ fn bad_image_zero_byte_skipped() {
         err.contains("skipped 1") && err.contains("empty.png"),
         "{err}"
     );
-    prepare_fails(&fx, &tree, &["--strict"], &["empty.png"]);
+    prepare_fails(&fx, &tree, &["--strict", "--sizes", "4"], &["empty.png"]);
 }
 
 /// A valid PNG whose header claims `w × h` pixels (the data is for 1×1).
@@ -297,7 +302,12 @@ fn bad_image_huge_dimensions_skipped() {
         err.contains("skipped 1") && err.contains("huge.png"),
         "{err}"
     );
-    prepare_fails(&fx, &tree, &["--strict"], &["huge.png", "limit"]);
+    prepare_fails(
+        &fx,
+        &tree,
+        &["--strict", "--sizes", "4"],
+        &["huge.png", "limit"],
+    );
 }
 
 #[test]

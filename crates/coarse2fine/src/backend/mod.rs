@@ -11,24 +11,23 @@
 //! - `cuda` and `wgpu` are burn's GPU backends, present only when the crate is built with
 //!   the feature of that name.
 //!
-//! burn parameters are kept as flat 1-D tensors in the order of [`NetSpec::param_shapes`]
-//! and reshaped inside the forward pass. That keeps the optimizer a loop over same-rank
-//! tensors, and makes its momentum buffers a [`WeightMap`] with the weights' own names,
-//! which growth operators can transform exactly like the weights.
+//! Both engines keep parameters and momentum buffers as flat vectors in the order of
+//! [`NetSpec::param_shapes`], inside the network itself, so an optimizer state can never
+//! meet a network of the other engine. Momentum buffers leave as a [`WeightMap`] with the
+//! weights' own names, which growth operators transform exactly like the weights. burn's
+//! code is in `burn_net.rs`, the native engine's in `native.rs` and `kernels.rs`.
 
+mod burn_net;
 mod kernels;
 mod native;
 
-use burn::tensor::activation::{log_softmax, relu};
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
-use burn::tensor::{Device, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use burn::tensor::Device;
 
 use crate::data::loader::Batch;
 use crate::error::{Error, Result};
-use crate::net::spec::{Layer, NetSpec};
+use crate::net::spec::{NetSpec, Param};
 use crate::net::weights::{Tensor as HostTensor, WeightMap};
+use burn_net::BurnNet;
 use native::NativeNet;
 
 /// Which compute backend runs the network.
@@ -118,8 +117,15 @@ impl Compute {
 /// Sets the number of CPU threads used by the backend and data preparation. Must be called
 /// before any parallel work; a second call with a different count fails.
 pub fn set_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::invalid("--threads must be at least 1"));
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    // More threads than this only time-slice the same cores (and the native engine splits a
+    // batch into at most 16 blocks).
+    let most = (4 * cores).max(16);
+    if n == 0 || n > most {
+        return Err(Error::invalid(format!(
+            "--threads {n}: give 1 to {most} (this machine has {cores} core{})",
+            if cores == 1 { "" } else { "s" }
+        )));
     }
     match rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -136,71 +142,32 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-enum Op {
-    Conv {
-        w: usize,
-        shape: [usize; 4],
-        opts: ConvOptions<2>,
-    },
-    Relu,
-    Pool(MaxPoolOptions<2>),
-    Lrn {
-        size: usize,
-        alpha: f32,
-        beta: f32,
-        k: f32,
-    },
-    Dropout(f32),
-    Fc {
-        w: usize,
-        shape: [usize; 2],
-    },
-}
-
-enum Act {
-    Map(Tensor<4>),
-    Flat(Tensor<2>),
-}
-
-/// A burn network: compiled layer list plus parameters on the device.
-struct BurnNet {
-    ops: Vec<Op>,
-    params: Vec<Tensor<1>>,
-}
-
-enum Engine {
-    Burn(BurnNet),
-    Native(Box<NativeNet>),
-}
-
-/// A network ready to run on the chosen backend.
+/// A network ready to run on the chosen backend, with its momentum buffers.
 pub struct Network {
     spec: NetSpec,
     names: Vec<(String, Vec<usize>)>,
     engine: Engine,
-    compute: Compute,
+    kind: BackendKind,
+}
+
+enum Engine {
+    Burn(BurnNet),
+    Native {
+        net: Box<NativeNet>,
+        /// Momentum buffers (empty until the first step or [`Network::set_momentum`]), and
+        /// gradient buffers reused across steps.
+        velocity: Vec<Vec<f32>>,
+        grads: Vec<Vec<f32>>,
+    },
 }
 
 impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Network")
             .field("spec", &self.spec.name)
-            .field("backend", &self.compute.kind)
+            .field("backend", &self.kind)
             .finish()
     }
-}
-
-fn upload(t: &HostTensor, device: &Device) -> Tensor<1> {
-    Tensor::from_data(TensorData::new(t.data.clone(), [t.numel()]), device)
-}
-
-fn host_values(data: TensorData) -> Result<Vec<f32>> {
-    data.try_to_vec::<f32>()
-        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
-}
-
-fn download(t: &Tensor<1>) -> Result<Vec<f32>> {
-    host_values(t.to_data())
 }
 
 /// A host map of the parameters `names`, the `i`-th one's values from `values(i)`.
@@ -221,78 +188,46 @@ fn host_map(
     Ok(map)
 }
 
-fn compile_burn(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
-    let index = |n: &str| names.iter().position(|(k, _)| k == n);
-    let mut ops = Vec::new();
-    for l in spec.logit_layers() {
-        ops.push(match l {
-            Layer::Conv(c) => {
-                let w = index(&format!("{}.weight", c.name))
-                    .ok_or_else(|| Error::invalid(format!("no weights for {}", c.name)))?;
-                let s = &names[w].1;
-                Op::Conv {
-                    w,
-                    shape: [s[0], s[1], s[2], s[3]],
-                    opts: ConvOptions::new([c.stride; 2], [c.padding; 2], [c.dilation; 2], 1),
-                }
-            }
-            Layer::Relu => Op::Relu,
-            Layer::MaxPool(p) => Op::Pool(
-                MaxPoolOptions::new([p.kernel; 2])
-                    .with_stride([p.stride(); 2])
-                    .with_padding([p.padding; 2])
-                    .with_dilation([p.dilation; 2])
-                    .with_ceil_mode(p.ceil_mode),
-            ),
-            Layer::Lrn(n) => Op::Lrn {
-                size: n.size,
-                alpha: n.alpha,
-                beta: n.beta,
-                k: n.k,
-            },
-            Layer::Dropout(d) => Op::Dropout(d.p),
-            Layer::Fc(f) => {
-                let w = index(&format!("{}.weight", f.name))
-                    .ok_or_else(|| Error::invalid(format!("no weights for {}", f.name)))?;
-                let s = &names[w].1;
-                Op::Fc {
-                    w,
-                    shape: [s[0], s[1]],
-                }
-            }
-            Layer::Softmax => continue,
-        });
-    }
-    Ok(ops)
+/// The tensors of `map` in the order of `names`, each checked for presence and shape.
+fn in_order<'m>(
+    map: &'m WeightMap,
+    names: &[(String, Vec<usize>)],
+    what: &str,
+) -> Result<Vec<&'m HostTensor>> {
+    names
+        .iter()
+        .map(|(name, shape)| match map.get(name) {
+            Some(t) if &t.shape == shape => Ok(t),
+            Some(t) => Err(Error::invalid(format!(
+                "{what} {name:?} has shape {:?}, the net needs {shape:?}",
+                t.shape
+            ))),
+            None => Err(Error::invalid(format!("{what} has no tensor {name:?}"))),
+        })
+        .collect()
 }
 
 impl Network {
-    /// Builds the network of a bound spec with the given weights.
+    /// Builds the network of a bound spec with the given weights; momentum starts at zero.
     pub fn new(spec: &NetSpec, weights: &WeightMap, compute: &Compute) -> Result<Self> {
         let names = spec.param_shapes()?;
         weights.check_against(spec, std::path::Path::new("<weights>"))?;
-        let mut host = Vec::with_capacity(names.len());
-        for (n, _) in &names {
-            host.push(
-                weights
-                    .get(n)
-                    .ok_or_else(|| Error::invalid(format!("missing tensor {n:?}")))?,
-            );
-        }
+        let host = in_order(weights, &names, "weights")?;
         let engine = if compute.kind == BackendKind::Cpu {
             let params = host.iter().map(|t| t.data.clone()).collect();
-            Engine::Native(Box::new(NativeNet::new(spec, &names, params)?))
+            Engine::Native {
+                net: Box::new(NativeNet::new(spec, &names, params)?),
+                velocity: Vec::new(),
+                grads: Vec::new(),
+            }
         } else {
-            Engine::Burn(BurnNet {
-                ops: compile_burn(spec, &names)?,
-                params: host.iter().map(|t| upload(t, &compute.device)).collect(),
-            })
+            Engine::Burn(BurnNet::new(spec, &names, &host, &compute.device)?)
         };
         Ok(Self {
             spec: spec.clone(),
             names,
             engine,
-            compute: compute.clone(),
+            kind: compute.kind,
         })
     }
 
@@ -303,10 +238,10 @@ impl Network {
 
     /// The backend this network runs on.
     pub fn backend(&self) -> BackendKind {
-        self.compute.kind
+        self.kind
     }
 
-    fn input(&self, batch: &Batch) -> Result<Tensor<4>> {
+    fn check_input(&self, batch: &Batch) -> Result<()> {
         let input = self
             .spec
             .input
@@ -318,21 +253,15 @@ impl Network {
                 input.channels, input.height, input.width
             )));
         }
-        Ok(Tensor::from_data(
-            TensorData::new(batch.images.clone(), batch.shape),
-            &self.compute.device,
-        ))
+        Ok(())
     }
 
     /// Logits for a batch, row-major `N × classes`.
     pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
+        self.check_input(batch)?;
         match &self.engine {
-            Engine::Native(net) => net.logits(&batch.images, batch.shape),
-            Engine::Burn(net) => {
-                let x = self.input(batch)?;
-                let out = burn_forward(&net.ops, &net.params, x, None, None);
-                host_values(out.into_data())
-            }
+            Engine::Native { net, .. } => net.logits(&batch.images, batch.shape),
+            Engine::Burn(net) => net.logits(batch),
         }
     }
 
@@ -341,21 +270,13 @@ impl Network {
     /// operation before returning; GPU backends queue work, so their figures are not. The
     /// native engine fuses a ReLU into the layer before it, which then shows 0 s.
     pub fn forward_layer_times(&self, batch: &Batch) -> Result<Vec<(String, f64)>> {
+        self.check_input(batch)?;
         let layers = self.spec.logit_layers();
         let times = match &self.engine {
-            Engine::Native(net) => net.layer_times(&batch.images, batch.shape, layers.len())?,
-            Engine::Burn(net) => {
-                let x = self.input(batch)?;
-                let mut times = Vec::with_capacity(net.ops.len());
-                let mut t0 = std::time::Instant::now();
-                let mut record = |_: usize| {
-                    times.push(t0.elapsed().as_secs_f64());
-                    t0 = std::time::Instant::now();
-                };
-                let out = burn_forward(&net.ops, &net.params, x, None, Some(&mut record));
-                host_values(out.into_data())?;
-                times
+            Engine::Native { net, .. } => {
+                net.layer_times(&batch.images, batch.shape, layers.len())?
             }
+            Engine::Burn(net) => net.layer_times(batch)?,
         };
         Ok(layers.iter().map(|l| l.describe()).zip(times).collect())
     }
@@ -363,209 +284,72 @@ impl Network {
     /// The current weights as a host map.
     pub fn weights(&self) -> Result<WeightMap> {
         host_map(&self.names, |i| match &self.engine {
-            Engine::Native(net) => Ok(net.params[i].clone()),
-            Engine::Burn(net) => download(&net.params[i]),
+            Engine::Native { net, .. } => Ok(net.params[i].clone()),
+            Engine::Burn(net) => net.param(i),
         })
     }
-}
 
-/// Logits `N × classes` for input `x` (`N × C × H × W`), using `params` (which may be
-/// autodiff-tracked copies of the network's own). `dropout` draws masks when training.
-///
-/// `after_op(i)` is called once layer `i` of the logit layers has been computed.
-fn burn_forward(
-    ops: &[Op],
-    params: &[Tensor<1>],
-    x: Tensor<4>,
-    mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
-    mut after_op: Option<&mut dyn FnMut(usize)>,
-) -> Tensor<2> {
-    let mut a = Act::Map(x);
-    for (i, op) in ops.iter().enumerate() {
-        a = match (op, a) {
-            (Op::Conv { w, shape, opts }, Act::Map(x)) => {
-                let weight = params[*w].clone().reshape(*shape);
-                let bias = params[*w + 1].clone();
-                Act::Map(conv2d(x, weight, Some(bias), opts.clone()))
+    /// The momentum buffers as a host map, named like the weights (zeros before the first
+    /// step).
+    pub fn momentum(&self) -> Result<WeightMap> {
+        host_map(&self.names, |i| match &self.engine {
+            Engine::Native { velocity, .. } => Ok(velocity
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| vec![0.0; self.names[i].1.iter().product()])),
+            Engine::Burn(net) => net.velocity(i),
+        })
+    }
+
+    /// Restores momentum buffers saved by [`Network::momentum`].
+    pub fn set_momentum(&mut self, state: &WeightMap) -> Result<()> {
+        let host: Vec<HostTensor> = in_order(state, &self.names, "optimizer state")?
+            .into_iter()
+            .cloned()
+            .collect();
+        match &mut self.engine {
+            Engine::Native { velocity, .. } => {
+                *velocity = host.into_iter().map(|t| t.data).collect();
             }
-            (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
-            (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
-            (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
-            (
-                Op::Lrn {
-                    size,
-                    alpha,
-                    beta,
-                    k,
-                },
-                Act::Map(x),
-            ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
-            (Op::Dropout(p), a) => match dropout.as_deref_mut() {
-                None => a,
-                Some(rng) => match a {
-                    Act::Map(x) => {
-                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
-                        Act::Map(x * m)
-                    }
-                    Act::Flat(x) => {
-                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
-                        Act::Flat(x * m)
-                    }
-                },
-            },
-            (Op::Fc { w, shape }, a) => {
-                let x = match a {
-                    Act::Map(x) => {
-                        let [n, c, h, ww] = x.dims();
-                        x.reshape([n, c * h * ww])
-                    }
-                    Act::Flat(x) => x,
-                };
-                let weight = params[*w].clone().reshape(*shape);
-                let bias = params[*w + 1].clone().reshape([1, shape[0]]);
-                Act::Flat(x.matmul(weight.transpose()) + bias)
-            }
-            // Shape inference in `NetSpec::summary` rules these out.
-            (_, a) => a,
-        };
-        if let Some(f) = after_op.as_deref_mut() {
-            f(i);
+            Engine::Burn(net) => net.set_velocity(&host),
         }
+        Ok(())
     }
-    match a {
-        Act::Flat(x) => x,
-        Act::Map(x) => {
-            let [n, c, h, w] = x.dims();
-            x.reshape([n, c * h * w])
-        }
-    }
-}
-
-fn lrn(x: Tensor<4>, size: usize, alpha: f32, beta: f32, k: f32) -> Tensor<4> {
-    let [n, c, h, w] = x.dims();
-    // Average of x² over a window of `size` channels: an average pool over the channel
-    // axis once channels are laid out as the pool's height.
-    let sq = (x.clone() * x.clone()).reshape([n, 1, c, h * w]);
-    let opts = AvgPoolOptions::new([size, 1])
-        .with_stride([1, 1])
-        .with_padding([(size - 1) / 2, 0])
-        .with_count_include_pad(true);
-    let avg = avg_pool2d(sq, opts).reshape([n, c, h, w]);
-    x / avg.mul_scalar(alpha).add_scalar(k).powf_scalar(beta)
-}
-
-fn dropout_mask<const D: usize>(
-    dims: [usize; D],
-    p: f32,
-    rng: &mut rand_chacha::ChaCha8Rng,
-    device: &Device,
-) -> Tensor<D> {
-    let n: usize = dims.iter().product();
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..n)
-        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-        .collect();
-    Tensor::from_data(TensorData::new(mask, dims), device)
-}
-
-/// Cross-entropy of logits against labels, averaged over the batch.
-fn cross_entropy(logits: Tensor<2>, labels: &[u32], device: &Device) -> Tensor<1> {
-    let [n, k] = logits.dims();
-    let mut onehot = vec![0f32; n * k];
-    for (i, &l) in labels.iter().enumerate() {
-        onehot[i * k + l as usize] = 1.0;
-    }
-    let onehot: Tensor<2> = Tensor::from_data(TensorData::new(onehot, [n, k]), device);
-    (log_softmax(logits, 1) * onehot)
-        .sum()
-        .mul_scalar(-1.0 / n as f32)
 }
 
 /// SGD with momentum and weight decay in Caffe's form, which the paper used:
 /// `v ← μ·v − lr·(∇L + λ·w)`, `w ← w + v`. The learning rate sits inside the
 /// momentum buffer, so a change of rate takes effect smoothly. Weight decay applies to
-/// weights, not biases.
+/// weights, not biases. The buffers themselves live in the [`Network`].
+#[derive(Debug, Clone)]
 pub struct Sgd {
     momentum: f32,
     weight_decay: f32,
-    velocity: Velocity,
+    /// Per parameter: whether weight decay applies.
     decay_mask: Vec<bool>,
 }
 
-enum Velocity {
-    Burn(Vec<Tensor<1>>),
-    /// Momentum buffers, and gradient buffers reused across steps.
-    Native {
-        velocity: Vec<Vec<f32>>,
-        grads: Vec<Vec<f32>>,
-    },
-}
-
-impl std::fmt::Debug for Sgd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sgd")
-            .field("momentum", &self.momentum)
-            .field("weight_decay", &self.weight_decay)
-            .finish()
-    }
-}
-
 impl Sgd {
-    /// An optimizer for `net`; `state` restores momentum buffers saved by [`Sgd::state`].
-    pub fn new(
-        net: &Network,
-        momentum: f32,
-        weight_decay: f32,
-        state: Option<&WeightMap>,
-    ) -> Result<Self> {
-        let mut host = Vec::with_capacity(net.names.len());
-        for (name, shape) in &net.names {
-            host.push(match state.and_then(|s| s.get(name)) {
-                Some(t) if &t.shape == shape => t.clone(),
-                Some(t) => {
-                    return Err(Error::invalid(format!(
-                        "optimizer state for {name:?} has shape {:?}, the net needs {shape:?}",
-                        t.shape
-                    )));
-                }
-                None if state.is_some() => {
-                    return Err(Error::invalid(format!(
-                        "optimizer state has no buffer for {name:?}"
-                    )));
-                }
-                None => HostTensor::zeros(shape),
-            });
-        }
-        let velocity = match net.engine {
-            Engine::Native(_) => Velocity::Native {
-                grads: host.iter().map(|t| vec![0.0; t.numel()]).collect(),
-                velocity: host.into_iter().map(|t| t.data).collect(),
-            },
-            Engine::Burn(_) => Velocity::Burn(
-                host.iter()
-                    .map(|t| upload(t, &net.compute.device))
-                    .collect(),
-            ),
-        };
-        let decay_mask = net
-            .names
-            .iter()
-            .map(|(n, _)| n.ends_with(".weight"))
-            .collect();
-        Ok(Self {
+    /// An optimizer for `net`'s parameters.
+    pub fn new(net: &Network, momentum: f32, weight_decay: f32) -> Self {
+        Self {
             momentum,
             weight_decay,
-            velocity,
-            decay_mask,
-        })
+            decay_mask: net
+                .names
+                .iter()
+                .map(|(n, _)| Param::of(n) == Some(Param::Weight))
+                .collect(),
+        }
     }
 
-    /// Momentum buffers by parameter name.
-    pub fn state(&self, net: &Network) -> Result<WeightMap> {
-        host_map(&net.names, |i| match &self.velocity {
-            Velocity::Native { velocity, .. } => Ok(velocity[i].clone()),
-            Velocity::Burn(v) => download(&v[i]),
-        })
+    /// The weight decay of parameter `i`.
+    fn decay(&self, i: usize) -> f32 {
+        if self.decay_mask.get(i).copied().unwrap_or(false) {
+            self.weight_decay
+        } else {
+            0.0
+        }
     }
 }
 
@@ -573,13 +357,24 @@ impl Sgd {
 /// (before the update). `dropout_seed` fixes the dropout masks of this step.
 pub fn train_step(
     net: &mut Network,
-    sgd: &mut Sgd,
+    sgd: &Sgd,
     batch: &Batch,
     lr: f32,
     dropout_seed: u64,
 ) -> Result<f32> {
-    match (&mut net.engine, &mut sgd.velocity) {
-        (Engine::Native(n), Velocity::Native { velocity, grads }) => {
+    net.check_input(batch)?;
+    match &mut net.engine {
+        Engine::Native {
+            net: n,
+            velocity,
+            grads,
+        } => {
+            if velocity.len() != n.params.len() {
+                *velocity = n.params.iter().map(|p| vec![0.0; p.len()]).collect();
+            }
+            if grads.len() != n.params.len() {
+                *grads = n.params.iter().map(|p| vec![0.0; p.len()]).collect();
+            }
             let loss = n.gradients(
                 &batch.images,
                 batch.shape,
@@ -594,65 +389,12 @@ pub fn train_step(
                 .zip(grads.iter())
                 .enumerate()
             {
-                let decay = if sgd.decay_mask[i] {
-                    sgd.weight_decay
-                } else {
-                    0.0
-                };
-                native::sgd_update(w, v, g, lr, sgd.momentum, decay);
+                native::sgd_update(w, v, g, lr, sgd.momentum, sgd.decay(i));
             }
             Ok(loss)
         }
-        (Engine::Burn(_), Velocity::Burn(_)) => burn_train_step(net, sgd, batch, lr, dropout_seed),
-        _ => Err(Error::Backend(
-            "optimizer was made for a network on another backend".into(),
-        )),
+        Engine::Burn(n) => n.train_step(sgd, batch, lr, dropout_seed),
     }
-}
-
-fn burn_train_step(
-    net: &mut Network,
-    sgd: &mut Sgd,
-    batch: &Batch,
-    lr: f32,
-    dropout_seed: u64,
-) -> Result<f32> {
-    let x = net.input(batch)?;
-    let (Engine::Burn(bn), Velocity::Burn(velocity)) = (&mut net.engine, &mut sgd.velocity) else {
-        return Err(Error::Backend("not a burn network".into()));
-    };
-    let tracked: Vec<Tensor<1>> = bn
-        .params
-        .iter()
-        .map(|p| p.clone().autodiff().require_grad())
-        .collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
-    let logits = burn_forward(&bn.ops, &tracked, x.autodiff(), Some(&mut rng), None);
-    let loss = cross_entropy(
-        logits,
-        &batch.labels,
-        &net.compute.device.clone().autodiff(),
-    );
-    let loss_value = host_values(loss.clone().inner().into_data())?;
-    let grads = loss.backward();
-    for (i, t) in tracked.iter().enumerate() {
-        let g = t
-            .grad(&grads)
-            .ok_or_else(|| Error::Backend(format!("no gradient for {}", net.names[i].0)))?;
-        let p = bn.params[i].clone();
-        let g = if sgd.decay_mask[i] && sgd.weight_decay != 0.0 {
-            g + p.clone().mul_scalar(sgd.weight_decay)
-        } else {
-            g
-        };
-        let v = velocity[i].clone().mul_scalar(sgd.momentum) - g.mul_scalar(lr);
-        bn.params[i] = p + v.clone();
-        velocity[i] = v;
-    }
-    loss_value
-        .first()
-        .copied()
-        .ok_or_else(|| Error::Backend("empty loss".into()))
 }
 
 /// Loss and accuracy counts of one evaluation batch.
@@ -709,12 +451,24 @@ pub fn eval_batch(net: &Network, batch: &Batch) -> Result<EvalCounts> {
     Ok(score_logits(&net.logits(batch)?, &batch.labels))
 }
 
+/// The top-scoring class of a row of logits, ties to the lower index (as the top-1 count
+/// of [`score_logits`] ranks them).
+pub fn top_class(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::net::reference;
-    use crate::net::spec::{Conv, Dropout, Fc, InputShape, Lrn, Pool, Units};
+    use crate::net::spec::{Conv, Dropout, Fc, InputShape, Layer, Lrn, Pool, Units};
     use crate::net::weights::Init;
+    use rand::{Rng, SeedableRng};
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -747,8 +501,8 @@ mod tests {
         let w = WeightMap::init(spec, Init::Kaiming, seed)?;
         let mut fast = Network::new(spec, &w, &cpu())?;
         let mut slow = Network::new(spec, &w, &flex())?;
-        let mut sgd_fast = Sgd::new(&fast, 0.9, 5e-3, None)?;
-        let mut sgd_slow = Sgd::new(&slow, 0.9, 5e-3, None)?;
+        let sgd_fast = Sgd::new(&fast, 0.9, 5e-3);
+        let sgd_slow = Sgd::new(&slow, 0.9, 5e-3);
         let size = input.channels * input.height * input.width;
         for t in 0..steps {
             let batch = Batch {
@@ -760,8 +514,8 @@ mod tests {
             };
             let e = max_rel_err(&fast.logits(&batch)?, &slow.logits(&batch)?);
             assert!(e < 1e-4, "{}: step {t}: logits differ by {e}", spec.name);
-            let lf = train_step(&mut fast, &mut sgd_fast, &batch, 0.01, t)?;
-            let ls = train_step(&mut slow, &mut sgd_slow, &batch, 0.01, t)?;
+            let lf = train_step(&mut fast, &sgd_fast, &batch, 0.01, t)?;
+            let ls = train_step(&mut slow, &sgd_slow, &batch, 0.01, t)?;
             assert!(
                 (lf - ls).abs() <= 1e-4 * ls.abs().max(1.0),
                 "{}: step {t}: loss {lf} vs {ls}",
@@ -769,7 +523,7 @@ mod tests {
             );
             for (what, a, b) in [
                 ("weights", fast.weights()?, slow.weights()?),
-                ("momentum", sgd_fast.state(&fast)?, sgd_slow.state(&slow)?),
+                ("momentum", fast.momentum()?, slow.momentum()?),
             ] {
                 for (name, ta) in a.iter() {
                     let tb = b.get(name).expect("same names");
@@ -859,13 +613,13 @@ mod tests {
                 .map_err(|e| Error::Backend(e.to_string()))?;
             pool.install(|| {
                 let mut net = Network::new(&spec, &w, &cpu())?;
-                let mut sgd = Sgd::new(&net, 0.9, 5e-4, None)?;
+                let sgd = Sgd::new(&net, 0.9, 5e-4);
                 let mut losses = Vec::new();
                 for t in 0..3 {
-                    losses.push(train_step(&mut net, &mut sgd, &batch, 0.01, t)?);
+                    losses.push(train_step(&mut net, &sgd, &batch, 0.01, t)?);
                 }
                 losses.extend(net.logits(&batch)?);
-                Ok((losses, net.weights()?, sgd.state(&net)?))
+                Ok((losses, net.weights()?, net.momentum()?))
             })
         };
         let one = run(1)?;
@@ -1049,8 +803,9 @@ mod tests {
             },
         );
         let (lr, mu, wd) = (0.1f32, 0.9f32, 0.01f32);
-        let mut sgd = Sgd::new(&net, mu, wd, Some(&v0))?;
-        let loss = train_step(&mut net, &mut sgd, &batch, lr, 0)?;
+        net.set_momentum(&v0)?;
+        let sgd = Sgd::new(&net, mu, wd);
+        let loss = train_step(&mut net, &sgd, &batch, lr, 0)?;
 
         let wt = &w0.get("fc.weight").expect("w").data;
         let bias = &w0.get("fc.bias").expect("b").data;
@@ -1080,7 +835,7 @@ mod tests {
         let vw = &v0.get("fc.weight").expect("v").data;
         let vb = &v0.get("fc.bias").expect("v").data;
         let new_w = net.weights()?;
-        let new_v = sgd.state(&net)?;
+        let new_v = net.momentum()?;
         for idx in 0..k * d {
             let v = mu * vw[idx] - lr * (gw[idx] + wd * wt[idx]);
             assert!((new_v.get("fc.weight").expect("v").data[idx] - v).abs() < 1e-5);
@@ -1101,17 +856,17 @@ mod tests {
             .bind(InputShape::square(1, 8), 10)?;
         let w = WeightMap::init(&spec, Init::Kaiming, 0)?;
         let mut net = Network::new(&spec, &w, &cpu())?;
-        let mut sgd = Sgd::new(&net, 0.9, 5e-4, None)?;
+        let sgd = Sgd::new(&net, 0.9, 5e-4);
         let n = 32;
         let batch = Batch {
             images: rand_vec(n * 64, 1),
             labels: (0..n as u32).map(|i| i % 10).collect(),
             shape: [n, 1, 8, 8],
         };
-        let first = train_step(&mut net, &mut sgd, &batch, 0.05, 0)?;
+        let first = train_step(&mut net, &sgd, &batch, 0.05, 0)?;
         let mut last = first;
         for t in 1..40 {
-            last = train_step(&mut net, &mut sgd, &batch, 0.05, t)?;
+            last = train_step(&mut net, &sgd, &batch, 0.05, t)?;
         }
         assert!(last < 0.5 * first, "loss went from {first} to {last}");
         Ok(())

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::kernels::{self, LrnParams, Mat, MatMut, Window};
 use crate::error::{Error, Result};
-use crate::net::spec::{Layer, NetSpec, Shape};
+use crate::net::spec::{Layer, NetSpec, Param, Shape, param_name};
 
 /// Most blocks a batch is split into: enough to keep 16 threads busy.
 const MAX_BLOCKS: usize = 16;
@@ -196,7 +196,7 @@ impl NativeNet {
             let out = row.output;
             let step = match layer {
                 Layer::Conv(c) => Step::Conv {
-                    param: index(format!("{}.weight", c.name))?,
+                    param: index(param_name(&c.name, Param::Weight))?,
                     geom: window(shape, out, c.kernel, c.stride, c.padding, c.dilation),
                     filters: c.filters,
                     relu: false,
@@ -246,7 +246,7 @@ impl NativeNet {
                         sizes.push(shape.numel());
                     }
                     Step::Fc {
-                        param: index(format!("{}.weight", f.name))?,
+                        param: index(param_name(&f.name, Param::Weight))?,
                         inputs: shape.numel(),
                         outputs: out.numel(),
                         relu: false,

@@ -159,6 +159,26 @@ pub fn decode_image(path: &Path, channels: usize) -> Result<(Vec<u8>, usize, usi
     Ok((px, h, w))
 }
 
+/// Decodes an image file like [`decode_image`], refusing one whose shorter side is below
+/// `side`: it would have to be upscaled, which invents detail (IDX sources refuse sizes
+/// larger than their images for the same reason).
+pub fn decode_at_least(
+    path: &Path,
+    channels: usize,
+    side: usize,
+) -> Result<(Vec<u8>, usize, usize)> {
+    let (px, h, w) = decode_image(path, channels)?;
+    if h.min(w) < side {
+        return Err(Error::format(
+            path,
+            format!(
+                "the image is {w}×{h} pixels, smaller than the {side}×{side} it would be scaled to (c2f never upscales)"
+            ),
+        ));
+    }
+    Ok((px, h, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

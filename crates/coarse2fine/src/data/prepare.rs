@@ -236,6 +236,8 @@ enum Source {
     Files {
         files: Vec<(PathBuf, u32)>,
         channels: usize,
+        /// The largest ladder size: smaller images are refused, not upscaled.
+        largest: usize,
     },
 }
 
@@ -266,7 +268,11 @@ impl Source {
                 }
                 Ok((resize::planar_to_interleaved(&planar, c, h * w), h, w))
             }
-            Source::Files { files, channels } => folder::decode_image(&files[i].0, *channels),
+            Source::Files {
+                files,
+                channels,
+                largest,
+            } => folder::decode_at_least(&files[i].0, *channels, *largest),
         }
     }
 }
@@ -397,17 +403,19 @@ pub fn prepare(
                 train,
                 test,
             } = folder::list_folder(source, cfg.val_fraction, cfg.seed)?;
-            let c = cfg.channels;
+            let (c, largest) = (cfg.channels, sizes.last().copied().unwrap_or(1));
             (
                 classes,
                 c,
                 Source::Files {
                     files: train,
                     channels: c,
+                    largest,
                 },
                 Source::Files {
                     files: test,
                     channels: c,
+                    largest,
                 },
                 None,
             )
@@ -469,6 +477,13 @@ pub fn prepare(
         manifest,
         skipped_examples,
     })
+}
+
+/// An image file as a net of input `channels × side × side` sees it: decoded, made square
+/// with `fit` and downscaled by area averaging, exactly as `prepare` does; planar pixels.
+pub fn load_for_net(path: &Path, channels: usize, side: usize, fit: Fit) -> Result<Vec<u8>> {
+    let (hwc, h, w) = folder::decode_at_least(path, channels, side)?;
+    resize::downscale_to_planar(&mut Resizer::new(), &hwc, channels, h, w, side, fit)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,7 +10,7 @@
 
 use super::{Fresh, Role, find_layer};
 use crate::error::{Error, Result};
-use crate::net::spec::{Conv, Fc, Layer, NetSpec, Shape, Units};
+use crate::net::spec::{Conv, Fc, Layer, NetSpec, Param, Shape, Units, param_name};
 use crate::net::{Tensor, WeightMap};
 
 /// Inserts an identity layer after the ReLU following `after`; see the module documentation.
@@ -35,7 +35,7 @@ pub fn deepen(
         )));
     }
     let rows = spec.summary()?;
-    let taken = |n: &str| spec.layers.iter().any(|l| l.param_name() == Some(n));
+    let taken = |n: &str| spec.layers.iter().any(|l| l.name() == Some(n));
     let mut name = format!("{after}_id");
     let mut k = 2;
     while taken(&name) {
@@ -96,7 +96,7 @@ pub fn deepen(
     grown.check_structure()?;
     grown.summary()?;
     let mut out = map.clone();
-    out.insert(format!("{name}.weight"), weight);
-    out.insert(format!("{name}.bias"), bias);
+    out.insert(param_name(&name, Param::Weight), weight);
+    out.insert(param_name(&name, Param::Bias), bias);
     Ok((grown, out))
 }

@@ -229,7 +229,7 @@ impl GrowOp {
                 };
                 !spec.layers[i + 1..]
                     .iter()
-                    .take_while(|l| l.param_name().is_none())
+                    .take_while(|l| l.name().is_none())
                     .any(|l| matches!(l, crate::net::spec::Layer::Lrn(_)))
             }
             _ => true,
@@ -367,9 +367,9 @@ fn refuse_oversized(spec: &NetSpec, op: &GrowOp) -> Result<()> {
 pub(crate) fn find_layer(spec: &NetSpec, name: &str) -> Result<usize> {
     spec.layers
         .iter()
-        .position(|l| l.param_name() == Some(name))
+        .position(|l| l.name() == Some(name))
         .ok_or_else(|| {
-            let names: Vec<&str> = spec.layers.iter().filter_map(|l| l.param_name()).collect();
+            let names: Vec<&str> = spec.layers.iter().filter_map(|l| l.name()).collect();
             Error::invalid(format!(
                 "net {:?} has no layer {name:?} (layers: {})",
                 spec.name,

@@ -20,7 +20,7 @@
 
 use super::{Fresh, Role, UpscaleMode, tensor};
 use crate::error::{Error, Result};
-use crate::net::spec::{Conv, InputShape, Layer, NetSpec, Pool, Shape};
+use crate::net::spec::{Conv, InputShape, Layer, NetSpec, Param, Pool, Shape, param_name};
 use crate::net::{Tensor, WeightMap};
 
 /// Doubles the input side of a bound spec; see the module documentation.
@@ -167,8 +167,11 @@ pub fn upscale(
         }
     };
     for (i, (l, rule)) in spec.layers.iter().zip(&rules).enumerate() {
-        let Some(name) = l.param_name() else { continue };
-        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let Some(name) = l.name() else { continue };
+        let (wn, bn) = (
+            param_name(name, Param::Weight),
+            param_name(name, Param::Bias),
+        );
         let w = tensor(map, &wn)?;
         let b = tensor(map, &bn)?.clone();
         let new_w = match (rule, l) {

@@ -225,24 +225,35 @@ pub struct Grown {
     pub check_seconds: f64,
 }
 
-/// Applies `ops` in order to a checkpoint's net and momentum buffers, checking each step: the net before and after it run on `batches`
-/// (real images at the first net's size, replicated as the input grows) and on 64 random
-/// images. An operator whose guarantee is exact but whose relative error exceeds
+/// What [`grow_checked`] applies and checks: the operators in order, the real images the
+/// steps are compared on (at the first net's size, replicated as the input grows) and the
+/// seed of new weights.
+#[cfg(feature = "training")]
+#[derive(Debug, Clone, Copy)]
+pub struct Growth<'a> {
+    /// Operators, in order.
+    pub ops: &'a [GrowOp],
+    /// Real images at the starting net's size.
+    pub batches: &'a [Batch],
+    /// Seed of new weights (step `k` uses `seed + k`).
+    pub seed: u64,
+}
+
+/// Applies `growth.ops` in order to a net (`spec`, `weights`) and its momentum buffers,
+/// checking each step: the net before and after it run on the real images and on 64
+/// random ones. An operator whose guarantee is exact but whose relative error exceeds
 /// [`EXACT_TOLERANCE`] is an error.
 #[cfg(feature = "training")]
 pub fn grow_checked(
-    small: &crate::checkpoint::Checkpoint,
-    ops: &[GrowOp],
-    batches: &[Batch],
-    seed: u64,
+    spec: &crate::net::NetSpec,
+    weights: &crate::net::WeightMap,
+    momentum: Option<&crate::net::WeightMap>,
+    growth: &Growth<'_>,
     compute: &crate::backend::Compute,
     mut on_step: impl FnMut(&GrowOp, &Verification),
 ) -> Result<Grown> {
-    let (mut spec, mut weights, mut momentum) = (
-        small.spec.clone(),
-        small.weights.clone(),
-        Some(small.optimizer.clone()),
-    );
+    let Growth { ops, batches, seed } = *growth;
+    let (mut spec, mut weights, mut momentum) = (spec.clone(), weights.clone(), momentum.cloned());
     let mut current = Network::new(&spec, &weights, compute)?;
     let (mut grow_seconds, mut check_seconds) = (0.0, 0.0);
     let mut checks = Vec::new();

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use super::{Fresh, NewFilters, Role, find_layer, tensor};
 use crate::error::{Error, Result};
-use crate::net::spec::{Layer, NetSpec, Shape, Units};
+use crate::net::spec::{Layer, NetSpec, Param, Shape, Units, param_name};
 use crate::net::{Tensor, WeightMap};
 
 /// Flips a `k × k` kernel.
@@ -78,7 +78,7 @@ pub fn widen(
         )));
     }
     let j = (i + 1..spec.layers.len())
-        .find(|&j| spec.layers[j].param_name().is_some())
+        .find(|&j| spec.layers[j].name().is_some())
         .ok_or_else(|| Error::invalid(format!("widen {layer}: no later layer with weights")))?;
     let relu_between = spec.layers[i + 1..j]
         .iter()
@@ -149,7 +149,10 @@ pub fn widen(
     let mut fresh = Fresh::new(role, seed);
 
     // Layer L: append rows.
-    let (wn, bn) = (format!("{layer}.weight"), format!("{layer}.bias"));
+    let (wn, bn) = (
+        param_name(layer, Param::Weight),
+        param_name(layer, Param::Bias),
+    );
     let w = tensor(map, &wn)?;
     let b = tensor(map, &bn)?;
     let row_len: usize = w.shape[1..].iter().product();
@@ -185,8 +188,8 @@ pub fn widen(
     // Layer N: new input columns. Inputs are flattened channel-major, so each input unit
     // of N (a channel of L, or a unit) owns a block of `per` consecutive columns, and the
     // new units' blocks go after the old ones.
-    let next_name = spec.layers[j].param_name().unwrap_or_default().to_string();
-    let nwn = format!("{next_name}.weight");
+    let next_name = spec.layers[j].name().unwrap_or_default().to_string();
+    let nwn = param_name(&next_name, Param::Weight);
     let nw = tensor(map, &nwn)?;
     let per = match (&spec.layers[j], rows[j - 1].output) {
         (Layer::Conv(c), _) => c.kernel * c.kernel,

@@ -10,7 +10,7 @@
 //! any deep-learning framework. Layouts follow PyTorch: inputs `N × C × H × W`, conv
 //! weights `out × in × kh × kw` applied as cross-correlation, flattening channel-major.
 
-use super::spec::{Layer, NetSpec, Shape};
+use super::spec::{Layer, NetSpec, Param, Shape, param_name};
 use super::weights::WeightMap;
 use crate::error::{Error, Result};
 
@@ -51,8 +51,8 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
                     w: ow,
                 },
             ) => {
-                let wt = tensor(weights, &format!("{}.weight", c.name))?;
-                let b = tensor(weights, &format!("{}.bias", c.name))?;
+                let wt = tensor(weights, &param_name(&c.name, Param::Weight))?;
+                let b = tensor(weights, &param_name(&c.name, Param::Bias))?;
                 let k = c.kernel;
                 let mut y = vec![0f64; n * co * oh * ow];
                 for i in 0..n {
@@ -132,8 +132,8 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
             (Layer::Fc(f), s, _) => {
                 let inputs = s.numel();
                 let outputs = spec.units(f.outputs)?;
-                let wt = tensor(weights, &format!("{}.weight", f.name))?;
-                let b = tensor(weights, &format!("{}.bias", f.name))?;
+                let wt = tensor(weights, &param_name(&f.name, Param::Weight))?;
+                let b = tensor(weights, &param_name(&f.name, Param::Bias))?;
                 let mut y = vec![0f64; n * outputs];
                 for i in 0..n {
                     for o in 0..outputs {

@@ -256,13 +256,42 @@ impl Layer {
         }
     }
 
-    /// Name of a layer with parameters.
-    pub fn param_name(&self) -> Option<&str> {
+    /// Name of a layer with parameters (the prefix of its tensors' names).
+    pub fn name(&self) -> Option<&str> {
         match self {
             Layer::Conv(c) => Some(&c.name),
             Layer::Fc(f) => Some(&f.name),
             _ => None,
         }
+    }
+}
+
+/// The two parameter tensors of a convolution or fully connected layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    /// `NAME.weight`: `[filters, channels, k, k]` or `[outputs, inputs]`.
+    Weight,
+    /// `NAME.bias`: `[filters]` or `[outputs]`.
+    Bias,
+}
+
+impl Param {
+    /// Which parameter the tensor called `name` is, from its suffix.
+    pub fn of(name: &str) -> Option<Param> {
+        match name.rsplit_once('.') {
+            Some((_, "weight")) => Some(Param::Weight),
+            Some((_, "bias")) => Some(Param::Bias),
+            _ => None,
+        }
+    }
+}
+
+/// The tensor name of parameter `p` of the layer called `layer`, as in PyTorch's
+/// `state_dict`: `conv1.weight`, `conv1.bias`. Every tensor name is made here.
+pub fn param_name(layer: &str, p: Param) -> String {
+    match p {
+        Param::Weight => format!("{layer}.weight"),
+        Param::Bias => format!("{layer}.bias"),
     }
 }
 
@@ -427,7 +456,7 @@ impl NetSpec {
         let mut names = BTreeSet::new();
         for (i, l) in self.layers.iter().enumerate() {
             let at = || format!("layer {} ({})", i + 1, l.describe());
-            if let Some(n) = l.param_name() {
+            if let Some(n) = l.name() {
                 if n.is_empty()
                     || !n
                         .chars()
@@ -715,15 +744,15 @@ impl NetSpec {
                         Shape::Flat(_) => 0,
                     };
                     out.push((
-                        format!("{}.weight", c.name),
+                        param_name(&c.name, Param::Weight),
                         vec![c.filters, ci, c.kernel, c.kernel],
                     ));
-                    out.push((format!("{}.bias", c.name), vec![c.filters]));
+                    out.push((param_name(&c.name, Param::Bias), vec![c.filters]));
                 }
                 Layer::Fc(f) => {
                     let n = self.units(f.outputs)?;
-                    out.push((format!("{}.weight", f.name), vec![n, shape.numel()]));
-                    out.push((format!("{}.bias", f.name), vec![n]));
+                    out.push((param_name(&f.name, Param::Weight), vec![n, shape.numel()]));
+                    out.push((param_name(&f.name, Param::Bias), vec![n]));
                 }
                 _ => {}
             }

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::spec::NetSpec;
+use super::spec::{NetSpec, Param};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -85,7 +85,7 @@ impl WeightMap {
         let mut map = Self::new();
         for (name, shape) in spec.param_shapes()? {
             let mut t = Tensor::zeros(&shape);
-            if name.ends_with(".weight") {
+            if Param::of(&name) == Some(Param::Weight) {
                 let fan_in: usize = shape[1..].iter().product();
                 let fan_out = shape[0] * shape[2..].iter().product::<usize>();
                 let std = match init {

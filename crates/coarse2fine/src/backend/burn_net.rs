@@ -1,0 +1,333 @@
+//! burn's side of the backend: the reference engine the native one is tested against
+//! (`flex`, burn's CPU backend), and the GPU backends (`cuda`, `wgpu`). A spec compiles to a
+//! list of burn operations over flat parameter tensors, reshaped inside the forward pass,
+//! with autodiff for the backward pass.
+
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+
+use super::Sgd;
+use crate::data::loader::Batch;
+use crate::error::{Error, Result};
+use crate::net::spec::{Layer, NetSpec, Param, param_name};
+use crate::net::weights::Tensor as HostTensor;
+
+enum Op {
+    Conv {
+        w: usize,
+        shape: [usize; 4],
+        opts: ConvOptions<2>,
+    },
+    Relu,
+    Pool(MaxPoolOptions<2>),
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        k: f32,
+    },
+    Dropout(f32),
+    Fc {
+        w: usize,
+        shape: [usize; 2],
+    },
+}
+
+enum Act {
+    Map(Tensor<4>),
+    Flat(Tensor<2>),
+}
+
+/// A burn network: compiled layer list, parameters and momentum buffers on the device.
+pub(super) struct BurnNet {
+    ops: Vec<Op>,
+    pub(super) params: Vec<Tensor<1>>,
+    /// Momentum buffers, one per parameter (empty until the first step or
+    /// [`BurnNet::set_velocity`]).
+    velocity: Vec<Tensor<1>>,
+    device: Device,
+}
+
+impl BurnNet {
+    /// Compiles `spec` with its parameters `host` (in the order of `names`) on `device`.
+    pub(super) fn new(
+        spec: &NetSpec,
+        names: &[(String, Vec<usize>)],
+        host: &[&HostTensor],
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            ops: compile(spec, names)?,
+            params: host.iter().map(|t| upload(t, device)).collect(),
+            velocity: Vec::new(),
+            device: device.clone(),
+        })
+    }
+
+    fn input(&self, batch: &Batch) -> Tensor<4> {
+        Tensor::from_data(
+            TensorData::new(batch.images.clone(), batch.shape),
+            &self.device,
+        )
+    }
+
+    /// Logits `N × classes`, row-major.
+    pub(super) fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let out = forward(&self.ops, &self.params, self.input(batch), None, None);
+        host_values(out.into_data())
+    }
+
+    /// Seconds of each operation of an inference forward pass (queued work on a GPU makes
+    /// these meaningless there).
+    pub(super) fn layer_times(&self, batch: &Batch) -> Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(self.ops.len());
+        let mut t0 = std::time::Instant::now();
+        let mut record = |_: usize| {
+            times.push(t0.elapsed().as_secs_f64());
+            t0 = std::time::Instant::now();
+        };
+        let out = forward(
+            &self.ops,
+            &self.params,
+            self.input(batch),
+            None,
+            Some(&mut record),
+        );
+        host_values(out.into_data())?;
+        Ok(times)
+    }
+
+    /// Parameter `i` on the host.
+    pub(super) fn param(&self, i: usize) -> Result<Vec<f32>> {
+        download(&self.params[i])
+    }
+
+    /// Momentum buffer `i` on the host (zeros before the first step).
+    pub(super) fn velocity(&self, i: usize) -> Result<Vec<f32>> {
+        match self.velocity.get(i) {
+            Some(v) => download(v),
+            None => Ok(vec![0.0; self.params[i].dims()[0]]),
+        }
+    }
+
+    /// Sets the momentum buffers.
+    pub(super) fn set_velocity(&mut self, host: &[HostTensor]) {
+        self.velocity = host.iter().map(|t| upload(t, &self.device)).collect();
+    }
+
+    /// One SGD step with autodiff; returns the batch's mean loss before the update.
+    pub(super) fn train_step(
+        &mut self,
+        sgd: &Sgd,
+        batch: &Batch,
+        lr: f32,
+        dropout_seed: u64,
+    ) -> Result<f32> {
+        if self.velocity.len() != self.params.len() {
+            self.velocity = self.params.iter().map(|p| p.zeros_like()).collect();
+        }
+        let tracked: Vec<Tensor<1>> = self
+            .params
+            .iter()
+            .map(|p| p.clone().autodiff().require_grad())
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
+        let x = self.input(batch).autodiff();
+        let logits = forward(&self.ops, &tracked, x, Some(&mut rng), None);
+        let loss = cross_entropy(logits, &batch.labels, &self.device.clone().autodiff());
+        let loss_value = host_values(loss.clone().inner().into_data())?;
+        let grads = loss.backward();
+        for (i, t) in tracked.iter().enumerate() {
+            let g = t
+                .grad(&grads)
+                .ok_or_else(|| Error::Backend(format!("no gradient for parameter {i}")))?;
+            let p = self.params[i].clone();
+            let decay = sgd.decay(i);
+            let g = if decay != 0.0 {
+                g + p.clone().mul_scalar(decay)
+            } else {
+                g
+            };
+            let v = self.velocity[i].clone().mul_scalar(sgd.momentum) - g.mul_scalar(lr);
+            self.params[i] = p + v.clone();
+            self.velocity[i] = v;
+        }
+        loss_value
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Backend("empty loss".into()))
+    }
+}
+
+fn upload(t: &HostTensor, device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(t.data.clone(), [t.numel()]), device)
+}
+
+fn host_values(data: TensorData) -> Result<Vec<f32>> {
+    data.try_to_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+}
+
+fn download(t: &Tensor<1>) -> Result<Vec<f32>> {
+    host_values(t.to_data())
+}
+
+fn compile(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
+    let index = |n: &str| names.iter().position(|(k, _)| k == n);
+    let mut ops = Vec::new();
+    for l in spec.logit_layers() {
+        ops.push(match l {
+            Layer::Conv(c) => {
+                let w = index(&param_name(&c.name, Param::Weight))
+                    .ok_or_else(|| Error::invalid(format!("no weights for {}", c.name)))?;
+                let s = &names[w].1;
+                Op::Conv {
+                    w,
+                    shape: [s[0], s[1], s[2], s[3]],
+                    opts: ConvOptions::new([c.stride; 2], [c.padding; 2], [c.dilation; 2], 1),
+                }
+            }
+            Layer::Relu => Op::Relu,
+            Layer::MaxPool(p) => Op::Pool(
+                MaxPoolOptions::new([p.kernel; 2])
+                    .with_stride([p.stride(); 2])
+                    .with_padding([p.padding; 2])
+                    .with_dilation([p.dilation; 2])
+                    .with_ceil_mode(p.ceil_mode),
+            ),
+            Layer::Lrn(n) => Op::Lrn {
+                size: n.size,
+                alpha: n.alpha,
+                beta: n.beta,
+                k: n.k,
+            },
+            Layer::Dropout(d) => Op::Dropout(d.p),
+            Layer::Fc(f) => {
+                let w = index(&param_name(&f.name, Param::Weight))
+                    .ok_or_else(|| Error::invalid(format!("no weights for {}", f.name)))?;
+                let s = &names[w].1;
+                Op::Fc {
+                    w,
+                    shape: [s[0], s[1]],
+                }
+            }
+            Layer::Softmax => continue,
+        });
+    }
+    Ok(ops)
+}
+
+/// Logits `N × classes` for input `x` (`N × C × H × W`), using `params` (which may be
+/// autodiff-tracked copies of the network's own). `dropout` draws masks when training.
+///
+/// `after_op(i)` is called once layer `i` of the logit layers has been computed.
+fn forward(
+    ops: &[Op],
+    params: &[Tensor<1>],
+    x: Tensor<4>,
+    mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
+    mut after_op: Option<&mut dyn FnMut(usize)>,
+) -> Tensor<2> {
+    let mut a = Act::Map(x);
+    for (i, op) in ops.iter().enumerate() {
+        a = match (op, a) {
+            (Op::Conv { w, shape, opts }, Act::Map(x)) => {
+                let weight = params[*w].clone().reshape(*shape);
+                let bias = params[*w + 1].clone();
+                Act::Map(conv2d(x, weight, Some(bias), opts.clone()))
+            }
+            (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
+            (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
+            (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
+            (
+                Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                },
+                Act::Map(x),
+            ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
+            (Op::Dropout(p), a) => match dropout.as_deref_mut() {
+                None => a,
+                Some(rng) => match a {
+                    Act::Map(x) => {
+                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                        Act::Map(x * m)
+                    }
+                    Act::Flat(x) => {
+                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                        Act::Flat(x * m)
+                    }
+                },
+            },
+            (Op::Fc { w, shape }, a) => {
+                let x = match a {
+                    Act::Map(x) => {
+                        let [n, c, h, ww] = x.dims();
+                        x.reshape([n, c * h * ww])
+                    }
+                    Act::Flat(x) => x,
+                };
+                let weight = params[*w].clone().reshape(*shape);
+                let bias = params[*w + 1].clone().reshape([1, shape[0]]);
+                Act::Flat(x.matmul(weight.transpose()) + bias)
+            }
+            // Shape inference in `NetSpec::summary` rules these out.
+            (_, a) => a,
+        };
+        if let Some(f) = after_op.as_deref_mut() {
+            f(i);
+        }
+    }
+    match a {
+        Act::Flat(x) => x,
+        Act::Map(x) => {
+            let [n, c, h, w] = x.dims();
+            x.reshape([n, c * h * w])
+        }
+    }
+}
+
+fn lrn(x: Tensor<4>, size: usize, alpha: f32, beta: f32, k: f32) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    // Average of x² over a window of `size` channels: an average pool over the channel
+    // axis once channels are laid out as the pool's height.
+    let sq = (x.clone() * x.clone()).reshape([n, 1, c, h * w]);
+    let opts = AvgPoolOptions::new([size, 1])
+        .with_stride([1, 1])
+        .with_padding([(size - 1) / 2, 0])
+        .with_count_include_pad(true);
+    let avg = avg_pool2d(sq, opts).reshape([n, c, h, w]);
+    x / avg.mul_scalar(alpha).add_scalar(k).powf_scalar(beta)
+}
+
+fn dropout_mask<const D: usize>(
+    dims: [usize; D],
+    p: f32,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    device: &Device,
+) -> Tensor<D> {
+    let n: usize = dims.iter().product();
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect();
+    Tensor::from_data(TensorData::new(mask, dims), device)
+}
+
+/// Cross-entropy of logits against labels, averaged over the batch.
+fn cross_entropy(logits: Tensor<2>, labels: &[u32], device: &Device) -> Tensor<1> {
+    let [n, k] = logits.dims();
+    let mut onehot = vec![0f32; n * k];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * k + l as usize] = 1.0;
+    }
+    let onehot: Tensor<2> = Tensor::from_data(TensorData::new(onehot, [n, k]), device);
+    (log_softmax(logits, 1) * onehot)
+        .sum()
+        .mul_scalar(-1.0 / n as f32)
+}
