@@ -64,7 +64,7 @@ const TORCH_SCRIPT: &str = include_str!("../../../bench/torch_bench.py");
 ///   c2f bench --pytorch --data data/fashion-mnist --prepare-jpegs 2000 --md bench.md
 ///   c2f bench --nets tiny16,net-2 --thread-counts 1 --steps 50
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct BenchArgs {
     /// Nets: tiny16, small32, cifar32 (bench/nets/), Table I presets, or `all` (those three
     /// and every preset but the full-size alexnet).

@@ -62,7 +62,7 @@ const NEW_CHECKPOINT: Ownership = Ownership {
 ///   c2f export runs/net2-16/checkpoint --pytorch torch/net2-16
 ///   python3 -c "import onnxruntime as ort; s = ort.InferenceSession('net2-16.onnx'); print([i.shape for i in s.get_inputs()])"
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct ExportArgs {
     /// Checkpoint folder (or a run folder containing checkpoint/).
     pub checkpoint: PathBuf,
@@ -89,7 +89,7 @@ pub struct ExportArgs {
 /// Example:
 ///   c2f import torch/net2-16 --weights torch/net2-16/finetuned.safetensors --out imported/net2-16
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct ImportArgs {
     /// A folder written by `c2f export --pytorch`.
     pub dir: PathBuf,
@@ -127,6 +127,15 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
     let path = a.weights.clone().unwrap_or_else(|| a.dir.join(WEIGHTS));
     let weights = WeightMap::load(&path)?;
     weights.check_against(&info.spec, &path)?;
+    if let Some((name, _)) = weights
+        .iter()
+        .find(|(_, t)| t.data.iter().any(|v| !v.is_finite()))
+    {
+        bail!(
+            "{}: tensor {name:?} holds values that are not finite (NaN or infinite)",
+            path.display()
+        );
+    }
     let mut meta = info.meta;
     // Trained elsewhere: what the old checkpoint measured no longer holds.
     meta.last_eval = None;

@@ -55,7 +55,7 @@ pub enum MomentumArg {
 ///   c2f grow runs/net2-8 --widen conv1=+6 --init flip-h --upscale --out grown/net3-16
 ///   c2f grow runs/net4-8 --deepen after=conv2 --kernel 3 --out grown/deeper
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct GrowArgs {
     /// Checkpoint folder (or run folder) of the trained small net.
     pub checkpoint: PathBuf,
@@ -120,7 +120,7 @@ pub struct GrowArgs {
 /// Example:
 ///   c2f verify runs/net2-8/checkpoint grown/net2-16 --images 10000
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct VerifyArgs {
     /// The small net's checkpoint.
     pub small: PathBuf,

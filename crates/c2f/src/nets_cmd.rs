@@ -22,7 +22,7 @@ use coarse2fine::train;
 ///   c2f nets --show net-4 --size 16
 ///   c2f nets --show runs/net2-16/checkpoint
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct NetsArgs {
     /// A preset, spec file or checkpoint folder to show layer by layer.
     #[arg(long)]

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use coarse2fine::events::What;
 use coarse2fine::fsutil::{self, OutputLock, Ownership};
@@ -38,7 +38,7 @@ use crate::plots::{self, Matrix, PLOTS, Plot};
 ///   c2f report runs/exp1 --out docs/results/exp1-upscale
 ///   c2f report runs/exp2 runs/exp1 --out reports/filters --title "New filters"
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct ReportArgs {
     /// Run folders, or folders of run folders.
     #[arg(required = true)]
@@ -63,9 +63,28 @@ pub struct ReportArgs {
 /// files alone, so only an earlier report's folder (or an empty one) is written into.
 const REPORT: Ownership = Ownership {
     what: "report folder",
-    marked: |dir| dir.join("report.md").is_file() && dir.join("summary.json").is_file(),
+    marked: |dir| {
+        (dir.join("report.md").is_file() && dir.join("summary.json").is_file())
+            || std::fs::read_dir(dir).is_ok_and(|entries| {
+                // A report cut short: only files the report writes (or their temporary names).
+                entries.flatten().all(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with('.') || is_report_file(&name)
+                })
+            })
+    },
     entry: None,
 };
+
+/// Whether `name` is a file `c2f report` writes.
+fn is_report_file(name: &str) -> bool {
+    const FILES: [&str; 4] = ["report.md", "report.html", "summary.json", "curves.csv"];
+    FILES.contains(&name)
+        || name.rsplit_once('.').is_some_and(|(stem, ext)| {
+            matches!(ext, "png" | "svg")
+                && (stem == "confusion" || PLOTS.iter().any(|p| p.file() == stem))
+        })
+}
 
 /// `format` of `summary.json`.
 const SUMMARY_FORMAT: &str = "coarse2fine-report";
@@ -163,15 +182,21 @@ fn matrices(runs: &[RunData]) -> Vec<Matrix<'_>> {
 }
 
 /// Draws `figure` into `NAME.svg` and `NAME.png` in `dir`, each through a temporary file
-/// renamed into place, like every other output.
+/// renamed into place, like every other output; a failed drawing leaves no temporary file.
 fn write_plot(dir: &Path, name: &str, figure: &Figure<'_>) -> Result<()> {
-    let tmp_svg = dir.join(format!(".{name}.tmp.svg"));
-    figure.draw(SVGBackend::new(&tmp_svg, figure.size(960, 600)).into_drawing_area())?;
-    let tmp_png = dir.join(format!(".{name}.tmp.png"));
-    figure.draw(BitMapBackend::new(&tmp_png, figure.size(1280, 800)).into_drawing_area())?;
-    for (tmp, ext) in [(tmp_svg, "svg"), (tmp_png, "png")] {
+    for ext in ["svg", "png"] {
         let dest = dir.join(format!("{name}.{ext}"));
-        std::fs::rename(&tmp, &dest).with_context(|| dest.display().to_string())?;
+        let tmp = dir.join(format!(".{name}.tmp.{ext}"));
+        let drawn = if ext == "svg" {
+            figure.draw(SVGBackend::new(&tmp, figure.size(960, 600)).into_drawing_area())
+        } else {
+            figure.draw(BitMapBackend::new(&tmp, figure.size(1280, 800)).into_drawing_area())
+        };
+        let placed = drawn.and_then(|()| std::fs::rename(&tmp, &dest).map_err(Into::into));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(dest.display().to_string()));
+        }
     }
     Ok(())
 }

@@ -70,8 +70,12 @@ pub struct RunArgs {
     pub backend: String,
     /// Continue the stage (or baseline) in progress from its last checkpoint with this
     /// base learning rate, e.g. after its loss became NaN.
-    #[arg(long, value_name = "LR")]
+    #[arg(long, value_name = "LR", allow_hyphen_values = true)]
     pub retry_lr: Option<f32>,
+    /// With --retry-lr: also replace that part's learning-rate policy (fixed,
+    /// step:GAMMA:STEPSIZE or inv:GAMMA:POWER).
+    #[arg(long, value_name = "POLICY", requires = "retry_lr")]
+    pub retry_lr_policy: Option<String>,
 }
 
 fn describe_budget(b: StageBudget) -> String {
@@ -186,7 +190,13 @@ pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
         checkpoint_every: a.checkpoint_every.unwrap_or(0),
         check_images: a.check_images,
         stop: Some(crate::stop_flag()?),
-        retry_lr: a.retry_lr,
+        retry: match a.retry_lr {
+            Some(base_lr) => Some(run::Retry {
+                base_lr,
+                lr_policy: a.retry_lr_policy.as_deref().map(str::parse).transpose()?,
+            }),
+            None => None,
+        },
     };
     let single = file.plan.variants.is_empty();
     for r in selected {

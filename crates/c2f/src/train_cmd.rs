@@ -58,22 +58,22 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "epochs")]
     pub iterations: Option<u64>,
     /// Training epochs (converted to iterations, rounded up).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub epochs: Option<f64>,
     /// Images per batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
     /// Base learning rate (Caffe's default 0.01).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true)]
     pub lr: f32,
     /// Learning-rate policy: fixed, step:GAMMA:STEPSIZE, or inv:GAMMA:POWER.
     #[arg(long, default_value = "fixed")]
     pub lr_policy: String,
     /// Momentum (Caffe's form: the rate sits inside the momentum buffer).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     pub momentum: f32,
     /// Weight decay on weights (not biases).
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, allow_hyphen_values = true)]
     pub weight_decay: f32,
     /// Evaluate on the test split every N iterations (default: about 10 times per run).
     #[arg(long)]
@@ -100,7 +100,7 @@ pub struct TrainArgs {
 ///   c2f eval runs/net2-16/checkpoint
 ///   c2f eval runs/net2-16/checkpoint --data data/fmnist --split train --json
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct EvalArgs {
     /// Checkpoint folder (or a run folder containing checkpoint/).
     pub checkpoint: PathBuf,
@@ -140,7 +140,7 @@ pub struct EvalArgs {
 ///   c2f predict runs/net2-16/checkpoint shirt.jpg boot.png
 ///   c2f predict runs/net2-16 photos/*.jpg --top 3 --json
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct PredictArgs {
     /// Checkpoint folder (or a run folder containing checkpoint/).
     pub checkpoint: PathBuf,

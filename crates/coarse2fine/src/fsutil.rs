@@ -432,7 +432,8 @@ impl OutputLock {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
+                // Named by the output: the lock file is c2f's business, the folder the user's.
+                .map_err(|e| Error::io(out, e))?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {

@@ -156,10 +156,15 @@ struct PartDone {
     confusion: Option<Confusion>,
 }
 
-/// A learning rate set with `--retry-lr` for a part from some iteration on.
+/// A learning rate (and policy) set with `--retry-lr` for the part in progress: it
+/// applies from the part's last checkpoint on, and is kept in the part's `override.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-struct Override {
-    base_lr: f32,
+pub struct Retry {
+    /// Base learning rate.
+    pub base_lr: f32,
+    /// Learning-rate policy (`None`: the plan's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_policy: Option<crate::lr::LrPolicy>,
 }
 
 /// Options of [`execute`] that are not part of the plan.
@@ -172,8 +177,8 @@ pub struct RunOptions {
     /// Raised to stop after the current step (a checkpoint is saved).
     pub stop: Option<Arc<AtomicBool>>,
     /// Continue the part in progress (one whose loss diverged, say) from its last
-    /// checkpoint with this base learning rate.
-    pub retry_lr: Option<f32>,
+    /// checkpoint with this learning rate.
+    pub retry: Option<Retry>,
 }
 
 impl Default for RunOptions {
@@ -182,7 +187,7 @@ impl Default for RunOptions {
             checkpoint_every: 0,
             check_images: 500,
             stop: None,
-            retry_lr: None,
+            retry: None,
         }
     }
 }
@@ -383,14 +388,15 @@ impl Runner<'_> {
     /// Records `--retry-lr` for the part in progress: the first one not done, which must
     /// have started.
     fn place_retry(&self) -> Result<()> {
-        let Some(lr) = self.opts.retry_lr else {
+        let Some(retry) = self.opts.retry else {
             return Ok(());
         };
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::invalid(format!(
-                "--retry-lr {lr}: the learning rate must be a positive number"
-            )));
-        }
+        let mut check = self.plan.stages[0].hyper.clone();
+        check.base_lr = retry.base_lr;
+        check.lr_policy = retry.lr_policy.unwrap_or(check.lr_policy);
+        check
+            .validate()
+            .map_err(|e| Error::invalid(format!("--retry-lr: {e}")))?;
         let dirs = self.part_dirs();
         let Some(part) = dirs.iter().find(|d| !d.join(DONE).is_file()) else {
             return Err(Error::invalid(format!(
@@ -404,7 +410,7 @@ impl Runner<'_> {
                 part.display()
             )));
         }
-        fsutil::write_json_atomic(&part.join(OVERRIDE), &Override { base_lr: lr })
+        fsutil::write_json_atomic(&part.join(OVERRIDE), &retry)
     }
 
     /// Stage `k`, after the parts of `curve`.
@@ -485,8 +491,9 @@ impl Runner<'_> {
             return Ok((done, ckpt, true));
         }
         let mut hyper = part.hyper.clone();
-        if let Ok(o) = fsutil::read_json::<Override>(&part.dir.join(OVERRIDE)) {
+        if let Ok(o) = fsutil::read_json::<Retry>(&part.dir.join(OVERRIDE)) {
             hyper.base_lr = o.base_lr;
+            hyper.lr_policy = o.lr_policy.unwrap_or(hyper.lr_policy);
         }
         let start = match latest_checkpoint(&part.dir)? {
             Some(c) => self.resumed(c, &hyper, part)?,

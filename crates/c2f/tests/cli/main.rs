@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 use coarse2fine::data::synthetic::write_quadrant_idx;
 use coarse2fine::net::WeightMap;
 
+mod faults;
+mod hostile;
 mod reliability;
 
 /// Where Debian's dataset-fashion-mnist package puts the data.

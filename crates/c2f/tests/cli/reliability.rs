@@ -15,14 +15,14 @@ use coarse2fine::net::WeightMap;
 use super::{assert_clean, assert_one_line_error, c2f, c2f_env, fails, ok, s};
 
 /// A synthetic IDX source prepared at 4×4 and 8×8, in its own temporary folder.
-struct Fx {
-    tmp: tempfile::TempDir,
-    src: PathBuf,
-    data: PathBuf,
+pub(super) struct Fx {
+    pub(super) tmp: tempfile::TempDir,
+    pub(super) src: PathBuf,
+    pub(super) data: PathBuf,
 }
 
 impl Fx {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let tmp = tempfile::tempdir().expect("tmp");
         let src = tmp.path().join("src");
         write_quadrant_idx(&src, 64, 16, 8, 3).expect("fixture");
@@ -31,19 +31,19 @@ impl Fx {
         Self { tmp, src, data }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(super) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
     /// Trains net-1 at 8×8 for 10 iterations into `name`, checkpointing every 5.
-    fn trained(&self, name: &str) -> PathBuf {
+    pub(super) fn trained(&self, name: &str) -> PathBuf {
         let run = self.path(name);
         ok(&train_args(&self.data, &run, &["--iterations", "10"]));
         run
     }
 }
 
-fn train_args<'a>(data: &'a Path, run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+pub(super) fn train_args<'a>(data: &'a Path, run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "train",
         "--data",
@@ -66,7 +66,7 @@ fn train_args<'a>(data: &'a Path, run: &'a Path, extra: &[&'a str]) -> Vec<&'a s
 }
 
 /// Every file under `root` with its bytes.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+pub(super) fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -83,7 +83,7 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 /// Prepare of `src` into a new folder must fail with `needles` and create nothing.
-fn prepare_fails(fx: &Fx, src: &Path, extra: &[&str], needles: &[&str]) {
+pub(super) fn prepare_fails(fx: &Fx, src: &Path, extra: &[&str], needles: &[&str]) {
     let out = fx.path("prepared-bad");
     let mut args = vec!["prepare", s(src), "--out", s(&out)];
     args.extend_from_slice(extra);
@@ -94,7 +94,7 @@ fn prepare_fails(fx: &Fx, src: &Path, extra: &[&str], needles: &[&str]) {
 
 /// A two-class folder tree with `n` plain 12×12 RGB PNGs per class, plus whatever `add`
 /// puts into `cats/`.
-fn image_tree(root: &Path, n: usize, add: impl FnOnce(&Path)) -> PathBuf {
+pub(super) fn image_tree(root: &Path, n: usize, add: impl FnOnce(&Path)) -> PathBuf {
     for class in ["cats", "dogs"] {
         let d = root.join(class);
         std::fs::create_dir_all(&d).expect("mkdir");
@@ -110,7 +110,7 @@ fn image_tree(root: &Path, n: usize, add: impl FnOnce(&Path)) -> PathBuf {
 
 /// Prepares `tree` at size 4, holding out `val` of each class, and returns stdout and
 /// stderr.
-fn prepare_tree(tree: &Path, out: &Path, val: &str) -> (String, String) {
+pub(super) fn prepare_tree(tree: &Path, out: &Path, val: &str) -> (String, String) {
     let args = vec![
         "prepare",
         s(tree),
@@ -130,7 +130,7 @@ fn prepare_tree(tree: &Path, out: &Path, val: &str) -> (String, String) {
     (so, se)
 }
 
-fn manifest(data: &Path) -> serde_json::Value {
+pub(super) fn manifest(data: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(data.join("dataset.json")).expect("manifest"))
         .expect("json")
 }
@@ -486,7 +486,7 @@ fn bad_size_not_prepared() {
 
 /// Rewrites the checksum that meta.json records for `file`, so that a damaged file gets
 /// past the checksum and reaches the structural checks (as a hand-edited one would).
-fn reseal(ckpt: &Path, file: &str) {
+pub(super) fn reseal(ckpt: &Path, file: &str) {
     let meta = ckpt.join("meta.json");
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&meta).expect("meta")).expect("json");
@@ -892,7 +892,7 @@ fn bad_memory_limit_refused() {
 
 /// A two-stage plan (net-1 at 4×4, upscaled to 8×8) with a baseline, small enough to run
 /// in about a second.
-fn small_plan(fx: &Fx) -> PathBuf {
+pub(super) fn small_plan(fx: &Fx) -> PathBuf {
     let plan = fx.path("small-plan.toml");
     std::fs::write(
         &plan,
@@ -905,7 +905,7 @@ fn small_plan(fx: &Fx) -> PathBuf {
     plan
 }
 
-fn run_args(plan: &Path, out: &Path, threads: &str) -> Vec<String> {
+pub(super) fn run_args(plan: &Path, out: &Path, threads: &str) -> Vec<String> {
     [
         "--threads",
         threads,
@@ -924,7 +924,7 @@ fn run_args(plan: &Path, out: &Path, threads: &str) -> Vec<String> {
 
 /// Every checkpoint folder present under `run` (not staging leftovers) loads and passes
 /// its checksums.
-fn assert_checkpoints_readable(run: &Path, when: &str) {
+pub(super) fn assert_checkpoints_readable(run: &Path, when: &str) {
     let mut stack = vec![run.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -948,7 +948,7 @@ fn assert_checkpoints_readable(run: &Path, when: &str) {
 }
 
 /// A small deterministic generator for the kill times (no test depends on its quality).
-fn splitmix(state: &mut u64) -> f64 {
+pub(super) fn splitmix(state: &mut u64) -> f64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

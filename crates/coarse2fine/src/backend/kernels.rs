@@ -125,8 +125,9 @@ pub(crate) fn matmul(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool, 
         "matmul: view out of bounds"
     );
     // Distinct positions of `dst` must not overlap, or the product would race with itself.
+    // A stride along a dimension of length 1 is never used, so only the others count.
     assert!(
-        dst.rs != dst.cs && (dst.rs >= n.max(1) * dst.cs || dst.cs >= m.max(1) * dst.rs),
+        distinct_positions(m, n, dst.rs, dst.cs),
         "matmul: destination overlaps itself"
     );
     if m == 0 || n == 0 {
@@ -173,6 +174,16 @@ pub(crate) fn matmul(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool, 
             false,
             parallelism,
         );
+    }
+}
+
+/// Whether `i·rs + j·cs` differs for every `i < m`, `j < n`.
+fn distinct_positions(m: usize, n: usize, rs: usize, cs: usize) -> bool {
+    match (m <= 1, n <= 1) {
+        (true, true) => true,
+        (true, false) => cs >= 1,
+        (false, true) => rs >= 1,
+        (false, false) => rs != cs && (rs >= n * cs || cs >= m * rs),
     }
 }
 
@@ -545,6 +556,29 @@ mod tests {
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn destinations_of_one_row_or_column_are_not_overlaps() {
+        // A 1 × n row stored row-major has rs = n·… and cs = 1, but a 1-wide matrix
+        // (a layer with one output) has rs = cs = 1: legal, it has one column.
+        assert!(distinct_positions(4, 1, 1, 1));
+        assert!(distinct_positions(1, 4, 1, 1));
+        assert!(distinct_positions(1, 1, 0, 0));
+        assert!(distinct_positions(3, 4, 4, 1));
+        assert!(distinct_positions(3, 4, 1, 3));
+        assert!(!distinct_positions(3, 4, 1, 1));
+        assert!(!distinct_positions(3, 4, 2, 1));
+        let mut out = vec![0.0f32; 3];
+        let a = [1.0, 2.0, 3.0];
+        matmul(
+            MatMut::rows(&mut out, 3, 1),
+            Mat::rows(&a, 3, 1),
+            Mat::rows(&[2.0], 1, 1),
+            false,
+            false,
+        );
+        assert_eq!(out, [2.0, 4.0, 6.0]);
     }
 
     #[test]

@@ -593,6 +593,40 @@ mod tests {
         engines_agree(&spec, 37, 2, 3)
     }
 
+    /// Layers with a single output: a conv with one filter, an fc with one unit, and a
+    /// batch of one image. Their matrices are one row or column wide.
+    #[test]
+    fn native_engine_matches_burn_on_single_outputs() -> Result<()> {
+        let spec = NetSpec {
+            name: "thin".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                Layer::Conv(Conv {
+                    name: "c1".into(),
+                    filters: 1,
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                    dilation: 1,
+                }),
+                Layer::Relu,
+                Layer::Fc(Fc {
+                    name: "f1".into(),
+                    outputs: Units::Fixed(1),
+                }),
+                Layer::Relu,
+                Layer::Fc(Fc {
+                    name: "f2".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+        .bind(InputShape::square(1, 6), 2)?;
+        engines_agree(&spec, 4, 2, 5)?;
+        engines_agree(&spec, 1, 2, 6)
+    }
+
     /// The native engine splits batches into blocks independently of the thread count
     /// and sums in block order, so the thread count does not change a single bit.
     #[test]

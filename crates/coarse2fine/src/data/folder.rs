@@ -23,6 +23,10 @@ pub struct FolderListing {
     pub train: Vec<(PathBuf, u32)>,
     /// Held-out files and labels.
     pub test: Vec<(PathBuf, u32)>,
+    /// Entries of class folders that are not images c2f reads (other file types, symbolic
+    /// links to nothing, nested folders), each with the reason. Hidden files (names
+    /// starting with `.`) are not listed.
+    pub ignored: Vec<String>,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -58,11 +62,32 @@ fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let files: Vec<PathBuf> = sorted_entries(dir)?
-        .into_iter()
-        .filter(|p| p.is_file() && is_image(p))
-        .collect();
+/// Why an entry of a class folder is not read, or `None` for an image.
+fn not_an_image(p: &Path) -> Option<&'static str> {
+    if p.is_dir() {
+        Some("a folder inside a class folder (classes are not nested)")
+    } else if !p.exists() {
+        Some("a symbolic link to nothing")
+    } else if !is_image(p) {
+        Some("not a .jpg, .jpeg or .png file")
+    } else {
+        None
+    }
+}
+
+/// The images of a class folder; other entries are added to `ignored`.
+fn images_in(dir: &Path, ignored: &mut Vec<String>) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in sorted_entries(dir)? {
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        match not_an_image(&p) {
+            None => files.push(p),
+            Some(_) if hidden => {}
+            Some(why) => ignored.push(format!("{}: {why}", p.display())),
+        }
+    }
     if files.is_empty() {
         return Err(Error::format(
             dir,
@@ -80,12 +105,14 @@ pub fn list_folder(root: &Path, val_fraction: f64, seed: u64) -> Result<FolderLi
         .iter()
         .map(|n| root.join(n))
         .find(|p| p.is_dir());
+    let mut ignored = Vec::new();
     if train_root.is_dir() {
         let classes = class_dirs(&train_root)?;
         let names: Vec<String> = classes.iter().map(|(n, _)| n.clone()).collect();
         let mut train = Vec::new();
         for (label, (_, dir)) in classes.iter().enumerate() {
-            train.extend(images_in(dir)?.into_iter().map(|p| (p, label as u32)));
+            let images = images_in(dir, &mut ignored)?;
+            train.extend(images.into_iter().map(|p| (p, label as u32)));
         }
         let held = held_out.ok_or_else(|| {
             Error::format(
@@ -101,24 +128,27 @@ pub fn list_folder(root: &Path, val_fraction: f64, seed: u64) -> Result<FolderLi
                     format!("class {name:?} does not exist in the training tree"),
                 )
             })?;
-            test.extend(images_in(&dir)?.into_iter().map(|p| (p, label as u32)));
+            let images = images_in(&dir, &mut ignored)?;
+            test.extend(images.into_iter().map(|p| (p, label as u32)));
         }
         return Ok(FolderListing {
             classes: names,
             train,
             test,
+            ignored,
         });
     }
-    if !(0.0..1.0).contains(&val_fraction) {
+    if !(val_fraction > 0.0 && val_fraction < 1.0) {
         return Err(Error::invalid(format!(
-            "val fraction {val_fraction} must be in [0, 1)"
+            "--val-fraction {val_fraction}: {} has no val/ or test/ folder, so a fraction of each class between 0 and 1 (exclusive) is held out for testing",
+            root.display()
         )));
     }
     let classes = class_dirs(root)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (label, (_, dir)) in classes.iter().enumerate() {
-        let mut files = images_in(dir)?;
+        let mut files = images_in(dir, &mut ignored)?;
         files.shuffle(&mut rng);
         let n_val = ((files.len() as f64) * val_fraction).round() as usize;
         for (i, p) in files.into_iter().enumerate() {
@@ -131,6 +161,7 @@ pub fn list_folder(root: &Path, val_fraction: f64, seed: u64) -> Result<FolderLi
         classes: classes.into_iter().map(|(n, _)| n).collect(),
         train,
         test,
+        ignored,
     })
 }
 

@@ -71,10 +71,27 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
     }
     .check(&format!("reading {}", path.display()))?;
     let mut bytes = Vec::new();
-    open_idx(path)?
-        .take((header + count + 1) as u64)
+    let mut reader = open_idx(path)?;
+    (&mut reader)
+        .take((header + count) as u64)
         .read_to_end(&mut bytes)
         .map_err(|e| read_error(path, e))?;
+    // What follows the declared data is counted without being kept (up to 1 GiB, so a
+    // compressed file cannot make this run for ever).
+    const COUNTED: u64 = 1 << 30;
+    let extra = std::io::copy(&mut reader.take(COUNTED), &mut std::io::sink())
+        .map_err(|e| read_error(path, e))?;
+    if extra > 0 {
+        let (_, dims, _) = parse_header(&bytes).map_err(|msg| Error::format(path, msg))?;
+        return Err(Error::format(
+            path,
+            format!(
+                "{}{extra} trailing byte{} after the {count} declared by dimensions {dims:?}",
+                if extra == COUNTED { "at least " } else { "" },
+                if extra == 1 { "" } else { "s" }
+            ),
+        ));
+    }
     parse_idx(&bytes).map_err(|msg| Error::format(path, msg))
 }
 
@@ -131,9 +148,10 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
         ));
     }
     if have > count {
+        let extra = have - count;
         return Err(format!(
-            "{} trailing bytes after the {count} declared by dimensions {dims:?}",
-            have - count
+            "{extra} trailing byte{} after the {count} declared by dimensions {dims:?}",
+            if extra == 1 { "" } else { "s" }
         ));
     }
     Ok(IdxArray {

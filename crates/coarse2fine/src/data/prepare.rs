@@ -14,15 +14,16 @@ use super::resize::{self, Fit};
 use super::shard::{ShardSet, ShardWriter, shard_name};
 use super::{ImageSet, Splits};
 use crate::error::{Error, Result};
-use crate::fsutil::{self, StagedDir};
+use crate::fsutil::{self, OutputLock, OutputState, Ownership, StagedDir};
 use crate::progress::Progress;
 
 /// Name of the manifest file in a prepared data folder.
 pub const MANIFEST_FILE: &str = "dataset.json";
 /// `format` field of the manifest.
 pub const MANIFEST_FORMAT: &str = "coarse2fine-dataset";
-/// Manifest version written by this build.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Manifest version written by this build. Version 2 added the shards' checksums;
+/// version 1 folders are still read, without that check.
+pub const MANIFEST_VERSION: u32 = 2;
 /// Largest ladder size accepted.
 pub const MAX_SIZE: usize = 1024;
 
@@ -136,6 +137,10 @@ pub struct DatasetManifest {
     pub stats: BTreeMap<String, ChannelStats>,
     /// Source images that could not be read and were left out.
     pub skipped: usize,
+    /// CRC-32C of every shard file (hex), by its path relative to the folder
+    /// (`8x8/train-00000.c2fs`), checked whenever a split is opened.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// The split names every prepared folder has.
@@ -163,7 +168,7 @@ impl DatasetManifest {
                 format!("format {:?} is not {MANIFEST_FORMAT:?}", m.format),
             ));
         }
-        if m.version != MANIFEST_VERSION {
+        if !(1..=MANIFEST_VERSION).contains(&m.version) {
             return Err(Error::format(
                 &path,
                 format!(
@@ -205,6 +210,9 @@ impl DatasetManifest {
                 "shards do not match dataset.json (shape or classes)",
             ));
         }
+        if self.version >= 2 {
+            self.verify(root, size, split, &set)?;
+        }
         if Some(&set.len()) != self.splits.get(split) {
             return Err(Error::format(
                 &dir,
@@ -217,6 +225,72 @@ impl DatasetManifest {
         }
         Ok(set)
     }
+}
+
+impl DatasetManifest {
+    /// Checks the shards of one split against the checksums recorded when they were
+    /// written: every recorded shard present, none added, none changed.
+    fn verify(&self, root: &Path, size: usize, split: &str, set: &ShardSet) -> Result<()> {
+        let prefix = format!("{size}x{size}/{split}-");
+        let recorded = self
+            .checksums
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .count();
+        if recorded != set.shards().len() {
+            return Err(Error::format(
+                size_dir(root, size),
+                format!(
+                    "has {} {split} shards, {MANIFEST_FILE} records {recorded}: the folder was changed after it was prepared (prepare it again)",
+                    set.shards().len()
+                ),
+            ));
+        }
+        for shard in set.shards() {
+            let name = shard_key(size, shard.path());
+            let have = shard.crc32c();
+            match self.checksums.get(&name) {
+                Some(want) if *want == have => {}
+                Some(want) => {
+                    return Err(Error::format(
+                        shard.path(),
+                        format!(
+                            "checksum mismatch (CRC-32C {have}, {MANIFEST_FILE} records {want}): the shard was changed after it was prepared (prepare it again)"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(Error::format(
+                        shard.path(),
+                        format!("not recorded in {MANIFEST_FILE}: it was not written by prepare"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The manifest's key of a shard file at `size`: `8x8/train-00000.c2fs`.
+fn shard_key(size: usize, path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{size}x{size}/{name}")
+}
+
+/// The checksums of every shard written into `root`.
+fn shard_checksums(root: &Path, sizes: &[usize]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for &size in sizes {
+        for split in SPLITS {
+            for shard in ShardSet::open(&size_dir(root, size), split)?.shards() {
+                out.insert(shard_key(size, shard.path()), shard.crc32c());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What [`prepare`] did.
@@ -349,16 +423,14 @@ pub fn prepare(
     if cfg.shard_images == 0 {
         return Err(Error::invalid("shard size must be at least 1 image"));
     }
-    if out.exists() && !cfg.force {
-        return Err(Error::format(
-            out,
-            "already exists (pass --force to replace it)",
-        ));
-    }
+    let _lock = OutputLock::acquire(out)?;
+    check_prepare_output(source, out, cfg.force)?;
     let format = match cfg.format {
         Some(f) => f,
         None => SourceFormat::detect(source)?,
     };
+    // Class-folder entries that are not images: counted as skipped, like unreadable ones.
+    let mut unread: Vec<String> = Vec::new();
     let (classes, channels, train, test, padded_to) = match format {
         SourceFormat::Idx | SourceFormat::Cifar => {
             let Splits { train, test } = if format == SourceFormat::Idx {
@@ -402,7 +474,12 @@ pub fn prepare(
                 classes,
                 train,
                 test,
+                ignored,
             } = folder::list_folder(source, cfg.val_fraction, cfg.seed)?;
+            if let Some(first) = ignored.first().filter(|_| cfg.strict) {
+                return Err(Error::invalid(format!("{first} (--strict)")));
+            }
+            unread = ignored;
             let (c, largest) = (cfg.channels, sizes.last().copied().unwrap_or(1));
             (
                 classes,
@@ -422,6 +499,17 @@ pub fn prepare(
         }
     };
 
+    if classes.len() < 2 {
+        return Err(Error::format(
+            source,
+            format!(
+                "has {} class{} ({}); a classifier needs at least 2",
+                classes.len(),
+                if classes.len() == 1 { "" } else { "es" },
+                classes.join(", ")
+            ),
+        ));
+    }
     let staged = StagedDir::new(out)?;
     for &s in &sizes {
         let d = size_dir(staged.path(), s);
@@ -429,8 +517,8 @@ pub fn prepare(
     }
     let mut splits = BTreeMap::new();
     let mut stats = BTreeMap::new();
-    let mut skipped = 0usize;
-    let mut skipped_examples = Vec::new();
+    let mut skipped = unread.len();
+    let mut skipped_examples: Vec<String> = unread.into_iter().take(20).collect();
     for (split, src) in [("train", &train), ("test", &test)] {
         let (written, accs) = write_split(
             src,
@@ -457,6 +545,7 @@ pub fn prepare(
             }
         }
     }
+    let checksums = shard_checksums(staged.path(), &sizes)?;
     let manifest = DatasetManifest {
         format: MANIFEST_FORMAT.into(),
         version: MANIFEST_VERSION,
@@ -470,6 +559,7 @@ pub fn prepare(
         splits,
         stats,
         skipped,
+        checksums,
     };
     fsutil::write_json_atomic(&staged.path().join(MANIFEST_FILE), &manifest)?;
     staged.commit()?;
@@ -484,6 +574,40 @@ pub fn prepare(
 pub fn load_for_net(path: &Path, channels: usize, side: usize, fit: Fit) -> Result<Vec<u8>> {
     let (hwc, h, w) = folder::decode_at_least(path, channels, side)?;
     resize::downscale_to_planar(&mut Resizer::new(), &hwc, channels, h, w, side, fit)
+}
+
+/// A prepared data folder: `dataset.json` and one folder per size.
+pub const PREPARED: Ownership = Ownership {
+    what: "prepared data folder",
+    marked: |dir| fsutil::has_format(&dir.join(MANIFEST_FILE), MANIFEST_FORMAT),
+    entry: Some(|n| {
+        n == MANIFEST_FILE
+            || n.split_once('x')
+                .is_some_and(|(a, b)| a == b && a.parse::<usize>().is_ok())
+    }),
+};
+
+/// `out` may be new or empty, or with `force` a folder `prepare` made before; it must
+/// neither be, contain, nor lie inside the source.
+fn check_prepare_output(source: &Path, out: &Path, force: bool) -> Result<()> {
+    let (real_out, real_source) = (fsutil::resolved(out), fsutil::resolved(source));
+    if real_out != real_source && real_out.starts_with(&real_source) {
+        return Err(Error::format(
+            out,
+            format!(
+                "is inside the source {}; write the prepared data elsewhere, so the source stays as it is",
+                source.display()
+            ),
+        ));
+    }
+    let state = fsutil::check_output(out, &PREPARED, &[source])?;
+    if state == OutputState::Ours && !force {
+        return Err(Error::format(
+            out,
+            "already exists (pass --force to replace it)",
+        ));
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -637,30 +761,64 @@ mod tests {
     fn failure_leaves_existing_output_untouched() -> Result<()> {
         let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
         let out = tmp.path().join("prepared");
-        std::fs::create_dir(&out).map_err(|e| Error::io(&out, e))?;
-        std::fs::write(out.join("keep"), "x").map_err(|e| Error::io(&out, e))?;
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).map_err(|e| Error::io(&src, e))?;
+        write_idx_fixture(&src, 2, 2)?;
+        let cfg = |sizes: Vec<usize>, force| PrepareConfig {
+            sizes,
+            force,
+            ..Default::default()
+        };
+        prepare(&src, &out, &cfg(vec![2], false), &Silent)?;
+        let manifest = std::fs::read(out.join(MANIFEST_FILE)).map_err(|e| Error::io(&out, e))?;
+        let err = prepare(&src, &out, &cfg(vec![64], true), &Silent)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("size 64"), "{err}");
+        let err = prepare(&src, &out, &cfg(vec![2], false), &Silent)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--force"), "{err}");
+        let now = std::fs::read(out.join(MANIFEST_FILE)).map_err(|e| Error::io(&out, e))?;
+        assert_eq!(now, manifest);
+        Ok(())
+    }
+
+    #[test]
+    fn force_never_replaces_the_source_or_a_folder_prepare_did_not_make() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
         let src = tmp.path().join("src");
         std::fs::create_dir(&src).map_err(|e| Error::io(&src, e))?;
         write_idx_fixture(&src, 2, 2)?;
         let cfg = PrepareConfig {
-            sizes: vec![64],
+            sizes: vec![2],
             force: true,
             ..Default::default()
         };
-        let err = prepare(&src, &out, &cfg, &Silent).unwrap_err().to_string();
-        assert!(err.contains("size 64"), "{err}");
-        let cfg = PrepareConfig {
-            sizes: vec![2],
-            force: false,
-            ..Default::default()
+        let refused = |out: &Path, needle: &str| {
+            let err = prepare(&src, out, &cfg, &Silent)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{}: {err}", out.display());
         };
-        assert!(
-            prepare(&src, &out, &cfg, &Silent)
-                .unwrap_err()
-                .to_string()
-                .contains("--force")
+        refused(&src, "which this command reads");
+        refused(tmp.path(), "contains");
+        refused(&src.join("inside"), "inside the source");
+        let mine = tmp.path().join("mine");
+        std::fs::create_dir(&mine).map_err(|e| Error::io(&mine, e))?;
+        std::fs::write(mine.join("notes.txt"), "x").map_err(|e| Error::io(&mine, e))?;
+        refused(&mine, "not a prepared data folder made by c2f");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "x").map_err(|e| Error::io(&file, e))?;
+        refused(&file, "is a file");
+        assert!(mine.join("notes.txt").is_file() && file.is_file());
+        assert_eq!(
+            std::fs::read_dir(&src)
+                .map_err(|e| Error::io(&src, e))?
+                .count(),
+            4
         );
-        assert!(out.join("keep").exists());
         Ok(())
     }
 

@@ -283,6 +283,11 @@ impl Shard {
         &self.path
     }
 
+    /// CRC-32C of the whole file, as hex.
+    pub fn crc32c(&self) -> String {
+        format!("{:08x}", crc32c::crc32c(&self.map))
+    }
+
     /// Bytes per image.
     pub fn image_len(&self) -> usize {
         self.channels * self.height * self.width
@@ -378,6 +383,11 @@ impl ShardSet {
     }
 
     /// Class names.
+    /// The shard files, in order.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
     pub fn classes(&self) -> &[String] {
         &self.shards[0].classes
     }

@@ -190,6 +190,45 @@ fn default_kernel() -> usize {
 }
 
 impl GrowOp {
+    /// Checks the operator's numbers: every σ finite and not negative, a finite bias.
+    pub fn validate(&self) -> Result<()> {
+        let sigma = |name: &str, v: f32| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "{}: {name} {v} must be 0 or a positive number",
+                    self.describe()
+                )))
+            }
+        };
+        match self {
+            GrowOp::Upscale { sigma: s, .. } => sigma("sigma", *s),
+            GrowOp::Widen {
+                init,
+                next_sigma,
+                bias,
+                noise,
+                ..
+            } => {
+                if let NewFilters::Gauss(s) = init {
+                    sigma("the init's sigma", *s)?;
+                }
+                sigma("next_sigma", *next_sigma)?;
+                sigma("noise", *noise)?;
+                if bias.is_finite() {
+                    Ok(())
+                } else {
+                    Err(Error::invalid(format!(
+                        "{}: bias {bias} is not a number",
+                        self.describe()
+                    )))
+                }
+            }
+            GrowOp::Deepen { noise, .. } => sigma("noise", *noise),
+        }
+    }
+
     /// Whether the operator's guarantee is exact (g = f up to rounding).
     pub fn is_exact(&self) -> bool {
         match *self {
@@ -325,6 +364,7 @@ pub fn apply(
             } => deepen(spec, map, after, *kernel, *noise, role, seed),
         }
     };
+    op.validate()?;
     refuse_oversized(spec, op)?;
     let (new_spec, new_weights) = run(weights, Role::Weights)?;
     let new_momentum = match momentum {
