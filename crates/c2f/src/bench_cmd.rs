@@ -518,6 +518,61 @@ fn markdown(r: &Report<'_>) -> String {
     s
 }
 
+/// A PyTorch module of each net in `dir/NAME/model.py`, for the PyTorch side.
+fn write_torch_modules(dir: &Path, nets: &[(String, NetSpec, usize)]) -> Result<()> {
+    let neutral = ChannelStats {
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
+    };
+    for (name, spec, _) in nets {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(
+            d.join("model.py"),
+            coarse2fine::export::pytorch_module(spec, &neutral)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// One row per thread count and net: c2f's side, the reference backend's and PyTorch's,
+/// each in a process of its own.
+fn measure(
+    a: &BenchArgs,
+    nets: &[(String, NetSpec, usize)],
+    script: &Path,
+    tmp: &Path,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &threads in &a.thread_counts {
+        for (name, spec, side) in nets {
+            eprintln!("measuring {name} at {threads} thread(s)…");
+            let ours = run_worker(a, name, threads, &a.backend)?;
+            let reference = a
+                .reference
+                .as_deref()
+                .map(|b| run_worker(a, name, threads, b))
+                .transpose()?;
+            let pytorch = if a.pytorch {
+                Some(run_torch(a, script, &tmp.join(name), threads)?)
+            } else {
+                None
+            };
+            rows.push(Row {
+                net: name.clone(),
+                size: *side,
+                threads,
+                batch: a.batch,
+                flops: spec.flops()?,
+                ours,
+                pytorch,
+                reference,
+            });
+        }
+    }
+    Ok(rows)
+}
+
 pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if let Some(name) = &a.worker {
         return worker(&a, name);
@@ -549,47 +604,10 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let script = tmp.path().join("torch_bench.py");
     if a.pytorch {
         std::fs::write(&script, TORCH_SCRIPT)?;
-        let neutral = ChannelStats {
-            mean: vec![0.5; 3],
-            std: vec![0.25; 3],
-        };
-        for (name, spec, _) in &nets {
-            let dir = tmp.path().join(name);
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(
-                dir.join("model.py"),
-                coarse2fine::export::pytorch_module(spec, &neutral)?,
-            )?;
-        }
+        write_torch_modules(tmp.path(), &nets)?;
     }
     let peak = core_peak_gflops();
-    let mut rows = Vec::new();
-    for &threads in &a.thread_counts {
-        for (name, spec, side) in &nets {
-            eprintln!("measuring {name} at {threads} thread(s)…");
-            let ours = run_worker(&a, name, threads, &a.backend)?;
-            let reference = a
-                .reference
-                .as_deref()
-                .map(|b| run_worker(&a, name, threads, b))
-                .transpose()?;
-            let pytorch = if a.pytorch {
-                Some(run_torch(&a, &script, &tmp.path().join(name), threads)?)
-            } else {
-                None
-            };
-            rows.push(Row {
-                net: name.clone(),
-                size: *side,
-                threads,
-                batch: a.batch,
-                flops: spec.flops()?,
-                ours,
-                pytorch,
-                reference,
-            });
-        }
-    }
+    let rows = measure(&a, &nets, &script, tmp.path())?;
     let loader = a
         .data
         .as_deref()

@@ -891,3 +891,56 @@ fn report_of_a_run_in_progress_shows_what_is_done() {
     );
     assert!(!csv.contains("baseline"));
 }
+
+#[test]
+fn bad_grow_negative_sigma_or_noise() {
+    let fx = Fx::new();
+    let small = fx.trained("small");
+    let out = fx.path("grown");
+    fails(
+        &[
+            "grow",
+            s(&small),
+            "--upscale",
+            "--mode",
+            "paper",
+            "--sigma",
+            "-0.1",
+            "--out",
+            s(&out),
+        ],
+        &["sigma -0.1", "0 or a positive number"],
+    );
+    fails(
+        &[
+            "grow",
+            s(&small),
+            "--widen",
+            "fc6=+2",
+            "--noise",
+            "-1",
+            "--out",
+            s(&out),
+        ],
+        &["noise -1"],
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_run_folder_of_an_older_format_is_reported_not_continued() {
+    let fx = Fx::new();
+    let plan = super::reliability::small_plan(&fx);
+    let run = fx.path("run");
+    ok(&["run", s(&plan), "--out", s(&run)]);
+    let manifest = run.join("run.json");
+    let mut m = super::json_of(&manifest);
+    m["version"] = serde_json::json!(1);
+    write(&manifest, &serde_json::to_string_pretty(&m).expect("json"));
+    fails(
+        &["run", s(&plan), "--out", s(&run)],
+        &["run.json", "version 1", "cannot be continued"],
+    );
+    // Its finished events still make a report.
+    ok(&["report", s(&run), "--out", s(&fx.path("report"))]);
+}

@@ -173,6 +173,8 @@ impl NativeNet {
         names: &[(String, Vec<usize>)],
         params: Vec<Vec<f32>>,
     ) -> Result<Self> {
+        // Long by design: one arm per layer type, each reading beside the others; split, the
+        // cases of one layer would be scattered over several functions.
         let input = spec
             .input
             .ok_or_else(|| Error::invalid("network spec is not bound to an input size"))?;
@@ -344,6 +346,8 @@ impl NativeNet {
         mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
         mut after_step: Option<&mut dyn FnMut(usize)>,
     ) {
+        // Long by design: one arm per layer type, each reading beside the others; split, the
+        // cases of one layer would be scattered over several functions.
         self.prepare(ws, n);
         let starts = ws.starts.clone();
         let counts = block_images(&starts);
@@ -506,6 +510,8 @@ impl NativeNet {
         dropout_seed: u64,
         grads: &mut [Vec<f32>],
     ) -> Result<f32> {
+        // Long by design: one arm per layer type, each reading beside the others; split, the
+        // cases of one layer would be scattered over several functions.
         self.check_input(shape, images.len())?;
         let n = shape[0];
         if labels.len() != n {

@@ -429,76 +429,11 @@ pub fn prepare(
         Some(f) => f,
         None => SourceFormat::detect(source)?,
     };
-    // Class-folder entries that are not images: counted as skipped, like unreadable ones.
-    let mut unread: Vec<String> = Vec::new();
-    let (classes, channels, train, test, padded_to) = match format {
-        SourceFormat::Idx | SourceFormat::Cifar => {
-            let Splits { train, test } = if format == SourceFormat::Idx {
-                idx::read_idx_dir(source, cfg.class_names.clone())?
-            } else {
-                let kind = cifar::detect_cifar(source).unwrap_or(CifarKind::Cifar10);
-                cifar::read_cifar_dir(source, kind)?
-            };
-            let side = train.height.max(train.width);
-            let pad_to = if cfg.pad_pow2 {
-                Some(resize::next_pow2(side))
-            } else if train.height != train.width {
-                Some(side)
-            } else {
-                None
-            };
-            let full = pad_to.unwrap_or(side);
-            if let Some(big) = sizes.iter().find(|&&s| s > full) {
-                return Err(Error::invalid(format!(
-                    "size {big} is larger than the {full}×{full} source images of {}",
-                    source.display()
-                )));
-            }
-            let (classes, channels) = (train.classes.clone(), train.channels);
-            (
-                classes,
-                channels,
-                Source::Memory { set: train, pad_to },
-                Source::Memory { set: test, pad_to },
-                pad_to,
-            )
-        }
-        SourceFormat::Folder => {
-            if cfg.channels != 1 && cfg.channels != 3 {
-                return Err(Error::invalid(format!(
-                    "{} channels: use 1 or 3",
-                    cfg.channels
-                )));
-            }
-            let FolderListing {
-                classes,
-                train,
-                test,
-                ignored,
-            } = folder::list_folder(source, cfg.val_fraction, cfg.seed)?;
-            if let Some(first) = ignored.first().filter(|_| cfg.strict) {
-                return Err(Error::invalid(format!("{first} (--strict)")));
-            }
-            unread = ignored;
-            let (c, largest) = (cfg.channels, sizes.last().copied().unwrap_or(1));
-            (
-                classes,
-                c,
-                Source::Files {
-                    files: train,
-                    channels: c,
-                    largest,
-                },
-                Source::Files {
-                    files: test,
-                    channels: c,
-                    largest,
-                },
-                None,
-            )
-        }
+    let read = match format {
+        SourceFormat::Idx | SourceFormat::Cifar => read_arrays(source, format, cfg, &sizes)?,
+        SourceFormat::Folder => read_listing(source, cfg, &sizes)?,
     };
-
+    let classes = &read.classes;
     if classes.len() < 2 {
         return Err(Error::format(
             source,
@@ -517,16 +452,16 @@ pub fn prepare(
     }
     let mut splits = BTreeMap::new();
     let mut stats = BTreeMap::new();
-    let mut skipped = unread.len();
-    let mut skipped_examples: Vec<String> = unread.into_iter().take(20).collect();
-    for (split, src) in [("train", &train), ("test", &test)] {
+    let mut skipped = read.unread.len();
+    let mut skipped_examples: Vec<String> = read.unread.iter().take(20).cloned().collect();
+    for (split, src) in [("train", &read.train), ("test", &read.test)] {
         let (written, accs) = write_split(
             src,
             split,
             staged.path(),
             &sizes,
-            channels,
-            &classes,
+            read.channels,
+            classes,
             cfg,
             progress,
             &mut skipped,
@@ -551,10 +486,10 @@ pub fn prepare(
         version: MANIFEST_VERSION,
         source: source.display().to_string(),
         source_format: format,
-        channels,
-        classes,
+        channels: read.channels,
+        classes: read.classes,
         sizes,
-        padded_to,
+        padded_to: read.padded_to,
         fit: cfg.fit,
         splits,
         stats,
@@ -566,6 +501,88 @@ pub fn prepare(
     Ok(PrepareReport {
         manifest,
         skipped_examples,
+    })
+}
+
+/// A source, read and checked: its classes, channels and splits.
+struct Read {
+    classes: Vec<String>,
+    channels: usize,
+    train: Source,
+    test: Source,
+    padded_to: Option<usize>,
+    /// Class-folder entries that are not images: counted as skipped, like unreadable ones.
+    unread: Vec<String>,
+}
+
+/// IDX or CIFAR arrays, padded as asked; no ladder size may exceed the images.
+fn read_arrays(
+    source: &Path,
+    format: SourceFormat,
+    cfg: &PrepareConfig,
+    sizes: &[usize],
+) -> Result<Read> {
+    let Splits { train, test } = if format == SourceFormat::Idx {
+        idx::read_idx_dir(source, cfg.class_names.clone())?
+    } else {
+        let kind = cifar::detect_cifar(source).unwrap_or(CifarKind::Cifar10);
+        cifar::read_cifar_dir(source, kind)?
+    };
+    let side = train.height.max(train.width);
+    let pad_to = if cfg.pad_pow2 {
+        Some(resize::next_pow2(side))
+    } else if train.height != train.width {
+        Some(side)
+    } else {
+        None
+    };
+    let full = pad_to.unwrap_or(side);
+    if let Some(big) = sizes.iter().find(|&&s| s > full) {
+        return Err(Error::invalid(format!(
+            "size {big} is larger than the {full}×{full} source images of {}",
+            source.display()
+        )));
+    }
+    Ok(Read {
+        classes: train.classes.clone(),
+        channels: train.channels,
+        train: Source::Memory { set: train, pad_to },
+        test: Source::Memory { set: test, pad_to },
+        padded_to: pad_to,
+        unread: Vec::new(),
+    })
+}
+
+/// A class-folder tree's files, decoded later one by one.
+fn read_listing(source: &Path, cfg: &PrepareConfig, sizes: &[usize]) -> Result<Read> {
+    if cfg.channels != 1 && cfg.channels != 3 {
+        return Err(Error::invalid(format!(
+            "{} channels: use 1 or 3",
+            cfg.channels
+        )));
+    }
+    let FolderListing {
+        classes,
+        train,
+        test,
+        ignored,
+    } = folder::list_folder(source, cfg.val_fraction, cfg.seed)?;
+    if let Some(first) = ignored.first().filter(|_| cfg.strict) {
+        return Err(Error::invalid(format!("{first} (--strict)")));
+    }
+    let (channels, largest) = (cfg.channels, sizes.last().copied().unwrap_or(1));
+    let files = |files| Source::Files {
+        files,
+        channels,
+        largest,
+    };
+    Ok(Read {
+        classes,
+        channels,
+        train: files(train),
+        test: files(test),
+        padded_to: None,
+        unread: ignored,
     })
 }
 

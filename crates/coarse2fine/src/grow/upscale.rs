@@ -41,53 +41,111 @@ pub fn upscale(
     if !(sigma.is_finite() && sigma >= 0.0) {
         return Err(Error::invalid(format!("upscale σ {sigma} must be ≥ 0")));
     }
-    let mut fresh = Fresh::new(role, seed);
     let small_rows = spec.summary()?;
-
-    // Layer by layer: the new layer, and how its weights derive from the old.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Rule {
-        Copy,
-        Replicate,
-        Spread,
-        FcFromMap,
+    let (layers, rules): (Vec<Layer>, Vec<Rule>) = grown_layers(spec, mode).into_iter().unzip();
+    let grown = NetSpec {
+        name: spec.name.clone(),
+        input: Some(InputShape {
+            height: 2 * input.height,
+            width: 2 * input.width,
+            ..input
+        }),
+        classes: Some(classes),
+        layers,
+    };
+    grown.check_structure()?;
+    let big_rows = grown.summary()?;
+    check_lattice(spec, &small_rows, &big_rows)?;
+    // What each layer reads: the input for the first, the previous layer's output after.
+    let reads = |rows: &[crate::net::spec::LayerSummary], side: usize, i: usize| {
+        if i == 0 {
+            Shape::Map {
+                c: input.channels,
+                h: side * input.height,
+                w: side * input.width,
+            }
+        } else {
+            rows[i - 1].output
+        }
+    };
+    let mut fresh = Fresh::new(role, seed);
+    let mut out = WeightMap::new();
+    for (i, (l, rule)) in spec.layers.iter().zip(&rules).enumerate() {
+        let Some(name) = l.name() else { continue };
+        let (wn, bn) = (
+            param_name(name, Param::Weight),
+            param_name(name, Param::Bias),
+        );
+        let w = tensor(map, &wn)?;
+        let b = tensor(map, &bn)?.clone();
+        let new_w = match (rule, l) {
+            (Rule::Replicate, Layer::Conv(_)) => replicate_kernel(w),
+            (Rule::Spread, Layer::Conv(_)) => spread_kernel(w, &mut fresh, sigma),
+            (Rule::FcFromMap, Layer::Fc(_)) => {
+                match (reads(&small_rows, 1, i), reads(&big_rows, 2, i)) {
+                    (Shape::Map { c, h, w: ww }, Shape::Map { h: bh, w: bw, .. }) => {
+                        let fill = if mode == UpscaleMode::Paper {
+                            sigma
+                        } else {
+                            0.0
+                        };
+                        spread_fc(w, c, (h, ww), (bh, bw), &mut fresh, fill)
+                    }
+                    _ => w.clone(),
+                }
+            }
+            _ => w.clone(),
+        };
+        out.insert(wn, new_w);
+        out.insert(bn, b);
     }
-    let mut layers = Vec::with_capacity(spec.layers.len());
-    let mut rules = Vec::with_capacity(spec.layers.len());
+    Ok((grown, out))
+}
+
+/// How an upscaled layer's weights derive from the small one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    Copy,
+    Replicate,
+    Spread,
+    FcFromMap,
+}
+
+/// Each layer of the upscaled net, and how its weights derive from the old.
+fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
     let mut replicated = true;
     let mut seen_fc = false;
-    for l in &spec.layers {
-        let (layer, rule) = match l {
+    spec.layers
+        .iter()
+        .map(|l| match l {
             Layer::Conv(c) if replicated && c.dilation == 1 => {
                 replicated = false;
-                (
-                    Layer::Conv(Conv {
-                        kernel: 2 * c.kernel,
-                        padding: 2 * c.padding,
-                        ..c.clone()
-                    }),
-                    Rule::Replicate,
-                )
+                let conv = Conv {
+                    kernel: 2 * c.kernel,
+                    padding: 2 * c.padding,
+                    ..c.clone()
+                };
+                (Layer::Conv(conv), Rule::Replicate)
             }
             Layer::Conv(c) => {
                 replicated = false;
                 match mode {
-                    UpscaleMode::Exact => (
-                        Layer::Conv(Conv {
+                    UpscaleMode::Exact => {
+                        let conv = Conv {
                             dilation: 2 * c.dilation,
                             padding: 2 * c.padding,
                             ..c.clone()
-                        }),
-                        Rule::Copy,
-                    ),
-                    UpscaleMode::Paper => (
-                        Layer::Conv(Conv {
+                        };
+                        (Layer::Conv(conv), Rule::Copy)
+                    }
+                    UpscaleMode::Paper => {
+                        let conv = Conv {
                             kernel: 2 * c.kernel - 1,
                             padding: 2 * c.padding,
                             ..c.clone()
-                        }),
-                        Rule::Spread,
-                    ),
+                        };
+                        (Layer::Conv(conv), Rule::Spread)
+                    }
                 }
             }
             Layer::MaxPool(p) => {
@@ -112,25 +170,17 @@ pub fn upscale(
                 (l.clone(), Rule::FcFromMap)
             }
             other => (other.clone(), Rule::Copy),
-        };
-        layers.push(layer);
-        rules.push(rule);
-    }
-    let grown = NetSpec {
-        name: spec.name.clone(),
-        input: Some(InputShape {
-            height: 2 * input.height,
-            width: 2 * input.width,
-            ..input
-        }),
-        classes: Some(classes),
-        layers,
-    };
-    grown.check_structure()?;
-    let big_rows = grown.summary()?;
+        })
+        .collect()
+}
 
-    // Every map must still hold the lattice of the small net's positions.
-    for (i, (s, b)) in small_rows.iter().zip(&big_rows).enumerate() {
+/// Every map of the upscaled net must still hold the lattice of the small net's positions.
+fn check_lattice(
+    spec: &NetSpec,
+    small: &[crate::net::spec::LayerSummary],
+    big: &[crate::net::spec::LayerSummary],
+) -> Result<()> {
+    for (i, (s, b)) in small.iter().zip(big).enumerate() {
         if let (Shape::Map { h, w, .. }, Shape::Map { h: bh, w: bw, .. }) = (s.output, b.output)
             && (bh < 2 * h - 1 || bw < 2 * w - 1)
         {
@@ -142,58 +192,7 @@ pub fn upscale(
             )));
         }
     }
-
-    let mut out = WeightMap::new();
-    let small_in = |i: usize| {
-        if i == 0 {
-            Shape::Map {
-                c: input.channels,
-                h: input.height,
-                w: input.width,
-            }
-        } else {
-            small_rows[i - 1].output
-        }
-    };
-    let big_in = |i: usize| {
-        if i == 0 {
-            Shape::Map {
-                c: input.channels,
-                h: 2 * input.height,
-                w: 2 * input.width,
-            }
-        } else {
-            big_rows[i - 1].output
-        }
-    };
-    for (i, (l, rule)) in spec.layers.iter().zip(&rules).enumerate() {
-        let Some(name) = l.name() else { continue };
-        let (wn, bn) = (
-            param_name(name, Param::Weight),
-            param_name(name, Param::Bias),
-        );
-        let w = tensor(map, &wn)?;
-        let b = tensor(map, &bn)?.clone();
-        let new_w = match (rule, l) {
-            (Rule::Replicate, Layer::Conv(_)) => replicate_kernel(w),
-            (Rule::Spread, Layer::Conv(_)) => spread_kernel(w, &mut fresh, sigma),
-            (Rule::FcFromMap, Layer::Fc(_)) => match (small_in(i), big_in(i)) {
-                (Shape::Map { c, h, w: ww }, Shape::Map { h: bh, w: bw, .. }) => {
-                    let fill = if mode == UpscaleMode::Paper {
-                        sigma
-                    } else {
-                        0.0
-                    };
-                    spread_fc(w, c, (h, ww), (bh, bw), &mut fresh, fill)
-                }
-                _ => w.clone(),
-            },
-            _ => w.clone(),
-        };
-        out.insert(wn, new_w);
-        out.insert(bn, b);
-    }
-    Ok((grown, out))
+    Ok(())
 }
 
 /// Eq. 7: every tap becomes a 2×2 block of a quarter of its value.

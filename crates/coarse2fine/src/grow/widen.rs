@@ -57,6 +57,52 @@ pub fn widen(
     role: Role,
     seed: u64,
 ) -> Result<(NetSpec, WeightMap)> {
+    let (i, j) = check_widen(spec, layer, add, units)?;
+    let mut grown = spec.clone();
+    let old = widen_layer(&mut grown.layers[i], layer, add)?;
+    // Net2Wider's choice of source units must not depend on the role, so that momentum
+    // buffers are split exactly like the weights.
+    let mut choice = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c401);
+    let sources: Vec<usize> = (0..add)
+        .map(|r| match units.init {
+            NewFilters::Net2Wider => choice.random_range(0..old),
+            _ => r % old,
+        })
+        .collect();
+    let mut fresh = Fresh::new(role, seed);
+    let mut out = map.clone();
+    // The new units' weights first, then their columns in the next layer: the order in
+    // which `fresh` draws its noise.
+    let (wn, new_w, bn, new_b) = new_rows(map, layer, &sources, units, &mut fresh)?;
+    out.insert(wn, new_w);
+    out.insert(bn, new_b);
+    let rows = spec.summary()?;
+    let next_name = spec.layers[j].name().unwrap_or_default().to_string();
+    let per = match (&spec.layers[j], rows[j - 1].output) {
+        (Layer::Conv(c), _) => c.kernel * c.kernel,
+        (Layer::Fc(_), Shape::Map { h, w, .. }) => h * w,
+        _ => 1,
+    };
+    let next_cols = NextColumns {
+        layer,
+        next_name: &next_name,
+        per,
+        old,
+        sources: &sources,
+    };
+    let (nwn, next) = next_cols.widen(map, units, &mut fresh)?;
+    out.insert(nwn, next);
+    Ok((grown, out))
+}
+
+/// Checks that `layer` can be widened by `add` with `units`; returns its index and the
+/// index of the next layer with weights.
+fn check_widen(
+    spec: &NetSpec,
+    layer: &str,
+    add: usize,
+    units: &NewUnits,
+) -> Result<(usize, usize)> {
     let NewUnits {
         init,
         next_sigma,
@@ -101,54 +147,48 @@ pub fn widen(
         )));
     }
     let is_conv = matches!(spec.layers[i], Layer::Conv(_));
-    if !is_conv
-        && matches!(
-            init,
-            NewFilters::FlipH | NewFilters::FlipV | NewFilters::FlipDiag | NewFilters::FlipCentral
-        )
-    {
+    let flip = matches!(
+        init,
+        NewFilters::FlipH | NewFilters::FlipV | NewFilters::FlipDiag | NewFilters::FlipCentral
+    );
+    if !is_conv && flip {
         return Err(Error::invalid(format!(
             "widen {layer}: flips apply to conv filters, {layer} is fully connected"
         )));
     }
+    Ok((i, j))
+}
 
-    let mut grown = spec.clone();
-    let old = match &mut grown.layers[i] {
+/// Adds `add` filters or units to the spec's layer; returns the count before.
+fn widen_layer(l: &mut Layer, layer: &str, add: usize) -> Result<usize> {
+    match l {
         Layer::Conv(c) => {
             c.filters += add;
-            c.filters - add
+            Ok(c.filters - add)
         }
         Layer::Fc(f) => match f.outputs {
             Units::Fixed(n) => {
                 f.outputs = Units::Fixed(n + add);
-                n
+                Ok(n)
             }
-            Units::Classes => {
-                return Err(Error::invalid(format!(
-                    "widen {layer}: its width is the class count"
-                )));
-            }
+            Units::Classes => Err(Error::invalid(format!(
+                "widen {layer}: its width is the class count"
+            ))),
         },
-        _ => {
-            return Err(Error::invalid(format!(
-                "widen {layer}: not a conv or fc layer"
-            )));
-        }
-    };
-    let rows = spec.summary()?;
+        _ => Err(Error::invalid(format!(
+            "widen {layer}: not a conv or fc layer"
+        ))),
+    }
+}
 
-    // Net2Wider's choice of source units must not depend on the role, so that momentum
-    // buffers are split exactly like the weights.
-    let mut choice = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c401);
-    let sources: Vec<usize> = (0..add)
-        .map(|r| match init {
-            NewFilters::Net2Wider => choice.random_range(0..old),
-            _ => r % old,
-        })
-        .collect();
-    let mut fresh = Fresh::new(role, seed);
-
-    // Layer L: append rows.
+/// The widened layer's weight and bias, with one new row per source unit.
+fn new_rows(
+    map: &WeightMap,
+    layer: &str,
+    sources: &[usize],
+    units: &NewUnits,
+    fresh: &mut Fresh,
+) -> Result<(String, Tensor, String, Tensor)> {
     let (wn, bn) = (
         param_name(layer, Param::Weight),
         param_name(layer, Param::Bias),
@@ -157,12 +197,12 @@ pub fn widen(
     let b = tensor(map, &bn)?;
     let row_len: usize = w.shape[1..].iter().product();
     let mut new_w = w.clone();
-    new_w.shape[0] += add;
+    new_w.shape[0] += sources.len();
     let mut new_b = b.clone();
-    new_b.shape[0] += add;
-    for &src in &sources {
+    new_b.shape[0] += sources.len();
+    for &src in sources {
         let src_row = &w.data[src * row_len..(src + 1) * row_len];
-        let row: Vec<f32> = match init {
+        let row: Vec<f32> = match units.init {
             NewFilters::Gauss(s) => (0..row_len).map(|_| fresh.gauss(s)).collect(),
             NewFilters::Zeros => vec![0.0; row_len],
             NewFilters::Net2Wider => src_row.to_vec(),
@@ -177,67 +217,84 @@ pub fn widen(
         };
         new_w
             .data
-            .extend(row.into_iter().map(|v| v + fresh.gauss(noise)));
-        new_b.data.push(match init {
+            .extend(row.into_iter().map(|v| v + fresh.gauss(units.noise)));
+        new_b.data.push(match units.init {
             NewFilters::Net2Wider => b.data[src],
-            NewFilters::Gauss(_) | NewFilters::Zeros => fresh.constant(bias),
+            NewFilters::Gauss(_) | NewFilters::Zeros => fresh.constant(units.bias),
             _ => fresh.constant(b.data[src]),
         });
     }
+    Ok((wn, new_w, bn, new_b))
+}
 
-    // Layer N: new input columns. Inputs are flattened channel-major, so each input unit
-    // of N (a channel of L, or a unit) owns a block of `per` consecutive columns, and the
-    // new units' blocks go after the old ones.
-    let next_name = spec.layers[j].name().unwrap_or_default().to_string();
-    let nwn = param_name(&next_name, Param::Weight);
-    let nw = tensor(map, &nwn)?;
-    let per = match (&spec.layers[j], rows[j - 1].output) {
-        (Layer::Conv(c), _) => c.kernel * c.kernel,
-        (Layer::Fc(_), Shape::Map { h, w, .. }) => h * w,
-        _ => 1,
-    };
-    let outputs = nw.shape[0];
-    let cols = nw.numel() / outputs;
-    let units_in = cols / per;
-    if units_in != old {
-        return Err(Error::invalid(format!(
-            "widen {layer}: {next_name} has {units_in} inputs per position, expected {old}"
-        )));
-    }
-    let mut counts = vec![1usize; units_in];
-    if init == NewFilters::Net2Wider {
-        for &s in &sources {
-            counts[s] += 1;
+/// The next layer's new input columns. Inputs are flattened channel-major, so each input
+/// unit of the next layer (a channel of the widened one, or a unit) owns a block of `per`
+/// consecutive columns, and the new units' blocks go after the old ones.
+struct NextColumns<'a> {
+    layer: &'a str,
+    next_name: &'a str,
+    per: usize,
+    /// Units before widening.
+    old: usize,
+    sources: &'a [usize],
+}
+
+impl NextColumns<'_> {
+    fn widen(
+        &self,
+        map: &WeightMap,
+        units: &NewUnits,
+        fresh: &mut Fresh,
+    ) -> Result<(String, Tensor)> {
+        let NextColumns {
+            layer,
+            next_name,
+            per,
+            old,
+            sources,
+        } = *self;
+        let nwn = param_name(next_name, Param::Weight);
+        let nw = tensor(map, &nwn)?;
+        let outputs = nw.shape[0];
+        let cols = nw.numel() / outputs;
+        let units_in = cols / per;
+        if units_in != old {
+            return Err(Error::invalid(format!(
+                "widen {layer}: {next_name} has {units_in} inputs per position, expected {old}"
+            )));
         }
-    }
-    let new_cols_total = cols + add * per;
-    let mut next = Tensor::zeros(&match nw.shape.len() {
-        4 => vec![outputs, nw.shape[1] + add, nw.shape[2], nw.shape[3]],
-        _ => vec![outputs, new_cols_total],
-    });
-    for o in 0..outputs {
-        let src = &nw.data[o * cols..(o + 1) * cols];
-        let dst = &mut next.data[o * new_cols_total..(o + 1) * new_cols_total];
-        for u in 0..units_in {
-            for p in 0..per {
-                dst[u * per + p] = src[u * per + p] / counts[u] as f32;
+        // Net2Wider divides a source's outgoing weights among its copies.
+        let mut counts = vec![1usize; units_in];
+        if units.init == NewFilters::Net2Wider {
+            for &s in sources {
+                counts[s] += 1;
             }
         }
-        for (r, &s) in sources.iter().enumerate() {
-            for p in 0..per {
-                dst[(units_in + r) * per + p] = match init {
-                    NewFilters::Net2Wider => src[s * per + p] / counts[s] as f32,
-                    _ => fresh.gauss(next_sigma),
-                };
+        let add = sources.len();
+        let new_cols_total = cols + add * per;
+        let mut next = Tensor::zeros(&match nw.shape.len() {
+            4 => vec![outputs, nw.shape[1] + add, nw.shape[2], nw.shape[3]],
+            _ => vec![outputs, new_cols_total],
+        });
+        for o in 0..outputs {
+            let src = &nw.data[o * cols..(o + 1) * cols];
+            let dst = &mut next.data[o * new_cols_total..(o + 1) * new_cols_total];
+            for u in 0..units_in {
+                for p in 0..per {
+                    dst[u * per + p] = src[u * per + p] / counts[u] as f32;
+                }
+            }
+            for (r, &s) in sources.iter().enumerate() {
+                for p in 0..per {
+                    dst[(units_in + r) * per + p] = match units.init {
+                        NewFilters::Net2Wider => src[s * per + p] / counts[s] as f32,
+                        _ => fresh.gauss(units.next_sigma),
+                    };
+                }
             }
         }
+        Ok((nwn, next))
     }
-
-    let mut out = map.clone();
-    out.insert(wn, new_w);
-    out.insert(bn, new_b);
-    out.insert(nwn, next);
-    Ok((grown, out))
 }
 
 #[cfg(test)]

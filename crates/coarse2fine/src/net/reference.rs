@@ -22,6 +22,8 @@ fn tensor(w: &WeightMap, name: &str) -> Result<Vec<f64>> {
 
 /// Logits (`n × classes`, row-major) of a bound spec for `n` images in `x`.
 pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
     let input = spec
         .input
         .ok_or_else(|| Error::invalid("spec is not bound"))?;

@@ -450,6 +450,8 @@ impl NetSpec {
 
     /// Checks names and layer order, independent of input size.
     pub fn check_structure(&self) -> Result<()> {
+        // Long by design: one arm per layer type, each reading beside the others; split, the
+        // cases of one layer would be scattered over several functions.
         if self.layers.is_empty() {
             return Err(Error::invalid(format!("net {:?} has no layers", self.name)));
         }

@@ -214,7 +214,12 @@ impl WeightMap {
     /// Loads a safetensors file of `f32` tensors.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = SafeTensors::deserialize(&bytes)
+        Self::parse(&bytes, path)
+    }
+
+    /// Reads safetensors bytes of `f32` tensors; `path` names them in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
         let mut map = Self::new();
         for (name, view) in st.tensors() {

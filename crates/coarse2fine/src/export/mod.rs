@@ -2,6 +2,8 @@
 //! input normalisation built in, so the model takes the same pixel values (0–255) as the
 //! prepared shards hold.
 
+mod pytorch;
+
 use std::path::Path;
 
 use onnx_protobuf::attribute_proto::AttributeType;
@@ -16,6 +18,11 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::net::spec::{Layer, Param, Shape, param_name};
 use crate::net::{NetSpec, WeightMap};
+
+pub use pytorch::{
+    INFO, MODULE, PYTORCH_EXPORT, PytorchExport, WEIGHTS, checkpoint_from, export_pytorch,
+    import_pytorch,
+};
 
 /// ONNX operator set of exported models.
 pub const OPSET: i64 = 13;
@@ -108,6 +115,8 @@ fn parameter(weights: &WeightMap, name: &str) -> Result<TensorProto> {
 
 /// The ONNX model of a bound spec with its weights and input normalisation.
 pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> Result<ModelProto> {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
     let input = spec
         .input
         .ok_or_else(|| Error::invalid("the network is not bound to an input size"))?;
@@ -289,6 +298,39 @@ pub fn write_onnx(
     fsutil::write_bytes_atomic(path, &bytes)
 }
 
+/// Checks an ONNX output before writing: it may be new, or with `force` an ONNX model
+/// c2f wrote; never a folder, another file, or a file inside the checkpoint exported.
+pub fn check_onnx_output(onnx: &Path, checkpoint: &Path, force: bool) -> Result<()> {
+    if fsutil::resolved(onnx).starts_with(fsutil::resolved(checkpoint)) {
+        return Err(Error::format(
+            onnx,
+            format!(
+                "inside the checkpoint {} being exported; choose another file",
+                checkpoint.display()
+            ),
+        ));
+    }
+    if onnx.is_dir() {
+        return Err(Error::format(
+            onnx,
+            "is a folder; give a file name such as model.onnx",
+        ));
+    }
+    if onnx.exists() && !is_own_onnx(onnx) {
+        return Err(Error::format(
+            onnx,
+            "exists and is not an ONNX model written by c2f; c2f only ever replaces its own files: choose another file",
+        ));
+    }
+    if onnx.exists() && !force {
+        return Err(Error::format(
+            onnx,
+            "already exists (pass --force to replace it)",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` is an ONNX model that coarse2fine wrote (its producer name), the only
 /// kind of file `c2f export --onnx --force` replaces.
 pub fn is_own_onnx(path: &Path) -> bool {
@@ -303,6 +345,8 @@ pub fn is_own_onnx(path: &Path) -> bool {
 /// names), takes pixels 0–255 and normalises them with `norm` as training did, and returns
 /// logits; `load(path)` builds it and loads a safetensors file.
 pub fn pytorch_module(spec: &NetSpec, norm: &ChannelStats) -> Result<String> {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
     let input = spec
         .input
         .ok_or_else(|| Error::invalid("the network is not bound to an input size"))?;
