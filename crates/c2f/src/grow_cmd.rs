@@ -29,6 +29,7 @@ const NEW_CHECKPOINT: Ownership = Ownership {
 pub enum ModeArg {
     Exact,
     Paper,
+    Resize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -65,8 +66,9 @@ pub struct GrowArgs {
     /// Double the input resolution (repeat to quadruple, …); optionally with its own MODE.
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "", action = clap::ArgAction::Append)]
     pub upscale: Vec<String>,
-    /// Mode of upscales given without one: exact (lattice, function kept) or paper
-    /// (Fig. 3, noise in between).
+    /// Mode of upscales given without one: exact (lattice, function kept), paper (Fig. 3,
+    /// noise in between) or resize (the same layers on the larger image, the first fully
+    /// connected layer resampled; no dilation, function kept approximately).
     #[arg(long, value_enum, default_value = "exact")]
     pub mode: ModeArg,
     /// σ of the in-between noise of --mode paper.
@@ -169,7 +171,8 @@ fn ops_in_order(a: &GrowArgs, m: &ArgMatches) -> Result<Vec<GrowOp>> {
             let mode = match (v.as_str(), a.mode) {
                 ("", ModeArg::Exact) | ("exact", _) => UpscaleMode::Exact,
                 ("", ModeArg::Paper) | ("paper", _) => UpscaleMode::Paper,
-                (other, _) => bail!("--upscale {other:?}: the mode is exact or paper"),
+                ("", ModeArg::Resize) | ("resize", _) => UpscaleMode::Resize,
+                (other, _) => bail!("--upscale {other:?}: the mode is exact, paper or resize"),
             };
             ops.push((
                 i,

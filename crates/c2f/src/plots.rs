@@ -334,3 +334,106 @@ where
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// Draws frontiers: final test top-1 against training time (log scale), one point per
+/// budget at the mean over its seeds, bars from the lowest to the highest seed; the
+/// incremental frontier solid, the baseline's dashed, one colour per plan.
+pub fn draw_frontiers<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    fronts: &[coarse2fine::report::Frontier],
+    title: &str,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plotting: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let points = || fronts.iter().flat_map(|f| &f.points);
+    let (t0, t1) = points().fold((f64::INFINITY, 0f64), |(a, b), p| {
+        (a.min(p.time_s.min), b.max(p.time_s.max))
+    });
+    let (a0, a1) = points().fold((f64::INFINITY, 0f64), |(a, b), p| {
+        (a.min(p.top1.min), b.max(p.top1.max))
+    });
+    if !t0.is_finite() || t1 <= 0.0 {
+        bail!("no frontier points to plot");
+    }
+    let pad = ((a1 - a0) * 100.0 * 0.1).max(0.3);
+    let (y0, y1) = ((100.0 * a0 - pad).max(0.0), (100.0 * a1 + pad).min(100.0));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{title}: final accuracy against time"),
+            ("sans-serif", 22),
+        )
+        .margin(14)
+        .x_label_area_size(46)
+        .y_label_area_size(60)
+        .build_cartesian_2d((t0 * 0.8..t1 * 1.25).log_scale(), y0..y1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("training time, s (log scale; growth included, evaluation not)")
+        .x_label_formatter(&|v| {
+            let digits = if *v >= 10.0 { 0 } else { 2 };
+            format!("{v:.digits$}")
+        })
+        .y_desc("final test top-1, % (mean over seeds; bars: lowest to highest)")
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    let mut labels: Vec<&str> = Vec::new();
+    for f in fronts {
+        if !labels.contains(&f.label.as_str()) {
+            labels.push(&f.label);
+        }
+        let col = colour(labels.iter().position(|l| *l == f.label).unwrap_or(0));
+        let baseline = f.kind == CurveKind::Baseline;
+        let style = col.stroke_width(if baseline { 2 } else { 3 });
+        let mean: Vec<(f64, f64)> = f
+            .points
+            .iter()
+            .map(|p| (p.time_s.mean, 100.0 * p.top1.mean))
+            .collect();
+        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], style);
+        if baseline {
+            chart
+                .draw_series(DashedLineSeries::new(mean.clone(), 8, 5, style))
+                .map_err(err)?
+                .label(f.name())
+                .legend(legend);
+        } else {
+            chart
+                .draw_series(LineSeries::new(mean.clone(), style))
+                .map_err(err)?
+                .label(f.name())
+                .legend(legend);
+        }
+        for p in &f.points {
+            let (t, a) = (p.time_s.mean, 100.0 * p.top1.mean);
+            let bars = [
+                vec![(t, 100.0 * p.top1.min), (t, 100.0 * p.top1.max)],
+                vec![(p.time_s.min, a), (p.time_s.max, a)],
+            ];
+            for bar in bars {
+                chart
+                    .draw_series(LineSeries::new(bar, col.stroke_width(1)))
+                    .map_err(err)?;
+            }
+            chart
+                .draw_series(std::iter::once(Circle::new((t, a), 4, col.filled())))
+                .map_err(err)?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

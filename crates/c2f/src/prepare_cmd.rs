@@ -55,9 +55,13 @@ pub struct PrepareArgs {
     /// How non-square folder images are made square.
     #[arg(long, value_enum, default_value = "center-crop")]
     pub fit: FitArg,
-    /// Held-out fraction per class for folder trees without val/.
+    /// Held-out fraction per class for folder trees without val/ (the test split).
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
+    /// Training images to hold out as a validation split, on which plans choose settings
+    /// (the baseline's learning rate, automatic growth) while the test split is reported.
+    #[arg(long, default_value_t = 0)]
+    pub val_images: usize,
     /// Seed of that split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -93,13 +97,14 @@ pub fn cmd_prepare(a: PrepareArgs, bars: &Bars) -> Result<()> {
         class_names: a.classes,
         strict: a.strict,
         force: a.force,
+        val_images: a.val_images,
     };
     let t0 = std::time::Instant::now();
     let rep = prepare::prepare(&a.source, &a.out, &cfg, bars)?;
     let m = &rep.manifest;
     let total: usize = m.splits.values().sum();
     println!(
-        "prepared {} ({} classes, {} channel{}) at sizes {:?} into {}: {} train, {} test images in {:.1}s ({:.0} images/s)",
+        "prepared {} ({} classes, {} channel{}) at sizes {:?} into {}: {} train, {}{} test images in {:.1}s ({:.0} images/s)",
         a.source.display(),
         m.classes.len(),
         m.channels,
@@ -107,6 +112,9 @@ pub fn cmd_prepare(a: PrepareArgs, bars: &Bars) -> Result<()> {
         m.sizes,
         a.out.display(),
         m.splits.get("train").copied().unwrap_or(0),
+        m.splits
+            .get("val")
+            .map_or(String::new(), |v| format!("{v} validation, ")),
         m.splits.get("test").copied().unwrap_or(0),
         t0.elapsed().as_secs_f64(),
         total as f64 / t0.elapsed().as_secs_f64().max(1e-9),

@@ -91,26 +91,31 @@ const SUMMARY_FORMAT: &str = "coarse2fine-report";
 
 pub fn cmd_report(a: ReportArgs) -> Result<()> {
     let dirs = report::find_runs(&a.runs)?;
-    let runs = dirs
+    let all = dirs
         .iter()
         .map(|d| report::load_run(d))
         .collect::<coarse2fine::Result<Vec<_>>>()?;
+    let fronts = report::frontiers(&all);
+    let pays = report::payoffs(&fronts);
+    // Curves are drawn for one seed of each budget (a frontier's every run would be a
+    // tangle); sweep runs appear in their own table.
+    let runs = curve_runs(&all);
     let summary = report::summarize(&runs);
     if summary.curves.is_empty() {
         bail!("the runs have no events yet");
     }
-    let title = a.title.clone().unwrap_or_else(|| default_title(&runs));
+    let title = a.title.clone().unwrap_or_else(|| default_title(&all));
     plots::register_font(a.font.as_deref())?;
     let _lock = OutputLock::acquire(&a.out)?;
     let inputs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
     fsutil::check_output(&a.out, &REPORT, &inputs)?;
     fsutil::create_dir_all(&a.out)?;
     for plot in PLOTS {
-        write_plot(
-            &a.out,
-            plot.file(),
-            &Figure::Curves(plot, &summary.curves, &title),
-        )?;
+        let figure = Figure::Curves(plot, &summary.curves, &title);
+        write_plot(&a.out, plot.file(), &figure)?;
+    }
+    if !fronts.is_empty() {
+        write_plot(&a.out, "frontier", &Figure::Frontier(&fronts, &title))?;
     }
     let mats = matrices(&runs);
     if !mats.is_empty() {
@@ -119,22 +124,34 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     write_csv(&a.out, &summary)?;
     fsutil::write_json_atomic(
         &a.out.join("summary.json"),
-        &serde_json::json!({ "format": SUMMARY_FORMAT, "rows": summary.rows, "dips": summary.dips }),
+        &serde_json::json!({
+            "format": SUMMARY_FORMAT, "rows": summary.rows, "dips": summary.dips,
+            "frontiers": fronts, "payoffs": pays,
+        }),
     )?;
+    let mut verdict: Vec<String> = pays.iter().map(payoff_verdict).collect();
+    if pays.is_empty() {
+        verdict.extend(verdicts(&summary));
+    }
     let doc = Document {
         title: &title,
+        headline: headline(&pays, &summary),
         sources: dirs.iter().map(|d| d.display().to_string()).collect(),
-        verdicts: verdicts(&summary),
-        plans: runs
-            .iter()
-            .filter_map(|r| r.manifest.as_ref())
-            .flat_map(|m| crate::run_cmd::describe_run(&m.plan))
-            .collect(),
+        verdicts: verdict,
+        plans: plans(&all),
         tables: tables(&summary),
+        frontier: (!pays.is_empty()).then(|| frontier_table(&pays)),
+        sweep: sweep_table(&all),
         confusion: !mats.is_empty(),
     };
-    fsutil::write_bytes_atomic(&a.out.join("report.md"), doc.markdown().as_bytes())?;
-    fsutil::write_bytes_atomic(&a.out.join("report.html"), doc.html().as_bytes())?;
+    fsutil::write_bytes_atomic(
+        &a.out.join("report.md"),
+        doc.render(Format::Markdown).as_bytes(),
+    )?;
+    fsutil::write_bytes_atomic(
+        &a.out.join("report.html"),
+        doc.render(Format::Html).as_bytes(),
+    )?;
     #[cfg(feature = "tensorboard")]
     if let Some(tb) = &a.tensorboard {
         let start = std::time::SystemTime::now()
@@ -147,22 +164,172 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
             tb.display()
         );
     }
+    println!("{}: {}", doc.title, doc.headline);
     for v in &doc.verdicts {
         println!("{v}");
     }
     println!(
         "wrote {}/report.html, report.md, {} plots (PNG and SVG), curves.csv and summary.json",
         a.out.display(),
-        PLOTS.len() + usize::from(doc.confusion)
+        PLOTS.len() + usize::from(doc.confusion) + usize::from(!fronts.is_empty())
     );
     Ok(())
+}
+
+/// The runs whose curves are drawn: all but sweep runs, and of a frontier's runs those of
+/// its first seed.
+fn curve_runs(runs: &[RunData]) -> Vec<RunData> {
+    let first_seed = |r: &RunData| {
+        let plan = r.manifest.as_ref().map(|m| &m.plan);
+        let seed = plan.and_then(|p| p.point).map(|p| p.seed);
+        let lowest = runs
+            .iter()
+            .filter_map(|o| o.manifest.as_ref()?.plan.point.map(|p| p.seed))
+            .min();
+        plan.is_none_or(|p| p.sweep.is_none()) && (seed.is_none() || seed == lowest)
+    };
+    runs.iter().filter(|r| first_seed(r)).cloned().collect()
+}
+
+/// Each plan label's settings once (its first run's), with the budgets and seeds it ran at.
+fn plans(runs: &[RunData]) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for m in runs.iter().filter_map(|r| r.manifest.as_ref()) {
+        let p = &m.plan;
+        if p.sweep.is_some() || seen.contains(&p.label()) {
+            continue;
+        }
+        seen.push(p.label());
+        out.extend(crate::run_cmd::describe_run(p));
+        let points: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.manifest.as_ref().map(|m| &m.plan))
+            .filter(|q| q.label() == p.label() && q.sweep.is_none())
+            .filter_map(|q| q.point.map(|pt| format!("b{} s{}", pt.budget, pt.seed)))
+            .collect();
+        if !points.is_empty() {
+            out.push(format!(
+                "    run at budget × and seed: {} (lengths above are those of budget × {})",
+                points.join(", "),
+                p.point.map_or(1.0, |pt| pt.budget)
+            ));
+        }
+    }
+    out
+}
+
+/// One sentence per frontier: did starting coarse pay off, and by how much?
+fn payoff_verdict(p: &report::Payoff) -> String {
+    let deltas: Vec<String> = p
+        .equal_time
+        .iter()
+        .filter_map(|e| Some(format!("b{}: {:+.2}", e.budget, e.difference?)))
+        .collect();
+    let at_equal = match deltas.is_empty() {
+        true => "no incremental budget falls within the from-scratch frontier's times, so none is compared at equal time".to_string(),
+        false => format!(
+            "at equal training time the incremental run ended {} points of test top-1 from the from-scratch frontier",
+            deltas.join(", ")
+        ),
+    };
+    let seeds = format!(
+        "mean of {} seed{}",
+        p.seeds,
+        if p.seeds == 1 { "" } else { "s" }
+    );
+    let speedups: Vec<String> = p
+        .speedups
+        .iter()
+        .map(|s| {
+            let x = s.speedup.map_or("never".into(), |x| format!("{x:.2}×"));
+            format!("b{}: {x}", s.budget)
+        })
+        .collect();
+    match (p.pays_from, p.min_speedup) {
+        (Some(b), Some(x)) => format!(
+            "Paid off: {} reached the from-scratch net's final test top-1 sooner at every budget ≥ {b}, by {x:.2}× at least ({seeds}; speed-ups {}); {at_equal}.",
+            p.label,
+            speedups.join(", ")
+        ),
+        _ => format!(
+            "Did not pay off: {} did not reach the from-scratch net's final test top-1 sooner at every budget from some budget on ({seeds}; speed-ups {}); {at_equal}.",
+            p.label,
+            speedups.join(", ")
+        ),
+    }
+}
+
+/// The frontiers' comparison, budget by budget.
+fn frontier_table(pays: &[report::Payoff]) -> Vec<Vec<String>> {
+    let mut t = vec![
+        [
+            "plan",
+            "budget",
+            "from scratch: s",
+            "its final top-1 %",
+            "incremental reaches it after s",
+            "speed-up",
+            "incremental: s",
+            "its final top-1 %",
+            "from scratch at that time %",
+            "difference, points",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for p in pays {
+        for (s, e) in p.speedups.iter().zip(&p.equal_time) {
+            let reach = s.reached.map_or("never".to_string(), |(t, exact)| {
+                format!("{}{}", if exact { "" } else { "≤ " }, s3(t))
+            });
+            t.push(vec![
+                p.label.clone(),
+                s.budget.to_string(),
+                s3(s.time_s),
+                format!("{:.2}", 100.0 * s.top1),
+                reach,
+                ratio(s.speedup),
+                s3(e.time_s),
+                format!("{:.2}", 100.0 * e.top1),
+                pct(e.baseline_top1),
+                e.difference.map_or("–".into(), |d| format!("{d:+.2}")),
+            ]);
+        }
+    }
+    t
+}
+
+/// The baseline's learning-rate sweep: every rate tried, and the one chosen.
+fn sweep_table(runs: &[RunData]) -> Option<Vec<Vec<String>>> {
+    let record = runs
+        .iter()
+        .find_map(|r| coarse2fine::run::sweep_record(&r.dir))?;
+    let mut t = vec![
+        ["rate", "validation top-1 %", "test top-1 %", "chosen"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for e in &record.tried {
+        t.push(vec![
+            e.lr.to_string(),
+            format!("{:.2}", 100.0 * e.val_top1),
+            pct(e.test_top1),
+            if e.lr == record.chosen {
+                "✓".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    Some(t)
 }
 
 /// The runs' plan names, each once.
 fn default_title(runs: &[RunData]) -> String {
     let mut names: Vec<String> = runs
         .iter()
-        .map(|r| r.label.split('/').next().unwrap_or(&r.label).to_string())
+        .filter_map(|r| r.manifest.as_ref().map(|m| m.plan.plan.clone()))
         .collect();
     names.dedup();
     names.join(", ")
@@ -204,6 +371,7 @@ fn write_plot(dir: &Path, name: &str, figure: &Figure<'_>) -> Result<()> {
 /// A figure of the report.
 enum Figure<'a> {
     Curves(Plot, &'a [report::Curve], &'a str),
+    Frontier(&'a [report::Frontier], &'a str),
     Confusion(&'a [Matrix<'a>]),
 }
 
@@ -212,7 +380,7 @@ impl Figure<'_> {
     /// every two.
     fn size(&self, w: u32, h: u32) -> (u32, u32) {
         match self {
-            Figure::Curves(..) => (w, h),
+            Figure::Curves(..) | Figure::Frontier(..) => (w, h),
             Figure::Confusion(m) => (w, h * m.len().div_ceil(2).max(1) as u32),
         }
     }
@@ -223,6 +391,7 @@ impl Figure<'_> {
     {
         match self {
             Figure::Curves(plot, curves, title) => plots::draw(root, *plot, curves, title),
+            Figure::Frontier(f, title) => plots::draw_frontiers(root, f, title),
             Figure::Confusion(m) => plots::draw_confusions(root, m),
         }
     }
@@ -240,7 +409,9 @@ fn write_csv(dir: &Path, summary: &Summary) -> Result<()> {
         for (kind, pts) in [("eval", &c.evals), ("train", &c.trains)] {
             for p in pts.iter() {
                 let (top1, top5, loss) = match p.what {
-                    What::Eval { top1, top5, loss } => (Some(top1), Some(top5), loss),
+                    What::Eval {
+                        top1, top5, loss, ..
+                    } => (Some(top1), Some(top5), loss),
                     What::Train { loss, .. } => (None, None, loss),
                     _ => continue,
                 };
@@ -270,65 +441,125 @@ fn write_csv(dir: &Path, summary: &Summary) -> Result<()> {
 /// The text of a report, rendered as Markdown or HTML.
 struct Document<'a> {
     title: &'a str,
+    /// Did it pay off, and by how much: the report's first line.
+    headline: String,
     sources: Vec<String>,
     verdicts: Vec<String>,
     plans: Vec<String>,
     tables: (Vec<Vec<String>>, Vec<Vec<String>>),
+    frontier: Option<Vec<Vec<String>>>,
+    sweep: Option<Vec<Vec<String>>>,
     confusion: bool,
 }
 
 const TIME_NOTE: &str = "Time is training plus growth seconds; evaluation and checkpoint writing are left out. Times to reach an accuracy are those of the first evaluation at or above it. The first plot is zoomed to the accuracies where the curves differ; the second shows the full range.";
 
+const FRONTIER_NOTE: &str = "Each point is one budget: the mean over its seeds of the training time and the final test top-1 (bars: lowest to highest seed). A speed-up is the from-scratch run's time divided by the time at which the incremental frontier (linear in log time between its points) first reaches the from-scratch run's final top-1; \"≤\" marks a top-1 already reached at the smallest incremental budget. The difference at equal time compares each incremental point with the from-scratch frontier at the same time.";
+
+/// A part of a report.
+enum Block {
+    Heading(String),
+    Text(String),
+    List(Vec<String>),
+    Image(&'static str, &'static str, bool),
+    Table(Vec<Vec<String>>),
+    Pre(String),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Markdown,
+    Html,
+}
+
 impl Document<'_> {
-    fn markdown(&self) -> String {
-        let mut md = format!("# {}\n\nRuns: {}\n\n", self.title, self.sources.join(", "));
-        for v in &self.verdicts {
-            md += &format!("- {v}\n");
+    fn blocks(&self) -> Vec<Block> {
+        use Block::*;
+        let mut b = vec![
+            Text(format!("Runs: {}", self.sources.join(", "))),
+            List(self.verdicts.clone()),
+        ];
+        if let Some(t) = &self.frontier {
+            b.push(Heading("Frontiers: accuracy against training time".into()));
+            b.push(Image("frontier", "frontier", false));
+            b.push(Text(FRONTIER_NOTE.into()));
+            b.push(Table(t.clone()));
         }
-        md += "\n![accuracy vs time](accuracy_vs_time.png)\n\n";
-        md += "![accuracy vs time, full range](accuracy_vs_time_full.png)\n\n";
-        md += &format!("{TIME_NOTE}\n\n## Curves\n\n");
-        md += &markdown_table(&self.tables.0);
+        if let Some(t) = &self.sweep {
+            b.push(Heading("The from-scratch baseline's learning rate".into()));
+            b.push(Text("Chosen by the final top-1 on the validation split (held out from the training images); the test split is reported.".into()));
+            b.push(Table(t.clone()));
+        }
+        b.push(Heading("Curves".into()));
+        b.push(Image("accuracy_vs_time", "accuracy vs time", false));
+        b.push(Image(
+            "accuracy_vs_time_full",
+            "accuracy vs time, full range",
+            true,
+        ));
+        b.push(Text(TIME_NOTE.into()));
+        b.push(Table(self.tables.0.clone()));
         if self.tables.1.len() > 1 {
-            md += "\n## Growth steps\n\n";
-            md += &markdown_table(&self.tables.1);
+            b.push(Heading("Growth steps".into()));
+            b.push(Table(self.tables.1.clone()));
         }
-        md += "\n## Plans\n\n```text\n";
-        md += &self.plans.join("\n");
-        md += "\n```\n\n![loss vs time](loss_vs_time.png)\n\n![accuracy vs images](accuracy_vs_images.png)\n\n";
+        b.push(Heading("Plans".into()));
+        b.push(Pre(self.plans.join("\n")));
+        b.push(Image("loss_vs_time", "loss vs time", false));
+        b.push(Image("accuracy_vs_images", "accuracy vs images", false));
         if self.confusion {
-            md += "## Confusion of the final nets\n\nRows: true class; columns: predicted class; shade: share of the row.\n\n![confusion matrices](confusion.png)\n\n";
+            b.push(Heading("Confusion of the final nets".into()));
+            b.push(Text(
+                "Rows: true class; columns: predicted class; shade: share of the row.".into(),
+            ));
+            b.push(Image("confusion", "confusion matrices", false));
         }
-        md + "Every point: `curves.csv`; the tables' numbers: `summary.json`.\n"
+        b.push(Text(
+            "Every point: curves.csv; the tables' numbers: summary.json.".into(),
+        ));
+        b
     }
 
-    fn html(&self) -> String {
-        let t = html_escape(self.title);
-        let mut h = format!(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}img.small{{max-width:60%}}pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>\n<h1>{t}</h1>\n<p>Runs: {}</p>\n<ul>{}</ul>\n",
-            html_escape(&self.sources.join(", ")),
-            self.verdicts
-                .iter()
-                .map(|v| format!("<li>{}</li>", html_escape(v)))
-                .collect::<String>(),
-        );
-        h += "<img src=\"accuracy_vs_time.svg\" alt=\"accuracy vs time\">\n";
-        h += "<img class=\"small\" src=\"accuracy_vs_time_full.svg\" alt=\"accuracy vs time, full range\">\n";
-        h += &format!("<p>{}</p>\n<h2>Curves</h2>\n", html_escape(TIME_NOTE));
-        h += &html_table(&self.tables.0);
-        if self.tables.1.len() > 1 {
-            h += "<h2>Growth steps</h2>\n";
-            h += &html_table(&self.tables.1);
+    fn render(&self, f: Format) -> String {
+        let md = f == Format::Markdown;
+        let mut out = if md {
+            format!("# {}: {}\n\n", self.title, self.headline)
+        } else {
+            let t = html_escape(&format!("{}: {}", self.title, self.headline));
+            format!(
+                "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}img.small{{max-width:60%}}pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>\n<h1>{t}</h1>\n"
+            )
+        };
+        for block in self.blocks() {
+            out += &match (block, md) {
+                (Block::Heading(h), true) => format!("## {h}\n\n"),
+                (Block::Heading(h), false) => format!("<h2>{}</h2>\n", html_escape(&h)),
+                (Block::Text(t), true) => format!("{t}\n\n"),
+                (Block::Text(t), false) => format!("<p>{}</p>\n", html_escape(&t)),
+                (Block::List(l), true) => {
+                    l.iter().map(|v| format!("- {v}\n")).collect::<String>() + "\n"
+                }
+                (Block::List(l), false) => format!(
+                    "<ul>{}</ul>\n",
+                    l.iter()
+                        .map(|v| format!("<li>{}</li>", html_escape(v)))
+                        .collect::<String>()
+                ),
+                (Block::Image(file, alt, _), true) => format!("![{alt}]({file}.png)\n\n"),
+                (Block::Image(file, alt, small), false) => format!(
+                    "<img{} src=\"{file}.svg\" alt=\"{alt}\">\n",
+                    if small { " class=\"small\"" } else { "" }
+                ),
+                (Block::Table(t), true) => markdown_table(&t) + "\n",
+                (Block::Table(t), false) => html_table(&t),
+                (Block::Pre(p), true) => format!("```text\n{p}\n```\n\n"),
+                (Block::Pre(p), false) => format!("<pre>{}</pre>\n", html_escape(&p)),
+            };
         }
-        h += &format!(
-            "<h2>Plans</h2>\n<pre>{}</pre>\n",
-            html_escape(&self.plans.join("\n"))
-        );
-        h += "<img src=\"loss_vs_time.svg\" alt=\"loss vs time\">\n<img src=\"accuracy_vs_images.svg\" alt=\"accuracy vs images\">\n";
-        if self.confusion {
-            h += "<h2>Confusion of the final nets</h2>\n<p>Rows: true class; columns: predicted class; shade: share of the row.</p>\n<img src=\"confusion.svg\" alt=\"confusion matrices\">\n";
+        if !md {
+            out += "</body></html>\n";
         }
-        h + "<p>Every point: <a href=\"curves.csv\">curves.csv</a>; the tables' numbers: <a href=\"summary.json\">summary.json</a>.</p>\n</body></html>\n"
+        out
     }
 }
 
@@ -460,9 +691,18 @@ fn verdicts(s: &Summary) -> Vec<String> {
         .filter_map(|r| {
             let reference = r.reference.as_ref()?;
             let full = r.reach.first()?;
+            let equal = match (r.final_top1, r.reference_at_end) {
+                (Some(a), Some(b)) => format!(
+                    "; at its end ({} s) {reference} stood at {:.2}%, {:+.2} points",
+                    s3(r.time_s),
+                    100.0 * b,
+                    100.0 * (a - b)
+                ),
+                _ => String::new(),
+            };
             Some(match (full.time_s, full.speedup) {
                 (Some(t), Some(x)) => format!(
-                    "{} reached {}'s final top-1 ({:.2}%) after {} s: speed-up {x:.2}× (it ended at {}%).",
+                    "{} reached {}'s final top-1 ({:.2}%) after {} s: speed-up {x:.2}× (it ended at {}%{equal}).",
                     r.curve,
                     reference,
                     100.0 * full.target,
@@ -470,7 +710,7 @@ fn verdicts(s: &Summary) -> Vec<String> {
                     pct(r.final_top1)
                 ),
                 _ => format!(
-                    "{} did not reach {}'s final top-1 ({:.2}%); it ended at {}%.",
+                    "{} did not reach {}'s final top-1 ({:.2}%); it ended at {}%{equal}.",
                     r.curve,
                     reference,
                     100.0 * full.target,
@@ -479,4 +719,48 @@ fn verdicts(s: &Summary) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// The report's first line: did it pay off, and by how much — from the first frontier, or
+/// else from the first incremental curve with a baseline.
+fn headline(pays: &[report::Payoff], s: &Summary) -> String {
+    if let Some(p) = pays.first() {
+        let deltas: Vec<f64> = p.equal_time.iter().filter_map(|e| e.difference).collect();
+        let delta = match deltas.is_empty() {
+            true => String::new(),
+            false => format!(
+                ", {:+.2} points at equal time",
+                deltas.iter().sum::<f64>() / deltas.len() as f64
+            ),
+        };
+        let seeds = format!("{} seed{}", p.seeds, if p.seeds == 1 { "" } else { "s" });
+        return match (p.pays_from, p.min_speedup) {
+            (Some(b), Some(x)) => format!(
+                "paid off, ≥ {x:.2}× sooner to the from-scratch top-1 for budgets ≥ {b}{delta} ({seeds})"
+            ),
+            _ => format!("did not pay off{delta} ({seeds})"),
+        };
+    }
+    let Some(r) = s
+        .rows
+        .iter()
+        .find(|r| r.curve.ends_with("(incremental)") && r.reference.is_some())
+    else {
+        return "no baseline to compare with".into();
+    };
+    let delta = match (r.final_top1, r.reference_at_end) {
+        (Some(a), Some(b)) => format!(", {:+.2} points at equal time", 100.0 * (a - b)),
+        _ => String::new(),
+    };
+    match r.reach.first().and_then(|x| x.speedup) {
+        Some(x) if x > 1.0 => {
+            format!("paid off, {x:.2}× sooner to the from-scratch final top-1{delta} (1 seed)")
+        }
+        Some(x) => format!(
+            "did not pay off, {x:.2}× the from-scratch time to its final top-1{delta} (1 seed)"
+        ),
+        None => {
+            format!("did not pay off: never reached the from-scratch final top-1{delta} (1 seed)")
+        }
+    }
 }

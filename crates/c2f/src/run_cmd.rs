@@ -91,7 +91,7 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
     let mut out = vec![format!(
         "[{}] {} (data {}, seed {})",
         r.index,
-        r.label(),
+        r.run_name(),
         r.data.display(),
         r.seed
     )];
@@ -124,6 +124,12 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
                 String::new()
             }
         ));
+        if s.auto {
+            out.push(
+                "      auto: leaves early when the next size is expected to pay more per second"
+                    .into(),
+            );
+        }
         if k > 0 {
             let ops: Vec<String> = s.grow.iter().map(GrowOp::describe).collect();
             out.push(format!(
@@ -136,14 +142,20 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
             ));
         }
     }
+    let lr = |b: &coarse2fine::plan::BaselinePlan| match (r.sweep, r.baseline_lrs.is_empty()) {
+        (Some(lr), _) => format!("lr {lr} (this run is one of the sweep's)"),
+        (None, false) => format!("lr chosen from {:?} by the sweep", r.baseline_lrs),
+        (None, true) => format!("lr {}", b.hyper.base_lr),
+    };
     out.push(match &r.baseline {
         Some(b) => format!(
-            "    baseline: the final net from scratch, same {}, lr {} {}, batch {}",
+            "    baseline{}: the final net from scratch, same {}, {} {}, batch {}",
+            if r.sweep.is_some() { " alone" } else { "" },
             match b.budget {
                 Budget::Time => "training time",
                 Budget::Images => "number of images",
             },
-            b.hyper.base_lr,
+            lr(b),
             b.hyper.lr_policy,
             b.hyper.batch_size
         ),
@@ -198,7 +210,7 @@ pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
             None => None,
         },
     };
-    let single = file.plan.variants.is_empty();
+    let single = file.len() == 1;
     for r in selected {
         let dir = if single {
             out.clone()

@@ -81,7 +81,9 @@ pub fn write(dir: &Path, curves: &[Curve], start: f64) -> Result<Vec<PathBuf>> {
         let mut points: Vec<Point> = Vec::new();
         for p in c.evals.iter().chain(&c.trains) {
             let values = match p.what {
-                What::Eval { top1, top5, loss } => vec![
+                What::Eval {
+                    top1, top5, loss, ..
+                } => vec![
                     ("test/top1", top1),
                     ("test/top5", top5),
                     ("test/loss", loss),

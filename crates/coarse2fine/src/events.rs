@@ -57,7 +57,7 @@ pub enum What {
         /// Learning rate of the last step.
         lr: f32,
     },
-    /// An evaluation on the held-out split.
+    /// An evaluation on the test split (and the validation split, if there is one).
     Eval {
         /// Top-1 accuracy in [0, 1].
         top1: f64,
@@ -65,6 +65,12 @@ pub enum What {
         top5: f64,
         /// Mean loss.
         loss: f64,
+        /// Top-1 on the validation split.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_top1: Option<f64>,
+        /// Mean loss on the validation split.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_loss: Option<f64>,
     },
     /// A growth step between stages (its place is the stage it starts).
     Growth {
@@ -85,6 +91,13 @@ pub enum What {
     Settings {
         /// What changed, e.g. `lr 0.1 → 0.01`.
         changed: Vec<String>,
+    },
+    /// An automatic decision: to leave a stage for the next size, and why.
+    Decision {
+        /// What was decided.
+        decision: String,
+        /// The numbers behind it.
+        reason: String,
     },
 }
 

@@ -105,7 +105,7 @@ impl Hyper {
     pub fn same_but_rate(&self, other: &Hyper) -> bool {
         Hyper {
             base_lr: other.base_lr,
-            lr_policy: other.lr_policy,
+            lr_policy: other.lr_policy.clone(),
             ..self.clone()
         } == *other
     }
@@ -186,12 +186,15 @@ impl StopAt {
 }
 
 /// How a part's learning rate follows its policy: `offset` iterations of earlier stages
-/// counted in (one schedule across stages), and a linear warm-up over the part's first
+/// counted in (one schedule across stages), over a budget of `total` iterations (all
+/// stages' for one schedule across stages), and a linear warm-up over the part's first
 /// `warmup` iterations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LrSchedule {
     /// Added to the part's iteration when the policy is evaluated.
     pub offset: u64,
+    /// The budget the policy runs over (policies such as `cosine` anneal to its end).
+    pub total: u64,
     /// The rate ramps from 1/warmup to 1 times the scheduled rate over this many
     /// iterations (0: none).
     pub warmup: u64,
@@ -200,7 +203,7 @@ pub struct LrSchedule {
 impl LrSchedule {
     /// The learning rate of the part's iteration `t` under `h`.
     pub fn rate(&self, h: &Hyper, t: u64) -> f32 {
-        let lr = h.lr_policy.rate(h.base_lr, t + self.offset);
+        let lr = h.lr_policy.rate(h.base_lr, t + self.offset, self.total);
         if t < self.warmup {
             lr * (t + 1) as f32 / self.warmup as f32
         } else {
@@ -340,6 +343,7 @@ mod tests {
     fn warmup_scales_the_first_iterations() {
         let s = LrSchedule {
             offset: 0,
+            total: 100,
             warmup: 4,
         };
         assert_eq!(s.rate(&hyper(), 0), 0.01 / 4.0);

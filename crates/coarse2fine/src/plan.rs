@@ -91,6 +91,39 @@ fn yes() -> bool {
     true
 }
 
+/// `[frontier]`: the plan run at several budgets and seeds, and the baseline's learning
+/// rate chosen by a sweep on the validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontierSpec {
+    /// Factors applied to every stage's length (and so to the baseline's): with
+    /// `epochs = 1`, budgets of that many epochs.
+    pub budgets: Vec<f64>,
+    /// Seeds; each budget runs once per seed.
+    #[serde(default = "one_seed")]
+    pub seeds: Vec<u64>,
+    /// Base learning rates to try for the baseline (empty: the plan's rate). Each is run at
+    /// `sweep_budget` with the first seed, and the one with the best final validation
+    /// top-1 is the baseline's rate at every budget.
+    #[serde(default)]
+    pub baseline_lrs: Vec<f32>,
+    /// The budget factor of the sweep (default: the middle one of `budgets`).
+    pub sweep_budget: Option<f64>,
+}
+
+fn one_seed() -> Vec<u64> {
+    vec![0]
+}
+
+/// A run's place on a frontier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FrontierPoint {
+    /// The factor applied to every stage's length.
+    pub budget: f64,
+    /// The seed.
+    pub seed: u64,
+}
+
 /// One `[[stage]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,8 +139,14 @@ pub struct StageSpec {
     pub iterations: Option<u64>,
     /// …or epochs of the training split…
     pub epochs: Option<f64>,
-    /// …or seconds of training.
+    /// …or seconds of training…
     pub seconds: Option<f64>,
+    /// …or this fraction of the plan's `epochs` (the curve's whole budget).
+    pub share: Option<f64>,
+    /// Leave this stage early when its validation accuracy gains less per second than the
+    /// next size is expected to give (its budget is then the cap, and what it leaves
+    /// unused goes to the next stage). Needs a validation split.
+    pub auto: Option<bool>,
     /// Base learning rate (default: the plan's; not with `schedule = "global"`).
     pub lr: Option<f32>,
     /// Learning-rate policy (default: the plan's; not with `schedule = "global"`).
@@ -162,9 +201,14 @@ pub struct Plan {
     /// Initialisation of fresh nets (the first stage and the baseline).
     #[serde(default = "default_init")]
     pub init: String,
+    /// The incremental curve's whole budget, in epochs of the training split, which stages
+    /// divide among them with `share`.
+    pub epochs: Option<f64>,
     /// The baseline.
     #[serde(default)]
     pub baseline: BaselineSpec,
+    /// Budgets and seeds to run the plan at, and the baseline's learning-rate sweep.
+    pub frontier: Option<FrontierSpec>,
     /// Stages, in order.
     #[serde(rename = "stage")]
     pub stages: Vec<StageSpec>,
@@ -224,6 +268,9 @@ pub struct StagePlan {
     pub momentum_state: MomentumState,
     /// Warm-up iterations.
     pub warmup: u64,
+    /// Leave early by the validation rule (see [`StageSpec::auto`]).
+    #[serde(default)]
+    pub auto: bool,
 }
 
 /// The validated baseline.
@@ -262,10 +309,30 @@ pub struct RunPlan {
     pub stages: Vec<StagePlan>,
     /// Baseline, if enabled.
     pub baseline: Option<BaselinePlan>,
+    /// The run's budget and seed, in a plan with a `[frontier]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<FrontierPoint>,
+    /// A run of the baseline's learning-rate sweep: the baseline alone, at this rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<f32>,
+    /// Rates the baseline's is chosen from by the sweep runs (empty: the plan's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline_lrs: Vec<f32>,
+    /// The sweep's budget factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_budget: Option<f64>,
+    /// Budgets × seeds of the plan's frontier (1 without one).
+    #[serde(default = "one")]
+    pub frontier_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl RunPlan {
-    /// `plan` or `plan/variant`: the run's name in reports.
+    /// `plan` or `plan/variant`: the name of the runs that make one curve of a report (the
+    /// budgets and seeds of a frontier share it).
     pub fn label(&self) -> String {
         match &self.variant {
             Some(v) => format!("{}/{v}", self.plan),
@@ -273,12 +340,59 @@ impl RunPlan {
         }
     }
 
+    /// The run's own name: its label, with its budget and seed on a frontier, or the rate
+    /// of a sweep run (`exp/a b2 s1`, `exp/a sweep lr0.01`).
+    pub fn run_name(&self) -> String {
+        match (self.sweep, self.point) {
+            (Some(lr), _) => format!("{} sweep lr{lr}", self.label()),
+            (None, Some(p)) => format!("{} b{} s{}", self.label(), p.budget, p.seed),
+            (None, None) => self.label(),
+        }
+    }
+
     /// Folder name of this run inside an output folder.
     pub fn folder(&self) -> String {
-        match &self.variant {
-            Some(v) => format!("{:02}-{v}", self.index),
-            None => self.plan.clone(),
+        let base = self.variant.clone().unwrap_or_else(|| self.plan.clone());
+        match (self.sweep, self.point) {
+            (Some(lr), _) => format!("{:02}-{base}-sweep-lr{lr}", self.index),
+            (None, Some(p)) => format!("{:02}-{base}-b{}-s{}", self.index, p.budget, p.seed),
+            (None, None) if self.variant.is_some() => format!("{:02}-{base}", self.index),
+            (None, None) => base,
         }
+    }
+
+    /// Folder names of this run's sweep runs, with their rates (the runs with the same
+    /// plan and variant and `sweep` set); see [`PlanFile`].
+    pub fn sweep_folders(&self, first_index: usize) -> Vec<(f32, String)> {
+        self.baseline_lrs
+            .iter()
+            .enumerate()
+            .map(|(i, &lr)| {
+                let mut r = self.clone();
+                r.index = first_index + i;
+                r.sweep = Some(lr);
+                (lr, r.folder())
+            })
+            .collect()
+    }
+
+    /// Runs per variant of the plan this run belongs to (its sweep runs come first).
+    pub fn runs_per_variant(&self) -> usize {
+        match self.point {
+            Some(_) => self.baseline_lrs.len() + self.frontier_size,
+            None => 1,
+        }
+    }
+
+    /// Training images of the incremental curve as planned (all stages in iterations).
+    pub fn planned_images(&self) -> Option<u64> {
+        self.stages
+            .iter()
+            .map(|s| match s.budget {
+                StageBudget::Iterations(n) => Some(n * s.hyper.batch_size as u64),
+                StageBudget::Seconds(_) => None,
+            })
+            .sum()
     }
 }
 
@@ -369,9 +483,57 @@ impl PlanFile {
         })
     }
 
-    /// Number of runs: one per variant, or one.
+    /// Number of runs: per variant (or for the plan), one per budget and seed of a
+    /// `[frontier]` plus one per swept baseline rate, or one.
     pub fn len(&self) -> usize {
-        self.plan.variants.len().max(1)
+        self.plan.variants.len().max(1) * self.runs_per_variant()
+    }
+
+    fn runs_per_variant(&self) -> usize {
+        match &self.plan.frontier {
+            Some(f) => f.baseline_lrs.len() + (f.budgets.len() * f.seeds.len()).max(1),
+            None => 1,
+        }
+    }
+
+    /// What run `index` is: its variant's index, and its budget, seed and sweep rate.
+    fn role(&self, index: usize) -> Result<(usize, Option<FrontierPoint>, Option<f32>)> {
+        if index >= self.len() {
+            return Err(Error::invalid(format!(
+                "{}: the plan has {} run(s) (indices 0 to {}), not {index}",
+                self.path.display(),
+                self.len(),
+                self.len() - 1
+            )));
+        }
+        let per = self.runs_per_variant();
+        let (v, r) = (index / per, index % per);
+        let Some(f) = &self.plan.frontier else {
+            return Ok((v, None, None));
+        };
+        let nseeds = f.seeds.len().max(1);
+        let seed = |i: usize| f.seeds.get(i).copied().unwrap_or(0);
+        if let Some(&lr) = f.baseline_lrs.get(r) {
+            let budget = f.sweep_budget.unwrap_or_else(|| middle(&f.budgets));
+            return Ok((
+                v,
+                Some(FrontierPoint {
+                    budget,
+                    seed: seed(0),
+                }),
+                Some(lr),
+            ));
+        }
+        let m = r - f.baseline_lrs.len();
+        let budget = f.budgets.get(m / nseeds).copied().unwrap_or(1.0);
+        Ok((
+            v,
+            Some(FrontierPoint {
+                budget,
+                seed: seed(m % nseeds),
+            }),
+            None,
+        ))
     }
 
     /// Always false: a plan has at least one run.
@@ -379,23 +541,16 @@ impl PlanFile {
         false
     }
 
-    /// The plan of run `index`, with its variant's patch applied, unvalidated.
+    /// The plan of variant `index`, with its patch applied, unvalidated.
     fn variant(&self, index: usize) -> Result<(Plan, Option<String>)> {
         if self.plan.variants.is_empty() {
-            if index != 0 {
-                return Err(Error::invalid(format!(
-                    "{}: the plan has one run (index 0), not {index}",
-                    self.path.display()
-                )));
-            }
             return Ok((self.plan.clone(), None));
         }
         let patch = self.plan.variants.get(index).ok_or_else(|| {
             Error::invalid(format!(
-                "{}: the plan has {} runs (indices 0 to {}), not {index}",
+                "{}: the plan has {} variants, not {index}",
                 self.path.display(),
                 self.plan.variants.len(),
-                self.plan.variants.len() - 1
             ))
         })?;
         let where_ = format!("{}: variant {index}", self.path.display());
@@ -413,6 +568,11 @@ impl PlanFile {
         {
             return Err(Error::invalid(format!(
                 "{where_} ({name:?}): use letters, digits, '-', '_' and '.' in names (they name folders)"
+            )));
+        }
+        if patch.contains_key("frontier") {
+            return Err(Error::invalid(format!(
+                "{where_} ({name}): [frontier] applies to every variant; set it at the top level"
             )));
         }
         if patch.contains_key("variant") {
@@ -441,19 +601,91 @@ impl PlanFile {
     /// operators that fit the nets (applied to zero weights), learning-rate policies.
     /// `data` overrides the plan's data folder.
     pub fn resolve(&self, index: usize, data: Option<&Path>) -> Result<RunPlan> {
-        let (plan, variant) = self.variant(index)?;
+        let (v, point, sweep) = self.role(index)?;
+        let (mut plan, variant) = self.variant(v)?;
         let what = match &variant {
-            Some(v) => format!("{}: variant {index} ({v})", self.path.display()),
+            Some(name) => format!("{}: variant {v} ({name})", self.path.display()),
             None => self.path.display().to_string(),
         };
-        resolve(&plan, variant, index, data)
-            .map_err(|e| Error::invalid(format!("{what}: {}", strip_kind(&e))))
+        let err = |e: Error| Error::invalid(format!("{what}: {}", strip_kind(&e)));
+        if let Some(p) = point {
+            scale(&mut plan, p).map_err(err)?;
+        }
+        let mut run = resolve(&plan, variant, index, data).map_err(err)?;
+        run.point = point;
+        run.sweep = sweep;
+        if let Some(f) = &self.plan.frontier {
+            run.baseline_lrs = f.baseline_lrs.clone();
+            run.sweep_budget = Some(f.sweep_budget.unwrap_or_else(|| middle(&f.budgets)));
+            run.frontier_size = (f.budgets.len() * f.seeds.len()).max(1);
+        }
+        check_frontier(&run).map_err(err)?;
+        Ok(run)
     }
 
     /// All runs, validated.
     pub fn resolve_all(&self, data: Option<&Path>) -> Result<Vec<RunPlan>> {
         (0..self.len()).map(|i| self.resolve(i, data)).collect()
     }
+}
+
+/// The middle budget of a frontier (the sweep's default).
+fn middle(budgets: &[f64]) -> f64 {
+    budgets.get(budgets.len() / 2).copied().unwrap_or(1.0)
+}
+
+/// Applies a frontier point to a plan: every stage's length (and the whole budget) times
+/// the budget factor, and the seed.
+fn scale(plan: &mut Plan, p: FrontierPoint) -> Result<()> {
+    if !(p.budget.is_finite() && p.budget > 0.0) {
+        return Err(Error::invalid(format!(
+            "[frontier] budget {} must be a positive number",
+            p.budget
+        )));
+    }
+    plan.seed = p.seed;
+    plan.epochs = plan.epochs.map(|e| e * p.budget);
+    for st in &mut plan.stages {
+        st.iterations = st
+            .iterations
+            .map(|n| ((n as f64 * p.budget).round() as u64).max(1));
+        st.epochs = st.epochs.map(|e| e * p.budget);
+        st.seconds = st.seconds.map(|sec| sec * p.budget);
+    }
+    Ok(())
+}
+
+/// What a frontier needs: a sweep has a baseline on the incremental run's images, and the
+/// data a validation split to choose by.
+fn check_frontier(run: &RunPlan) -> Result<()> {
+    if run.baseline_lrs.is_empty() {
+        return Ok(());
+    }
+    match &run.baseline {
+        Some(b) if b.budget == Budget::Images && run.planned_images().is_some() => {}
+        _ => {
+            return Err(Error::invalid(
+                "[frontier] baseline_lrs: the sweep needs a baseline with budget = \"images\" and stages with budgets in iterations, epochs or shares",
+            ));
+        }
+    }
+    if let Some(bad) = run
+        .baseline_lrs
+        .iter()
+        .find(|lr| !(lr.is_finite() && **lr > 0.0))
+    {
+        return Err(Error::invalid(format!(
+            "[frontier] baseline_lrs: {bad} must be a positive number"
+        )));
+    }
+    let manifest = DatasetManifest::load(&run.data)?;
+    if !manifest.splits.contains_key("val") {
+        return Err(Error::invalid(format!(
+            "[frontier] baseline_lrs: the sweep chooses on a validation split, and {} has none (prepare it with --val-images N)",
+            run.data.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The message of an error without its "invalid input: " style prefix.
@@ -522,6 +754,11 @@ fn resolve(
         init,
         stages,
         baseline,
+        point: None,
+        sweep: None,
+        baseline_lrs: Vec::new(),
+        sweep_budget: None,
+        frontier_size: 1,
     })
 }
 
@@ -552,7 +789,7 @@ impl Context<'_> {
             base_lr: lr.unwrap_or(self.plan.lr),
             lr_policy: match policy {
                 Some(p) => parse_policy(p, "lr_policy")?,
-                None => self.policy,
+                None => self.policy.clone(),
             },
             momentum: self.plan.momentum,
             weight_decay: self.plan.weight_decay,
@@ -580,6 +817,25 @@ impl Context<'_> {
         let seed = self.plan.seed.wrapping_add(k as u64);
         let hyper = self.hyper(s.batch, s.lr, s.lr_policy.as_ref(), seed)?;
         let budget = self.budget(s, hyper.batch_size)?;
+        if hyper.lr_policy.needs_total() && matches!(budget, StageBudget::Seconds(_)) {
+            return Err(Error::invalid(format!(
+                "lr_policy {} runs over a budget in iterations; give iterations, epochs or share instead of seconds",
+                hyper.lr_policy
+            )));
+        }
+        if s.auto == Some(true) {
+            if k + 1 == self.plan.stages.len() {
+                return Err(Error::invalid(
+                    "auto leaves a stage for the next one; the last stage has none",
+                ));
+            }
+            if !self.manifest.splits.contains_key("val") {
+                return Err(Error::invalid(format!(
+                    "auto decides on a validation split, and {} has none (prepare it with --val-images N)",
+                    self.data.display()
+                )));
+            }
+        }
         let (spec, grow) = match prev {
             None => (self.first_net(s)?, Vec::new()),
             Some(p) => self.grown_net(k, s, p)?,
@@ -597,12 +853,37 @@ impl Context<'_> {
             eval_every: s.eval_every.unwrap_or(self.plan.eval_every).max(1),
             momentum_state: s.momentum_state.unwrap_or_default(),
             warmup: s.warmup.unwrap_or(0),
+            auto: s.auto.unwrap_or(false),
         })
     }
 
-    /// A stage's budget: exactly one of iterations, epochs or seconds.
+    /// A stage's budget: exactly one of iterations, epochs, seconds or a share of the
+    /// plan's epochs.
     fn budget(&self, s: &StageSpec, batch: usize) -> Result<StageBudget> {
         let n_train = self.manifest.splits.get("train").copied().unwrap_or(0);
+        if let Some(share) = s.share {
+            let total = self.plan.epochs.ok_or_else(|| {
+                Error::invalid("share needs the plan's epochs = … (the curve's whole budget)")
+            })?;
+            if [
+                s.iterations.is_some(),
+                s.epochs.is_some(),
+                s.seconds.is_some(),
+            ]
+            .contains(&true)
+            {
+                return Err(Error::invalid(
+                    "give only one of iterations, epochs, seconds or share",
+                ));
+            }
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(Error::invalid(format!("share {share} must lie in (0, 1]")));
+            }
+            return match StopAt::from_counts(None, Some(share * total), n_train, batch)? {
+                StopAt::Iterations(n) => Ok(StageBudget::Iterations(n)),
+                StopAt::TrainSeconds(sec) => Ok(StageBudget::Seconds(sec)),
+            };
+        }
         match (s.iterations, s.epochs, s.seconds) {
             (None, None, Some(sec)) => {
                 StopAt::TrainSeconds(sec).validate()?;
@@ -884,6 +1165,64 @@ baseline.enabled = false
         assert!(m.contains("lr_policy"), "{m}");
         let m = message(parse(GOOD, &d)?.resolve(2, None));
         assert!(m.contains("indices 0 to 1"), "{m}");
+        Ok(())
+    }
+    #[test]
+    fn a_frontier_enumerates_sweeps_then_budgets_and_seeds() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        write_quadrant_idx(&tmp.path().join("src"), 64, 16, 16, 3)?;
+        let cfg = PrepareConfig {
+            sizes: vec![8, 16],
+            val_images: 8,
+            ..Default::default()
+        };
+        prepare(
+            &tmp.path().join("src"),
+            &tmp.path().join("data"),
+            &cfg,
+            &Silent,
+        )?;
+        let text = format!(
+            "name = \"f\"\ndata = \"{}\"\nbatch = 8\nepochs = 2\nlr_policy = \"cosine\"\n[[stage]]\nsize = 8\nnet = \"net-1\"\nshare = 0.5\nauto = true\n[[stage]]\nsize = 16\ngrow = [{{ op = \"upscale\", mode = \"resize\" }}]\nshare = 0.5\n[baseline]\nbudget = \"images\"\n[frontier]\nbudgets = [1, 2]\nseeds = [4, 5]\nbaseline_lrs = [0.01, 0.02, 0.05]\n",
+            tmp.path().join("data").display()
+        );
+        let f = PlanFile::parse(Path::new("f.toml"), &text)?;
+        assert_eq!(f.len(), 3 + 4);
+        let runs = f.resolve_all(None)?;
+        let names: Vec<String> = runs.iter().map(RunPlan::run_name).collect();
+        assert_eq!(
+            names,
+            [
+                "f sweep lr0.01",
+                "f sweep lr0.02",
+                "f sweep lr0.05",
+                "f b1 s4",
+                "f b1 s5",
+                "f b2 s4",
+                "f b2 s5"
+            ]
+        );
+        // 56 training images (8 held out), batch 8: 7 iterations per epoch; a share of 0.5
+        // of 2 epochs is 7 iterations, twice that at budget 2; the sweep runs at the middle
+        // budget (2).
+        assert_eq!(runs[3].stages[0].budget, StageBudget::Iterations(7));
+        assert_eq!(runs[5].stages[0].budget, StageBudget::Iterations(14));
+        assert_eq!(runs[0].stages[0].budget, StageBudget::Iterations(14));
+        assert_eq!((runs[4].seed, runs[4].stages[1].hyper.seed), (5, 6));
+        assert!(runs[3].stages[0].auto);
+        assert_eq!(
+            runs[6].sweep_folders(0)[1],
+            (0.02, "01-f-sweep-lr0.02".to_string())
+        );
+        assert_eq!(runs[6].folder(), "06-f-b2-s5");
+        assert_eq!(runs[6].planned_images(), Some(2 * 14 * 8));
+        // auto on the last stage, or without a validation split, is refused.
+        let last = text.replace(
+            "share = 0.5\n[baseline]",
+            "share = 0.5\nauto = true\n[baseline]",
+        );
+        let m = message(PlanFile::parse(Path::new("f.toml"), &last)?.resolve(3, None));
+        assert!(m.contains("stage 2") && m.contains("last stage"), "{m}");
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use crate::train::CHECKPOINT_DIR;
 pub struct RunData {
     /// The folder.
     pub dir: PathBuf,
-    /// Its plan label (`plan` or `plan/variant`).
+    /// Its name (`plan` or `plan/variant`, with budget and seed on a frontier).
     pub label: String,
     /// Its events.
     pub events: Vec<Event>,
@@ -86,7 +86,7 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
     });
     Ok(RunData {
         dir: dir.to_path_buf(),
-        label: m.plan.label(),
+        label: m.plan.run_name(),
         events,
         confusions,
         classes,
@@ -183,6 +183,9 @@ pub struct SummaryRow {
     pub images: u64,
     /// Reach of 100%, 99% and 95% of the reference's final accuracy.
     pub reach: Vec<Reach>,
+    /// The reference's top-1 at this curve's end time (its last evaluation at or before
+    /// it), to compare at equal time.
+    pub reference_at_end: Option<f64>,
     /// Seconds in growth operators.
     pub grow_s: f64,
     /// Seconds in evaluation and growth checks.
@@ -288,9 +291,16 @@ pub fn summarize(runs: &[RunData]) -> Summary {
             .fold((0.0f64, 0u64), |a, p| {
                 (a.0.max(p.clock.time_s), a.1.max(p.images))
             });
+        let reference_at_end = reference.and_then(|b| {
+            b.evals
+                .iter()
+                .rfind(|e| e.clock.time_s <= end.0 + 1e-9)
+                .and_then(Event::top1)
+        });
         rows.push(SummaryRow {
             curve: c.label(),
             reference: reference.map(Curve::label),
+            reference_at_end,
             final_top1: c.last().and_then(Event::top1),
             final_top5: c.last().and_then(|p| match p.what {
                 What::Eval { top5, .. } => Some(top5),
@@ -309,6 +319,275 @@ pub fn summarize(runs: &[RunData]) -> Summary {
         .flat_map(|c| c.growths.iter().filter_map(move |g| dip(c, g)))
         .collect();
     Summary { curves, rows, dips }
+}
+
+/// Mean, lowest and highest of one measure over a frontier point's seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    /// Mean.
+    pub mean: f64,
+    /// Lowest.
+    pub min: f64,
+    /// Highest.
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(v: &[f64]) -> Self {
+        Self {
+            mean: v.iter().sum::<f64>() / v.len().max(1) as f64,
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+/// One budget of a frontier: where the runs of that budget ended, over their seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetPoint {
+    /// Budget factor.
+    pub budget: f64,
+    /// Seeds run.
+    pub seeds: Vec<u64>,
+    /// Training (plus growth) seconds at the end.
+    pub time_s: Spread,
+    /// Final test top-1.
+    pub top1: Spread,
+}
+
+/// The runs of one plan (or variant) and curve at every budget: accuracy against time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Frontier {
+    /// `plan` or `plan/variant`.
+    pub label: String,
+    /// Incremental or baseline.
+    pub kind: CurveKind,
+    /// By budget.
+    pub points: Vec<BudgetPoint>,
+}
+
+impl Frontier {
+    /// `label (kind)`.
+    pub fn name(&self) -> String {
+        format!("{} ({})", self.label, self.kind.name())
+    }
+
+    /// Mean (time, top-1) by budget, in time order.
+    fn means(&self) -> Vec<(f64, f64)> {
+        let mut m: Vec<(f64, f64)> = self
+            .points
+            .iter()
+            .map(|p| (p.time_s.mean, p.top1.mean))
+            .collect();
+        m.sort_by(|a, b| a.0.total_cmp(&b.0));
+        m
+    }
+
+    /// The time at which the frontier (mean points, linear in log time between them) first
+    /// reaches `target`, and whether that is exact (`false`: already at the smallest
+    /// budget, so the time is an upper bound).
+    pub fn time_to(&self, target: f64) -> Option<(f64, bool)> {
+        let m = self.means();
+        let first = m.first()?;
+        if first.1 >= target {
+            return Some((first.0, false));
+        }
+        m.windows(2).find(|w| w[1].1 >= target).map(|w| {
+            let ((t0, a0), (t1, a1)) = (w[0], w[1]);
+            let f = (target - a0) / (a1 - a0);
+            ((t0.ln() + f * (t1.ln() - t0.ln())).exp(), true)
+        })
+    }
+
+    /// The frontier's top-1 at time `t` (linear in log time between its points), within
+    /// the times it covers.
+    pub fn top1_at(&self, t: f64) -> Option<f64> {
+        let m = self.means();
+        m.windows(2)
+            .find(|w| w[0].0 <= t && t <= w[1].0)
+            .map(|w| {
+                let ((t0, a0), (t1, a1)) = (w[0], w[1]);
+                let f = if t1 > t0 {
+                    (t.ln() - t0.ln()) / (t1.ln() - t0.ln())
+                } else {
+                    0.0
+                };
+                a0 + f * (a1 - a0)
+            })
+            .or_else(|| m.iter().find(|p| p.0 == t).map(|p| p.1))
+    }
+}
+
+/// The frontiers of `runs` (those run at frontier budgets; sweep runs left out), one per
+/// plan label and curve.
+pub fn frontiers(runs: &[RunData]) -> Vec<Frontier> {
+    // (label, kind, budget) → (seed, end time, final top-1) of each run.
+    type Samples = Vec<(u64, f64, f64)>;
+    let mut groups: Vec<(String, CurveKind, f64, Samples)> = Vec::new();
+    for r in runs {
+        let Some(plan) = r.manifest.as_ref().map(|m| &m.plan) else {
+            continue;
+        };
+        let (Some(point), None) = (plan.point, plan.sweep) else {
+            continue;
+        };
+        for kind in [CurveKind::Incremental, CurveKind::Baseline] {
+            let end = r
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.is_eval() && e.curve() == Some(kind));
+            let Some((end, top1)) = end.and_then(|e| Some((e, e.top1()?))) else {
+                continue;
+            };
+            let key = (plan.label(), kind, point.budget);
+            let sample = (point.seed, end.clock.time_s, top1);
+            match groups
+                .iter_mut()
+                .find(|g| (&g.0, g.1, g.2) == (&key.0, key.1, key.2))
+            {
+                Some(g) => g.3.push(sample),
+                None => groups.push((key.0, key.1, key.2, vec![sample])),
+            }
+        }
+    }
+    let mut out: Vec<Frontier> = Vec::new();
+    for (label, kind, budget, samples) in groups {
+        let times: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        let accs: Vec<f64> = samples.iter().map(|s| s.2).collect();
+        let point = BudgetPoint {
+            budget,
+            seeds: samples.iter().map(|s| s.0).collect(),
+            time_s: Spread::of(&times),
+            top1: Spread::of(&accs),
+        };
+        match out.iter_mut().find(|f| f.label == label && f.kind == kind) {
+            Some(f) => f.points.push(point),
+            None => out.push(Frontier {
+                label,
+                kind,
+                points: vec![point],
+            }),
+        }
+    }
+    for f in &mut out {
+        f.points.sort_by(|a, b| a.budget.total_cmp(&b.budget));
+    }
+    out
+}
+
+/// The comparison of an incremental frontier with its baseline frontier.
+#[derive(Debug, Clone, Serialize)]
+pub struct Payoff {
+    /// `plan` or `plan/variant`.
+    pub label: String,
+    /// Seeds per budget (the fewest).
+    pub seeds: usize,
+    /// Per baseline budget: how soon the incremental frontier reached its final top-1.
+    pub speedups: Vec<SpeedUp>,
+    /// Per incremental budget: the baseline frontier at the same time.
+    pub equal_time: Vec<EqualTime>,
+    /// The smallest baseline budget from which every larger one is reached sooner, if any.
+    pub pays_from: Option<f64>,
+    /// The smallest speed-up over the budgets from `pays_from` on.
+    pub min_speedup: Option<f64>,
+}
+
+/// A baseline budget's point, and when the incremental frontier reached its top-1.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SpeedUp {
+    /// Budget factor.
+    pub budget: f64,
+    /// The baseline's mean time.
+    pub time_s: f64,
+    /// The baseline's mean final top-1.
+    pub top1: f64,
+    /// When the incremental frontier reached it, and whether exactly (`false`: already at
+    /// its smallest budget, an upper bound).
+    pub reached: Option<(f64, bool)>,
+    /// The baseline's time over that.
+    pub speedup: Option<f64>,
+}
+
+/// An incremental budget's point, and the baseline frontier at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EqualTime {
+    /// Budget factor.
+    pub budget: f64,
+    /// The incremental run's mean time.
+    pub time_s: f64,
+    /// Its mean final top-1.
+    pub top1: f64,
+    /// The baseline frontier's top-1 at that time, within the times it covers.
+    pub baseline_top1: Option<f64>,
+    /// The difference in points of top-1.
+    pub difference: Option<f64>,
+}
+
+/// Compares each incremental frontier with the baseline frontier of the same label.
+pub fn payoffs(frontiers: &[Frontier]) -> Vec<Payoff> {
+    frontiers
+        .iter()
+        .filter(|f| f.kind == CurveKind::Incremental)
+        .filter_map(|inc| {
+            let base = frontiers
+                .iter()
+                .find(|b| b.kind == CurveKind::Baseline && b.label == inc.label)?;
+            let speedups: Vec<_> = base
+                .points
+                .iter()
+                .map(|b| {
+                    let reached = inc.time_to(b.top1.mean);
+                    SpeedUp {
+                        budget: b.budget,
+                        time_s: b.time_s.mean,
+                        top1: b.top1.mean,
+                        reached,
+                        speedup: reached.map(|(t, _)| b.time_s.mean / t.max(1e-9)),
+                    }
+                })
+                .collect();
+            let equal_time = inc
+                .points
+                .iter()
+                .map(|i| {
+                    let at = base.top1_at(i.time_s.mean);
+                    EqualTime {
+                        budget: i.budget,
+                        time_s: i.time_s.mean,
+                        top1: i.top1.mean,
+                        baseline_top1: at,
+                        difference: at.map(|a| 100.0 * (i.top1.mean - a)),
+                    }
+                })
+                .collect();
+            let from = (0..speedups.len()).find(|&k| {
+                speedups[k..]
+                    .iter()
+                    .all(|s| s.speedup.is_some_and(|x| x >= 1.0))
+            });
+            let seeds = inc
+                .points
+                .iter()
+                .chain(&base.points)
+                .map(|p| p.seeds.len())
+                .min()
+                .unwrap_or(0);
+            Some(Payoff {
+                label: inc.label.clone(),
+                seeds,
+                pays_from: from.map(|k| speedups[k].budget),
+                min_speedup: from.and_then(|k| {
+                    speedups[k..]
+                        .iter()
+                        .filter_map(|s| s.speedup)
+                        .reduce(f64::min)
+                }),
+                speedups,
+                equal_time,
+            })
+        })
+        .collect()
 }
 
 /// The dip of curve `c` at growth `g`.
@@ -382,6 +661,8 @@ mod tests {
                 top1,
                 top5: 1.0,
                 loss: 1.0 - top1,
+                val_top1: None,
+                val_loss: None,
             },
             place: at(curve, stage),
             iter: (t * 10.0) as u64,
@@ -498,5 +779,84 @@ mod tests {
             .expect("row");
         assert_eq!(other.reference.as_deref(), Some("exp (baseline)"));
         assert_eq!(other.reach[0].speedup, Some(2.0));
+    }
+    fn front(kind: CurveKind, pts: &[(f64, f64, f64)]) -> Frontier {
+        Frontier {
+            label: "p".into(),
+            kind,
+            points: pts
+                .iter()
+                .map(|&(budget, t, a)| BudgetPoint {
+                    budget,
+                    seeds: vec![1, 2],
+                    time_s: Spread {
+                        mean: t,
+                        min: t * 0.9,
+                        max: t * 1.1,
+                    },
+                    top1: Spread {
+                        mean: a,
+                        min: a - 0.01,
+                        max: a + 0.01,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn frontiers_interpolate_in_log_time_and_give_speedups() {
+        // From scratch: 0.80 at 10 s, 0.86 at 20 s, 0.90 at 40 s. Incremental: 0.82 at
+        // 5 s, 0.88 at 10 s, 0.905 at 20 s.
+        let base = front(
+            CurveKind::Baseline,
+            &[(1.0, 10.0, 0.80), (2.0, 20.0, 0.86), (4.0, 40.0, 0.90)],
+        );
+        let inc = front(
+            CurveKind::Incremental,
+            &[(1.0, 5.0, 0.82), (2.0, 10.0, 0.88), (4.0, 20.0, 0.905)],
+        );
+        // 0.86 lies two thirds of the way from 0.82 to 0.88: 5 · 2^(2/3) s.
+        let (t, exact) = inc.time_to(0.86).expect("reached");
+        assert!(
+            exact && (t - 5.0 * 2f64.powf(2.0 / 3.0)).abs() < 1e-9,
+            "{t}"
+        );
+        // 0.80 is below the first point: an upper bound.
+        assert_eq!(inc.time_to(0.80), Some((5.0, false)));
+        assert_eq!(inc.time_to(0.95), None);
+        // The baseline at 15 s, interpolated in log time between 10 and 20 s.
+        let at = base.top1_at(15.0).expect("covered");
+        let f = (15f64.ln() - 10f64.ln()) / (20f64.ln() - 10f64.ln());
+        assert!((at - (0.80 + f * 0.06)).abs() < 1e-12);
+        assert_eq!(base.top1_at(5.0), None, "outside the baseline's times");
+        let p = &payoffs(&[inc, base])[0];
+        // Speed-ups: 10 s / ≤ 5 s, and 20 s / 5·2^(2/3) s.
+        assert_eq!(p.speedups[0].speedup, Some(2.0));
+        assert!((p.speedups[1].speedup.expect("x") - 4.0 / 2f64.powf(2.0 / 3.0)).abs() < 1e-9);
+        assert_eq!(p.pays_from, Some(1.0));
+        assert!(p.min_speedup.is_some_and(|x| x > 1.5));
+        // Equal time: the incremental point at 10 s against the baseline's 0.80 there.
+        let e = p.equal_time[1];
+        assert_eq!((e.budget, e.time_s), (2.0, 10.0));
+        assert!((e.difference.expect("compared") - 8.0).abs() < 1e-9);
+        assert_eq!(p.seeds, 2);
+    }
+
+    #[test]
+    fn a_slower_incremental_frontier_does_not_pay_off() {
+        let base = front(CurveKind::Baseline, &[(1.0, 10.0, 0.85), (2.0, 20.0, 0.88)]);
+        let inc = front(
+            CurveKind::Incremental,
+            &[(1.0, 10.0, 0.84), (2.0, 20.0, 0.87)],
+        );
+        let p = &payoffs(&[base, inc])[0];
+        assert_eq!(p.pays_from, None);
+        assert_eq!(p.speedups[1].speedup, None, "0.88 is never reached");
+        assert!(
+            p.equal_time
+                .iter()
+                .all(|e| e.difference.is_some_and(|d| d < 0.0))
+        );
     }
 }

@@ -56,6 +56,32 @@ const DONE: &str = "done.json";
 const GROWTH: &str = "growth.json";
 const GROWN: &str = "grown";
 const OVERRIDE: &str = "override.json";
+const SWEEP: &str = "sweep.json";
+
+/// `baseline/sweep.json` of a run whose baseline rate a sweep chose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRecord {
+    /// The chosen base learning rate.
+    pub chosen: f32,
+    /// Every rate tried, with its baseline's final validation and test top-1.
+    pub tried: Vec<SweepEntry>,
+}
+
+/// One rate of a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepEntry {
+    /// Base learning rate.
+    pub lr: f32,
+    /// Final validation top-1.
+    pub val_top1: f64,
+    /// Final test top-1.
+    pub test_top1: Option<f64>,
+}
+
+/// The sweep record of run folder `dir`, if its baseline's rate was chosen by one.
+pub fn sweep_record(dir: &Path) -> Option<SweepRecord> {
+    fsutil::read_json(&baseline_dir(dir).join(SWEEP)).ok()
+}
 
 /// A run folder of `c2f run`.
 pub const PLAN_RUN: Ownership = Ownership {
@@ -152,13 +178,16 @@ struct PartDone {
     #[serde(flatten)]
     clock: Clock,
     last_eval: Option<EvalSummary>,
+    /// The last evaluation on the validation split, if the data has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    val: Option<EvalSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     confusion: Option<Confusion>,
 }
 
 /// A learning rate (and policy) set with `--retry-lr` for the part in progress: it
 /// applies from the part's last checkpoint on, and is kept in the part's `override.json`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retry {
     /// Base learning rate.
     pub base_lr: f32,
@@ -223,8 +252,7 @@ fn open_data(plan: &RunPlan, size: usize) -> Result<TrainData> {
     // the grown net sees inputs on the scale it was trained on, and the baseline the same.
     let last = plan.stages.last().map_or(size, |s| s.size);
     let stats = d.manifest.stats_at(&plan.data, last)?.clone();
-    d.train.stats = stats.clone();
-    d.test.stats = stats;
+    d.normalise_with(&stats);
     Ok(d)
 }
 
@@ -276,6 +304,8 @@ struct Part<'a> {
     place: Place,
     hyper: Hyper,
     stop: StopAt,
+    /// Leave early for the next stage (an `auto` stage).
+    leave: Option<crate::train::Leave>,
     schedule: LrSchedule,
     eval_every: u64,
     /// Iterations and images of the curve before this part.
@@ -286,11 +316,13 @@ struct Part<'a> {
     reset_momentum: bool,
 }
 
-/// The curve so far: what the last finished part left.
+/// The curve so far: what the last finished part left, and the iterations an early-leaving
+/// stage passed on to the next.
 struct Curve {
     last: Option<(PartDone, Checkpoint)>,
     iterations: u64,
     images: u64,
+    carry: u64,
 }
 
 impl Curve {
@@ -299,6 +331,7 @@ impl Curve {
             last: None,
             iterations: 0,
             images: 0,
+            carry: 0,
         }
     }
 
@@ -308,7 +341,12 @@ impl Curve {
             .map_or(Clock::default(), |(d, _)| d.clock)
     }
 
-    fn push(&mut self, done: PartDone, ckpt: Checkpoint) {
+    /// Adds a finished stage whose planned budget was `planned`.
+    fn push(&mut self, done: PartDone, ckpt: Checkpoint, planned: &StageBudget) {
+        self.carry = match *planned {
+            StageBudget::Iterations(n) => (n + self.carry).saturating_sub(done.iterations),
+            StageBudget::Seconds(_) => 0,
+        };
         self.iterations += done.iterations;
         self.images += done.images;
         self.last = Some((done, ckpt));
@@ -331,30 +369,38 @@ pub fn execute(
         opts,
         compute,
         progress,
-        parts: plan.stages.len() + usize::from(plan.baseline.is_some()),
+        parts: if plan.sweep.is_some() {
+            1
+        } else {
+            plan.stages.len() + usize::from(plan.baseline.is_some())
+        },
     };
     runner.place_retry()?;
-    let mut skipped = 0;
-    let mut curve = Curve::new();
-    for k in 0..plan.stages.len() {
-        let part = runner.stage(k, &curve)?;
-        let (done, ckpt, skip) = runner.run_part(&part, k)?;
-        skipped += usize::from(skip);
-        curve.push(done, ckpt);
-    }
-    let (inc_done, inc_ckpt) = curve
-        .last
-        .as_ref()
-        .ok_or_else(|| Error::invalid("the plan has no stages"))?;
     let mut outcome = RunOutcome {
-        incremental: inc_done.last_eval,
+        incremental: None,
         baseline: None,
-        incremental_time: inc_done.clock.time_s,
+        incremental_time: 0.0,
         baseline_time: 0.0,
-        skipped,
+        skipped: 0,
     };
-    if let Some(part) = runner.baseline(&curve, inc_ckpt)? {
-        let (done, _, skip) = runner.run_part(&part, plan.stages.len())?;
+    let mut curve = Curve::new();
+    if plan.sweep.is_none() {
+        for k in 0..plan.stages.len() {
+            let part = runner.stage(k, &curve)?;
+            let (done, ckpt, skip) = runner.run_part(&part, k)?;
+            outcome.skipped += usize::from(skip);
+            curve.push(done, ckpt, &plan.stages[k].budget);
+        }
+        let (inc, _) = curve
+            .last
+            .as_ref()
+            .ok_or_else(|| Error::invalid("the plan has no stages"))?;
+        outcome.incremental = inc.last_eval;
+        outcome.incremental_time = inc.clock.time_s;
+    }
+    if let Some(part) = runner.baseline(&curve)? {
+        let index = runner.parts - 1;
+        let (done, _, skip) = runner.run_part(&part, index)?;
         outcome.skipped += usize::from(skip);
         outcome.baseline = done.last_eval;
         outcome.baseline_time = done.clock.train_s;
@@ -388,12 +434,12 @@ impl Runner<'_> {
     /// Records `--retry-lr` for the part in progress: the first one not done, which must
     /// have started.
     fn place_retry(&self) -> Result<()> {
-        let Some(retry) = self.opts.retry else {
+        let Some(retry) = &self.opts.retry else {
             return Ok(());
         };
         let mut check = self.plan.stages[0].hyper.clone();
         check.base_lr = retry.base_lr;
-        check.lr_policy = retry.lr_policy.unwrap_or(check.lr_policy);
+        check.lr_policy = retry.lr_policy.clone().unwrap_or(check.lr_policy);
         check
             .validate()
             .map_err(|e| Error::invalid(format!("--retry-lr: {e}")))?;
@@ -410,20 +456,40 @@ impl Runner<'_> {
                 part.display()
             )));
         }
-        fsutil::write_json_atomic(&part.join(OVERRIDE), &retry)
+        fsutil::write_json_atomic(&part.join(OVERRIDE), retry)
     }
 
     /// Stage `k`, after the parts of `curve`.
     fn stage<'c>(&'c self, k: usize, curve: &'c Curve) -> Result<Part<'c>> {
-        let stage = &self.plan.stages[k];
+        let stages = &self.plan.stages;
+        let stage = &stages[k];
         let clock = curve.clock();
         let begin = match &curve.last {
             Some((_, from)) => Begin::Grown { k, from },
             None => Begin::Fresh(&stage.spec),
         };
         let stop = match stage.budget {
-            StageBudget::Iterations(n) => StopAt::Iterations(n),
+            StageBudget::Iterations(n) => StopAt::Iterations(n + curve.carry),
             StageBudget::Seconds(s) => StopAt::TrainSeconds(clock.train_s + s),
+        };
+        let global = self.plan.schedule == Schedule::Global;
+        let total = if global {
+            stages
+                .iter()
+                .map(|s| match s.budget {
+                    StageBudget::Iterations(n) => n,
+                    StageBudget::Seconds(_) => 0,
+                })
+                .sum()
+        } else {
+            stop.iterations().unwrap_or(0)
+        };
+        let leave = match (stage.auto, stages.get(k + 1)) {
+            (true, Some(next)) => Some(crate::train::Leave {
+                next: next.spec.clone(),
+                next_batch: next.hyper.batch_size,
+            }),
+            _ => None,
         };
         Ok(Part {
             dir: stage_dir(self.dir, k),
@@ -434,12 +500,10 @@ impl Runner<'_> {
             },
             hyper: stage.hyper.clone(),
             stop,
+            leave,
             schedule: LrSchedule {
-                offset: if self.plan.schedule == Schedule::Global {
-                    curve.iterations
-                } else {
-                    0
-                },
+                offset: if global { curve.iterations } else { 0 },
+                total,
                 warmup: stage.warmup,
             },
             eval_every: stage.eval_every,
@@ -450,35 +514,88 @@ impl Runner<'_> {
         })
     }
 
-    /// The baseline, if the plan has one: the final stage's net as grown (same layers and
-    /// shapes), fresh weights, for the incremental curve's time or images.
-    fn baseline<'c>(&'c self, curve: &Curve, last: &'c Checkpoint) -> Result<Option<Part<'c>>> {
-        let Some(b) = &self.plan.baseline else {
+    /// The baseline, if the plan has one: the final stage's net (same layers and shapes as
+    /// grown), fresh weights, for the incremental curve's time or images (a sweep run: the
+    /// images the plan's stages would see, at the sweep's rate; a run of a plan with a
+    /// sweep: at the rate the sweep chose).
+    fn baseline(&self, curve: &Curve) -> Result<Option<Part<'_>>> {
+        let (Some(b), Some(last)) = (&self.plan.baseline, self.plan.stages.last()) else {
             return Ok(None);
         };
-        let size = self.plan.stages.last().map_or(0, |s| s.size);
+        let mut hyper = b.hyper.clone();
+        if let Some(lr) = self.plan.sweep {
+            hyper.base_lr = lr;
+        } else if !self.plan.baseline_lrs.is_empty() {
+            hyper.base_lr = self.swept_rate()?;
+        }
+        let images = match self.plan.sweep {
+            Some(_) => self.plan.planned_images().unwrap_or(0),
+            None => curve.images,
+        };
         let stop = match b.budget {
             Budget::Time => StopAt::TrainSeconds(curve.clock().time_s),
-            Budget::Images => {
-                StopAt::Iterations(curve.images.div_ceil(b.hyper.batch_size as u64).max(1))
-            }
+            Budget::Images => StopAt::Iterations(images.div_ceil(hyper.batch_size as u64).max(1)),
         };
         Ok(Some(Part {
             dir: baseline_dir(self.dir),
             place: Place {
                 curve: CurveKind::Baseline,
                 stage: 1,
-                size,
+                size: last.size,
             },
-            hyper: b.hyper.clone(),
             stop,
-            schedule: LrSchedule::default(),
+            leave: None,
+            schedule: LrSchedule {
+                offset: 0,
+                total: stop.iterations().unwrap_or(0),
+                warmup: 0,
+            },
+            hyper,
             eval_every: b.eval_every,
             origin: (0, 0),
             clock: Clock::default(),
             begin: Begin::Fresh(&last.spec),
             reset_momentum: false,
         }))
+    }
+
+    /// The baseline rate the sweep chose: the swept rate whose baseline ended with the best
+    /// validation top-1 (ties to the smaller rate), recorded in `baseline/sweep.json`.
+    fn swept_rate(&self) -> Result<f32> {
+        let parent = self.dir.parent().unwrap_or(Path::new("."));
+        let first = self.plan.index - self.plan.index % self.plan.runs_per_variant();
+        let mut tried = Vec::new();
+        for (lr, folder) in self.plan.sweep_folders(first) {
+            let done = baseline_dir(&parent.join(&folder)).join(DONE);
+            let d: PartDone = fsutil::read_json(&done).map_err(|_| {
+                Error::invalid(format!(
+                    "{}: the baseline's learning-rate sweep has not finished (run the plan's sweep runs, indices {first} to {}, first)",
+                    done.display(),
+                    first + self.plan.baseline_lrs.len() - 1
+                ))
+            })?;
+            let val = d
+                .val
+                .map(|v| v.top1)
+                .ok_or_else(|| Error::format(&done, "has no validation accuracy to choose by"))?;
+            tried.push(SweepEntry {
+                lr,
+                val_top1: val,
+                test_top1: d.last_eval.map(|e| e.top1),
+            });
+        }
+        let best = tried
+            .iter()
+            .fold(None::<&SweepEntry>, |b, e| match b {
+                Some(b) if b.val_top1 >= e.val_top1 => Some(b),
+                _ => Some(e),
+            })
+            .ok_or_else(|| Error::invalid("the sweep has no rates"))?;
+        let chosen = best.lr;
+        fsutil::create_dir_all(&baseline_dir(self.dir))?;
+        let record = SweepRecord { chosen, tried };
+        fsutil::write_json_atomic(&baseline_dir(self.dir).join(SWEEP), &record)?;
+        Ok(chosen)
     }
 
     /// Runs part number `index` (0-based over stages then baseline) unless it is done.
@@ -493,7 +610,9 @@ impl Runner<'_> {
         let mut hyper = part.hyper.clone();
         if let Ok(o) = fsutil::read_json::<Retry>(&part.dir.join(OVERRIDE)) {
             hyper.base_lr = o.base_lr;
-            hyper.lr_policy = o.lr_policy.unwrap_or(hyper.lr_policy);
+            if let Some(p) = o.lr_policy {
+                hyper.lr_policy = p;
+            }
         }
         let start = match latest_checkpoint(&part.dir)? {
             Some(c) => self.resumed(c, &hyper, part)?,
@@ -520,6 +639,7 @@ impl Runner<'_> {
             origin: part.origin,
             replace: false,
             lock: None,
+            leave: part.leave.clone(),
         };
         let fin = job.run(self.compute, self.progress, self.opts.stop.as_deref())?;
         let m = &fin.checkpoint.meta;
@@ -528,6 +648,7 @@ impl Runner<'_> {
             images: m.images_seen,
             clock: m.clock(),
             last_eval: m.last_eval,
+            val: fin.val,
             confusion: fin.confusion,
         };
         fsutil::write_json_atomic(&part.dir.join(DONE), &done)?;

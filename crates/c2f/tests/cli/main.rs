@@ -8,6 +8,7 @@ use coarse2fine::net::WeightMap;
 
 mod faults;
 mod hostile;
+mod payoff;
 mod reliability;
 
 /// Where Debian's dataset-fashion-mnist package puts the data.

@@ -80,6 +80,8 @@ pub struct PrepareConfig {
     pub strict: bool,
     /// Replace an existing output folder.
     pub force: bool,
+    /// Training images held out as a validation split (`val`), for choosing settings.
+    pub val_images: usize,
 }
 
 impl Default for PrepareConfig {
@@ -96,6 +98,7 @@ impl Default for PrepareConfig {
             class_names: None,
             strict: false,
             force: false,
+            val_images: 0,
         }
     }
 }
@@ -143,7 +146,8 @@ pub struct DatasetManifest {
     pub checksums: BTreeMap<String, String>,
 }
 
-/// The split names every prepared folder has.
+/// The split names every prepared folder has (`val`, held out from the training images
+/// with `--val-images`, is optional).
 pub const SPLITS: [&str; 2] = ["train", "test"];
 
 /// Folder of one ladder size.
@@ -281,10 +285,14 @@ fn shard_key(size: usize, path: &Path) -> String {
 }
 
 /// The checksums of every shard written into `root`.
-fn shard_checksums(root: &Path, sizes: &[usize]) -> Result<BTreeMap<String, String>> {
+fn shard_checksums(
+    root: &Path,
+    sizes: &[usize],
+    splits: &[&str],
+) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for &size in sizes {
-        for split in SPLITS {
+        for &split in splits {
             for shard in ShardSet::open(&size_dir(root, size), split)?.shards() {
                 out.insert(shard_key(size, shard.path()), shard.crc32c());
             }
@@ -454,9 +462,19 @@ pub fn prepare(
     let mut stats = BTreeMap::new();
     let mut skipped = read.unread.len();
     let mut skipped_examples: Vec<String> = read.unread.iter().take(20).cloned().collect();
-    for (split, src) in [("train", &read.train), ("test", &read.test)] {
+    let (train_ids, val_ids) = hold_out(read.train.len(), cfg.val_images, cfg.seed, source)?;
+    let test_ids: Vec<usize> = (0..read.test.len()).collect();
+    let parts = [
+        ("train", &read.train, train_ids),
+        ("val", &read.train, val_ids),
+        ("test", &read.test, test_ids),
+    ];
+    for (split, src, ids) in &parts {
+        if *split == "val" && ids.is_empty() {
+            continue;
+        }
         let (written, accs) = write_split(
-            src,
+            (src, ids),
             split,
             staged.path(),
             &sizes,
@@ -474,13 +492,14 @@ pub fn prepare(
             ));
         }
         splits.insert(split.to_string(), written);
-        if split == "train" {
+        if *split == "train" {
             for (s, acc) in sizes.iter().zip(accs) {
                 stats.insert(s.to_string(), acc.finish());
             }
         }
     }
-    let checksums = shard_checksums(staged.path(), &sizes)?;
+    let split_names: Vec<&str> = splits.keys().map(String::as_str).collect();
+    let checksums = shard_checksums(staged.path(), &sizes, &split_names)?;
     let manifest = DatasetManifest {
         format: MANIFEST_FORMAT.into(),
         version: MANIFEST_VERSION,
@@ -586,6 +605,28 @@ fn read_listing(source: &Path, cfg: &PrepareConfig, sizes: &[usize]) -> Result<R
     })
 }
 
+/// Splits the `n` training images into those trained on and `val` held out for
+/// validation (a seeded draw), each in source order.
+fn hold_out(n: usize, val: usize, seed: u64, source: &Path) -> Result<(Vec<usize>, Vec<usize>)> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    if val >= n {
+        return Err(Error::invalid(format!(
+            "--val-images {val}: {} has {n} training images; hold out fewer",
+            source.display()
+        )));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ 0x0007_a11d,
+    ));
+    let mut held: Vec<usize> = order[..val].to_vec();
+    let mut kept: Vec<usize> = order[val..].to_vec();
+    held.sort_unstable();
+    kept.sort_unstable();
+    Ok((kept, held))
+}
+
 /// An image file as a net of input `channels × side × side` sees it: decoded, made square
 /// with `fit` and downscaled by area averaging, exactly as `prepare` does; planar pixels.
 pub fn load_for_net(path: &Path, channels: usize, side: usize, fit: Fit) -> Result<Vec<u8>> {
@@ -629,7 +670,7 @@ fn check_prepare_output(source: &Path, out: &Path, force: bool) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 fn write_split(
-    src: &Source,
+    (src, indices): (&Source, &[usize]),
     split: &str,
     root: &Path,
     sizes: &[usize],
@@ -641,19 +682,17 @@ fn write_split(
     skipped_examples: &mut Vec<String>,
 ) -> Result<(usize, Vec<StatsAcc>)> {
     const CHUNK: usize = 2048;
-    let n = src.len();
-    progress.begin(&format!("prepare {split}"), n as u64);
+    progress.begin(&format!("prepare {split}"), indices.len() as u64);
     let mut accs: Vec<StatsAcc> = sizes.iter().map(|_| StatsAcc::new(channels)).collect();
     let mut writers: Vec<Option<ShardWriter>> = sizes.iter().map(|_| None).collect();
     let mut parts = 0usize;
     let mut written = 0usize;
-    for start in (0..n).step_by(CHUNK) {
-        let end = (start + CHUNK).min(n);
+    for ids in indices.chunks(CHUNK) {
         // Decoding and resizing are independent per image; the results are collected in
         // source order so the shards do not depend on the thread count.
-        let chunk: Vec<Result<Vec<Vec<u8>>>> = (start..end)
-            .into_par_iter()
-            .map_init(Resizer::new, |rz, i| {
+        let chunk: Vec<Result<Vec<Vec<u8>>>> = ids
+            .par_iter()
+            .map_init(Resizer::new, |rz, &i| {
                 let (hwc, h, w) = src.load(i)?;
                 sizes
                     .iter()
@@ -661,8 +700,7 @@ fn write_split(
                     .collect()
             })
             .collect();
-        for (k, res) in chunk.into_iter().enumerate() {
-            let i = start + k;
+        for (&i, res) in ids.iter().zip(chunk) {
             let images = match res {
                 Ok(v) => v,
                 Err(e) if !cfg.strict && matches!(src, Source::Files { .. }) => {
@@ -693,7 +731,7 @@ fn write_split(
             }
             written += 1;
         }
-        progress.advance((end - start) as u64);
+        progress.advance(ids.len() as u64);
     }
     for w in writers.into_iter().flatten() {
         w.finish()?;

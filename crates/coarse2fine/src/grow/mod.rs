@@ -49,6 +49,12 @@ pub enum UpscaleMode {
     /// As the paper's Fig. 3: kernels and fully connected weights spread onto the lattice
     /// with Gaussian noise in between; approximately function-preserving.
     Paper,
+    /// Progressive resizing: every layer stays as it is and reads the larger image; the
+    /// first fully connected layer's weights are resampled over the larger map (scaled by
+    /// the ratio of map areas). The result is the net as a user designs it for the larger
+    /// size, with no dilation; the function is kept only approximately (measured by each
+    /// growth check).
+    Resize,
 }
 
 /// Initialisation of new filters or units of [`widen`]. Written as in the CLI and in plans:
@@ -232,7 +238,9 @@ impl GrowOp {
     /// Whether the operator's guarantee is exact (g = f up to rounding).
     pub fn is_exact(&self) -> bool {
         match *self {
-            GrowOp::Upscale { mode, sigma } => mode == UpscaleMode::Exact || sigma == 0.0,
+            GrowOp::Upscale { mode, sigma } => {
+                mode == UpscaleMode::Exact || (mode == UpscaleMode::Paper && sigma == 0.0)
+            }
             GrowOp::Widen {
                 init,
                 next_sigma,
@@ -286,6 +294,10 @@ impl GrowOp {
                 mode: UpscaleMode::Paper,
                 sigma,
             } => format!("upscale paper σ={sigma}"),
+            GrowOp::Upscale {
+                mode: UpscaleMode::Resize,
+                ..
+            } => "upscale resize".into(),
             GrowOp::Widen {
                 layer, add, init, ..
             } => format!("widen {layer} +{add} ({init})"),

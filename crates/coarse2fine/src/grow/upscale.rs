@@ -14,6 +14,11 @@
 //! * The first fully connected layer after the maps takes its old weights at lattice
 //!   positions; the others are zero (exact) or noise (paper). Later layers are unchanged.
 //!
+//! In resize mode (progressive resizing) the layers are kept and read the larger image; the
+//! first fully connected layer's weights are resampled over the larger map, divided by the
+//! ratio of the maps' areas, so that a map that is constant in each block still gives that
+//! layer the same inputs. Nothing is dilated, and the function is kept only approximately.
+//!
 //! Output sides follow: a stride-s layer of output side m becomes one whose side is at
 //! least 2m − 1 (exactly 2m − 1 for stride 1 and floor-mode pools); the check below refuses
 //! a net where a lattice position would fall outside a map (possible with `ceil_mode`).
@@ -55,7 +60,9 @@ pub fn upscale(
     };
     grown.check_structure()?;
     let big_rows = grown.summary()?;
-    check_lattice(spec, &small_rows, &big_rows)?;
+    if mode != UpscaleMode::Resize {
+        check_lattice(spec, &small_rows, &big_rows)?;
+    }
     // What each layer reads: the input for the first, the previous layer's output after.
     let reads = |rows: &[crate::net::spec::LayerSummary], side: usize, i: usize| {
         if i == 0 {
@@ -83,14 +90,11 @@ pub fn upscale(
             (Rule::Spread, Layer::Conv(_)) => spread_kernel(w, &mut fresh, sigma),
             (Rule::FcFromMap, Layer::Fc(_)) => {
                 match (reads(&small_rows, 1, i), reads(&big_rows, 2, i)) {
-                    (Shape::Map { c, h, w: ww }, Shape::Map { h: bh, w: bw, .. }) => {
-                        let fill = if mode == UpscaleMode::Paper {
-                            sigma
-                        } else {
-                            0.0
-                        };
-                        spread_fc(w, c, (h, ww), (bh, bw), &mut fresh, fill)
-                    }
+                    (Shape::Map { c, h, w: ww }, Shape::Map { h: bh, w: bw, .. }) => match mode {
+                        UpscaleMode::Resize => resample_fc(w, c, (h, ww), (bh, bw)),
+                        UpscaleMode::Paper => spread_fc(w, c, (h, ww), (bh, bw), &mut fresh, sigma),
+                        UpscaleMode::Exact => spread_fc(w, c, (h, ww), (bh, bw), &mut fresh, 0.0),
+                    },
                     _ => w.clone(),
                 }
             }
@@ -118,6 +122,11 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
     spec.layers
         .iter()
         .map(|l| match l {
+            Layer::Fc(_) if !seen_fc => {
+                seen_fc = true;
+                (l.clone(), Rule::FcFromMap)
+            }
+            other if mode == UpscaleMode::Resize => (other.clone(), Rule::Copy),
             Layer::Conv(c) if replicated && c.dilation == 1 => {
                 replicated = false;
                 let conv = Conv {
@@ -138,7 +147,7 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
                         };
                         (Layer::Conv(conv), Rule::Copy)
                     }
-                    UpscaleMode::Paper => {
+                    UpscaleMode::Paper | UpscaleMode::Resize => {
                         let conv = Conv {
                             kernel: 2 * c.kernel - 1,
                             padding: 2 * c.padding,
@@ -156,7 +165,7 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
                         padding: 2 * p.padding,
                         ..p.clone()
                     },
-                    UpscaleMode::Paper => Pool {
+                    UpscaleMode::Paper | UpscaleMode::Resize => Pool {
                         kernel: 2 * p.kernel - 1,
                         padding: 2 * p.padding,
                         stride: Some(p.stride()),
@@ -164,10 +173,6 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
                     },
                 };
                 (Layer::MaxPool(grown), Rule::Copy)
-            }
-            Layer::Fc(_) if !seen_fc => {
-                seen_fc = true;
-                (l.clone(), Rule::FcFromMap)
             }
             other => (other.clone(), Rule::Copy),
         })
@@ -230,6 +235,28 @@ fn spread_kernel(w: &Tensor, fresh: &mut Fresh, sigma: f32) -> Tensor {
 }
 
 /// First fully connected layer: old weights at lattice positions of each channel's map.
+/// The first fully connected layer of a resized net: each channel's weight plane over the
+/// small `h × w` map resampled (nearest) over the big one, divided by the ratio of areas.
+fn resample_fc(w: &Tensor, channels: usize, small: (usize, usize), big: (usize, usize)) -> Tensor {
+    let outputs = w.shape[0];
+    let ((h, ww), (bh, bw)) = (small, big);
+    let (n_small, n_big) = (channels * h * ww, channels * bh * bw);
+    let scale = (h * ww) as f32 / (bh * bw) as f32;
+    let mut t = Tensor::zeros(&[outputs, n_big]);
+    for o in 0..outputs {
+        for c in 0..channels {
+            for y in 0..bh {
+                for x in 0..bw {
+                    let (sy, sx) = (y * h / bh, x * ww / bw);
+                    t.data[o * n_big + (c * bh + y) * bw + x] =
+                        w.data[o * n_small + (c * h + sy) * ww + sx] * scale;
+                }
+            }
+        }
+    }
+    t
+}
+
 fn spread_fc(
     w: &Tensor,
     channels: usize,

@@ -4,6 +4,7 @@
 //! baseline of a plan build theirs in [`crate::run`]. The job starts from fresh weights,
 //! from any checkpoint's weights (e.g. a grown one), or continues a checkpoint exactly.
 
+mod auto;
 mod request;
 mod trainer;
 
@@ -21,7 +22,7 @@ use crate::metrics::{Confusion, EvalSummary};
 use crate::net::spec::InputShape;
 
 pub use request::{NetSource, TrainRequest};
-pub use trainer::{Cadence, Finished, Start, TrainJob, Trainer};
+pub use trainer::{Cadence, Finished, Leave, Start, TrainJob, Trainer};
 
 /// File name of the event log in a run folder.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -65,6 +66,9 @@ pub struct TrainData {
     pub train: SplitData,
     /// Held-out split, used for evaluation.
     pub test: SplitData,
+    /// Validation split held out from the training images, if prepared: settings are
+    /// chosen on it, while the test split is reported.
+    pub val: Option<SplitData>,
 }
 
 impl TrainData {
@@ -72,16 +76,22 @@ impl TrainData {
     pub fn open(root: &Path, size: usize) -> Result<Self> {
         let manifest = DatasetManifest::load(root)?;
         let stats = manifest.stats_at(root, size)?.clone();
-        let train = Arc::new(manifest.open_split(root, size, "train")?);
-        let test = Arc::new(manifest.open_split(root, size, "test")?);
+        let split = |name: &str| -> Result<SplitData> {
+            Ok(SplitData {
+                set: Arc::new(manifest.open_split(root, size, name)?),
+                stats: stats.clone(),
+            })
+        };
+        let val = match manifest.splits.contains_key("val") {
+            true => Some(split("val")?),
+            false => None,
+        };
         Ok(Self {
             root: root.to_path_buf(),
             size,
-            train: SplitData {
-                set: train,
-                stats: stats.clone(),
-            },
-            test: SplitData { set: test, stats },
+            train: split("train")?,
+            test: split("test")?,
+            val,
             manifest,
         })
     }
@@ -104,6 +114,18 @@ pub struct Evaluation {
     pub summary: EvalSummary,
     /// Predictions against labels.
     pub confusion: Confusion,
+}
+
+impl TrainData {
+    /// Sets one normalisation for every split (a plan's stages all use the final size's).
+    pub fn normalise_with(&mut self, stats: &ChannelStats) {
+        for s in [&mut self.train, &mut self.test]
+            .into_iter()
+            .chain(self.val.as_mut())
+        {
+            s.stats = stats.clone();
+        }
+    }
 }
 
 /// Evaluates `net` on every image of `set`, normalised with `stats`.
@@ -227,6 +249,7 @@ mod tests {
             origin: (0, 0),
             replace: false,
             lock: None,
+            leave: None,
         }
     }
 

@@ -89,7 +89,11 @@ impl TrainRequest {
             start,
             hyper: self.hyper,
             stop,
-            schedule: LrSchedule::default(),
+            schedule: LrSchedule {
+                offset: 0,
+                total: iterations,
+                warmup: 0,
+            },
             cadence: Cadence {
                 eval_every: self.eval_every.unwrap_or(per_run),
                 eval_at_start: true,
@@ -101,6 +105,7 @@ impl TrainRequest {
             origin: (0, 0),
             replace,
             lock: Some(lock),
+            leave: None,
         })
     }
 

@@ -122,6 +122,18 @@ pub struct TrainJob {
     /// The output folder's lock, held while the job runs (`c2f train`; a plan locks its
     /// whole run folder instead).
     pub lock: Option<OutputLock>,
+    /// Leave early for the next stage by the validation rule (a plan's `auto` stage).
+    pub leave: Option<Leave>,
+}
+
+/// What a stage that may leave early needs to know of the next one: its net and batch, to
+/// price a step of it.
+#[derive(Debug, Clone)]
+pub struct Leave {
+    /// The next stage's net, bound to its size.
+    pub next: NetSpec,
+    /// The next stage's batch size.
+    pub next_batch: usize,
 }
 
 impl TrainJob {
@@ -158,19 +170,24 @@ pub struct Trainer<'a> {
     t: u64,
     images: u64,
     last_eval: Option<EvalSummary>,
+    last_val: Option<EvalSummary>,
     confusion: Option<Confusion>,
     /// Whether the latest checkpoint on disk still waits for a step with a finite loss.
     unconfirmed: bool,
+    /// Validation history of a stage that may leave early.
+    auto: super::auto::AutoState,
 }
 
-/// What a finished job leaves: its final checkpoint, and the confusion matrix of its last
-/// evaluation (`None` when the job had nothing left to do).
+/// What a finished job leaves: its final checkpoint, and the confusion matrix and
+/// validation figures of its last evaluation (`None` when the job had nothing left to do).
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// The final checkpoint, as saved.
     pub checkpoint: Checkpoint,
     /// Predictions against labels at the last evaluation.
     pub confusion: Option<Confusion>,
+    /// The last evaluation on the validation split.
+    pub val: Option<EvalSummary>,
 }
 
 fn step_seed(seed: u64, t: u64) -> u64 {
@@ -205,7 +222,9 @@ impl<'a> Trainer<'a> {
             t: s.iteration,
             images: s.images,
             last_eval: None,
+            last_val: None,
             confusion: None,
+            auto: Default::default(),
             unconfirmed: job.dir.join(PREVIOUS_DIR).exists(),
         };
         if !s.changed.is_empty() {
@@ -276,21 +295,55 @@ impl<'a> Trainer<'a> {
         ))
     }
 
-    /// Evaluates on the held-out split and logs it.
+    /// Evaluates on the test split (and the validation split, if any) and logs it.
     pub fn evaluate(&mut self) -> Result<Evaluation> {
-        let (net, test, batch) = (&self.net, &self.job.data.test, self.job.cadence.eval_batch);
-        let ev = self
-            .watch
-            .aside(Aside::Eval, || evaluate(net, &test.set, &test.stats, batch))?;
+        let (net, data, batch) = (&self.net, &self.job.data, self.job.cadence.eval_batch);
+        let (ev, val) = self.watch.aside(Aside::Eval, || -> Result<_> {
+            let ev = evaluate(net, &data.test.set, &data.test.stats, batch)?;
+            let val = match &data.val {
+                Some(v) => Some(evaluate(net, &v.set, &v.stats, batch)?.summary),
+                None => None,
+            };
+            Ok((ev, val))
+        })?;
         let s = ev.summary;
         self.log(What::Eval {
             top1: s.top1,
             top5: s.top5,
             loss: s.loss,
+            val_top1: val.map(|v| v.top1),
+            val_loss: val.map(|v| v.loss),
         })?;
         self.last_eval = Some(s);
+        self.last_val = val;
         self.confusion = Some(ev.confusion.clone());
+        if let Some(v) = val {
+            self.auto.record(self.t, v.top1);
+        }
         Ok(ev)
+    }
+
+    /// Whether a stage that may leave early should leave now (after an evaluation); the
+    /// decision and its reasons are logged.
+    fn leaves(&mut self) -> Result<bool> {
+        let Some(leave) = &self.job.leave else {
+            return Ok(false);
+        };
+        let cost = |spec: &NetSpec, batch: usize| -> Result<f64> {
+            Ok(spec.flops()? as f64 * batch as f64)
+        };
+        let ratio = cost(&self.job.start.spec, self.job.hyper.batch_size)?
+            / cost(&leave.next, leave.next_batch)?.max(1.0);
+        match self.auto.verdict(ratio) {
+            Some(reason) => {
+                self.log(What::Decision {
+                    decision: format!("leave this stage at iteration {}", self.t),
+                    reason,
+                })?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The current state as a checkpoint.
@@ -375,6 +428,7 @@ impl<'a> Trainer<'a> {
             return Ok(Finished {
                 checkpoint: Checkpoint::load(&job.checkpoint_path())?,
                 confusion: None,
+                val: None,
             });
         }
         if self.t == 0 && cadence.eval_at_start {
@@ -402,6 +456,7 @@ impl<'a> Trainer<'a> {
                 self.log(What::Train { loss: mean, lr })?;
                 progress.status(&window.status(mean, lr, self.images));
             }
+            let mut leaving = false;
             if Self::due(cadence.eval_every, self.t) || done {
                 let s = self.evaluate()?.summary;
                 progress.note(&format!(
@@ -411,13 +466,15 @@ impl<'a> Trainer<'a> {
                     100.0 * s.top5,
                     s.loss
                 ));
+                leaving = !done && self.leaves()?;
             }
-            if done {
+            if done || leaving {
                 progress.end();
                 let checkpoint = self.checkpoint()?;
                 return Ok(Finished {
                     checkpoint,
                     confusion: self.confusion.take(),
+                    val: self.last_val,
                 });
             }
             if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
