@@ -58,6 +58,33 @@ fn colour(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
+/// A curve's line with its legend entry: solid for the incremental curve, thinner and
+/// dashed for the baseline.
+fn line<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    pts: &[(f64, f64)],
+    kind: CurveKind,
+    col: RGBColor,
+    label: String,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let baseline = kind == CurveKind::Baseline;
+    let style = col.stroke_width(if baseline { 2 } else { 3 });
+    let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], style);
+    let pts = pts.to_vec();
+    if baseline {
+        chart
+            .draw_series(DashedLineSeries::new(pts, 8, 5, style))?
+            .label(label)
+            .legend(legend);
+    } else {
+        chart
+            .draw_series(LineSeries::new(pts, style))?
+            .label(label)
+            .legend(legend);
+    }
+    Ok(())
+}
+
 /// A plot of every curve.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Plot {
@@ -205,22 +232,7 @@ where
             .into_iter()
             .map(|(x, y)| (x, y.max(y0)))
             .collect();
-        let width = if c.kind == CurveKind::Baseline { 2 } else { 3 };
-        let style = col.stroke_width(width);
-        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], style);
-        if c.kind == CurveKind::Baseline {
-            chart
-                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))
-                .map_err(err)?
-                .label(c.label())
-                .legend(legend);
-        } else {
-            chart
-                .draw_series(LineSeries::new(pts.clone(), style))
-                .map_err(err)?
-                .label(c.label())
-                .legend(legend);
-        }
+        line(&mut chart, &pts, c.kind, col, c.label()).map_err(err)?;
         if plot != Plot::LossVsTime {
             chart
                 .draw_series(pts.iter().map(|p| Circle::new(*p, 3, col.filled())))
@@ -389,27 +401,12 @@ where
             labels.push(&f.label);
         }
         let col = colour(labels.iter().position(|l| *l == f.label).unwrap_or(0));
-        let baseline = f.kind == CurveKind::Baseline;
-        let style = col.stroke_width(if baseline { 2 } else { 3 });
         let mean: Vec<(f64, f64)> = f
             .points
             .iter()
             .map(|p| (p.time_s.mean, 100.0 * p.top1.mean))
             .collect();
-        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], style);
-        if baseline {
-            chart
-                .draw_series(DashedLineSeries::new(mean.clone(), 8, 5, style))
-                .map_err(err)?
-                .label(f.name())
-                .legend(legend);
-        } else {
-            chart
-                .draw_series(LineSeries::new(mean.clone(), style))
-                .map_err(err)?
-                .label(f.name())
-                .legend(legend);
-        }
+        line(&mut chart, &mean, f.kind, col, f.name()).map_err(err)?;
         for p in &f.points {
             let (t, a) = (p.time_s.mean, 100.0 * p.top1.mean);
             let bars = [

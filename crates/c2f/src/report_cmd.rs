@@ -241,10 +241,7 @@ fn payoff_verdict(p: &report::Payoff) -> String {
     let speedups: Vec<String> = p
         .speedups
         .iter()
-        .map(|s| {
-            let x = s.speedup.map_or("never".into(), |x| format!("{x:.2}×"));
-            format!("b{}: {x}", s.budget)
-        })
+        .map(|s| format!("b{}: {}", s.budget, speedup_text(s)))
         .collect();
     match (p.pays_from, p.min_speedup) {
         (Some(b), Some(x)) => format!(
@@ -257,6 +254,15 @@ fn payoff_verdict(p: &report::Payoff) -> String {
             p.label,
             speedups.join(", ")
         ),
+    }
+}
+
+/// A speed-up, `never`, or why it was not compared.
+fn speedup_text(s: &report::SpeedUp) -> String {
+    match (s.speedup, s.beyond) {
+        (Some(x), _) => format!("{x:.2}×"),
+        (None, true) => "not compared (past the incremental frontier's end)".into(),
+        (None, false) => "never".into(),
     }
 }
 
@@ -280,16 +286,22 @@ fn frontier_table(pays: &[report::Payoff]) -> Vec<Vec<String>> {
     ];
     for p in pays {
         for (s, e) in p.speedups.iter().zip(&p.equal_time) {
-            let reach = s.reached.map_or("never".to_string(), |(t, exact)| {
-                format!("{}{}", if exact { "" } else { "≤ " }, s3(t))
-            });
+            let reach = match s.reached {
+                Some((t, exact)) => format!("{}{}", if exact { "" } else { "≤ " }, s3(t)),
+                None if s.beyond => "not by its largest budget".into(),
+                None => "never".into(),
+            };
             t.push(vec![
                 p.label.clone(),
                 s.budget.to_string(),
                 s3(s.time_s),
                 format!("{:.2}", 100.0 * s.top1),
                 reach,
-                ratio(s.speedup),
+                if s.beyond {
+                    "not compared".into()
+                } else {
+                    ratio(s.speedup)
+                },
                 s3(e.time_s),
                 format!("{:.2}", 100.0 * e.top1),
                 pct(e.baseline_top1),
@@ -734,11 +746,24 @@ fn headline(pays: &[report::Payoff], s: &Summary) -> String {
             ),
         };
         let seeds = format!("{} seed{}", p.seeds, if p.seeds == 1 { "" } else { "s" });
+        let past: Vec<String> = p
+            .speedups
+            .iter()
+            .filter(|s| s.beyond)
+            .map(|s| format!("b{}", s.budget))
+            .collect();
+        let past = match past.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; from-scratch {} past the incremental frontier, not compared",
+                past.join(", ")
+            ),
+        };
         return match (p.pays_from, p.min_speedup) {
             (Some(b), Some(x)) => format!(
-                "paid off, ≥ {x:.2}× sooner to the from-scratch top-1 for budgets ≥ {b}{delta} ({seeds})"
+                "paid off, ≥ {x:.2}× sooner to the from-scratch top-1 for budgets ≥ {b}{delta} ({seeds}{past})"
             ),
-            _ => format!("did not pay off{delta} ({seeds})"),
+            _ => format!("did not pay off{delta} ({seeds}{past})"),
         };
     }
     let Some(r) = s

@@ -210,7 +210,7 @@ pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
             None => None,
         },
     };
-    let single = file.len() == 1;
+    let single = file.run_count() == 1;
     for r in selected {
         let dir = if single {
             out.clone()

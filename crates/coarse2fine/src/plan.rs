@@ -321,13 +321,18 @@ pub struct RunPlan {
     /// The sweep's budget factor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep_budget: Option<f64>,
-    /// Budgets × seeds of the plan's frontier (1 without one).
-    #[serde(default = "one")]
-    pub frontier_size: usize,
+    /// Index of the first run of this run's variant (where its sweep runs are).
+    #[serde(default)]
+    pub variant_first: usize,
 }
 
-fn one() -> usize {
-    1
+/// What one index of a plan's runs is.
+struct Role {
+    variant: usize,
+    /// The index of the variant's first run.
+    first: usize,
+    point: Option<FrontierPoint>,
+    sweep: Option<f32>,
 }
 
 impl RunPlan {
@@ -374,14 +379,6 @@ impl RunPlan {
                 (lr, r.folder())
             })
             .collect()
-    }
-
-    /// Runs per variant of the plan this run belongs to (its sweep runs come first).
-    pub fn runs_per_variant(&self) -> usize {
-        match self.point {
-            Some(_) => self.baseline_lrs.len() + self.frontier_size,
-            None => 1,
-        }
     }
 
     /// Training images of the incremental curve as planned (all stages in iterations).
@@ -463,6 +460,8 @@ pub struct PlanFile {
     /// The plan without variants applied.
     pub plan: Plan,
     raw: toml::Table,
+    /// Sweep runs of each variant (none for a variant without a baseline).
+    sweeps: Vec<usize>,
 }
 
 impl PlanFile {
@@ -476,69 +475,82 @@ impl PlanFile {
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
         let plan: Plan = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         let raw: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
-        Ok(Self {
+        let mut file = Self {
             path: path.to_path_buf(),
             plan,
             raw,
-        })
+            sweeps: Vec::new(),
+        };
+        let rates = file
+            .plan
+            .frontier
+            .as_ref()
+            .map_or(0, |f| f.baseline_lrs.len());
+        file.sweeps = (0..file.plan.variants.len().max(1))
+            .map(|v| match file.variant(v) {
+                Ok((p, _)) if !p.baseline.enabled => 0,
+                _ => rates,
+            })
+            .collect();
+        Ok(file)
     }
 
     /// Number of runs: per variant (or for the plan), one per budget and seed of a
-    /// `[frontier]` plus one per swept baseline rate, or one.
-    pub fn len(&self) -> usize {
-        self.plan.variants.len().max(1) * self.runs_per_variant()
+    /// `[frontier]` plus one per swept baseline rate (if the variant has a baseline), or one.
+    pub fn run_count(&self) -> usize {
+        (0..self.sweeps.len()).map(|v| self.runs_of(v)).sum()
     }
 
-    fn runs_per_variant(&self) -> usize {
+    fn runs_of(&self, variant: usize) -> usize {
         match &self.plan.frontier {
-            Some(f) => f.baseline_lrs.len() + (f.budgets.len() * f.seeds.len()).max(1),
+            Some(f) => self.sweeps[variant] + (f.budgets.len() * f.seeds.len()).max(1),
             None => 1,
         }
     }
 
-    /// What run `index` is: its variant's index, and its budget, seed and sweep rate.
-    fn role(&self, index: usize) -> Result<(usize, Option<FrontierPoint>, Option<f32>)> {
-        if index >= self.len() {
+    /// What run `index` is: its variant's index and first run, and its budget, seed and
+    /// sweep rate.
+    fn role(&self, index: usize) -> Result<Role> {
+        if index >= self.run_count() {
             return Err(Error::invalid(format!(
                 "{}: the plan has {} run(s) (indices 0 to {}), not {index}",
                 self.path.display(),
-                self.len(),
-                self.len() - 1
+                self.run_count(),
+                self.run_count() - 1
             )));
         }
-        let per = self.runs_per_variant();
-        let (v, r) = (index / per, index % per);
+        let (mut v, mut first) = (0, 0);
+        while index >= first + self.runs_of(v) {
+            first += self.runs_of(v);
+            v += 1;
+        }
+        let r = index - first;
+        let mut role = Role {
+            variant: v,
+            first,
+            point: None,
+            sweep: None,
+        };
         let Some(f) = &self.plan.frontier else {
-            return Ok((v, None, None));
+            return Ok(role);
         };
         let nseeds = f.seeds.len().max(1);
         let seed = |i: usize| f.seeds.get(i).copied().unwrap_or(0);
-        if let Some(&lr) = f.baseline_lrs.get(r) {
+        if r < self.sweeps[v] {
             let budget = f.sweep_budget.unwrap_or_else(|| middle(&f.budgets));
-            return Ok((
-                v,
-                Some(FrontierPoint {
-                    budget,
-                    seed: seed(0),
-                }),
-                Some(lr),
-            ));
-        }
-        let m = r - f.baseline_lrs.len();
-        let budget = f.budgets.get(m / nseeds).copied().unwrap_or(1.0);
-        Ok((
-            v,
-            Some(FrontierPoint {
+            role.point = Some(FrontierPoint {
                 budget,
-                seed: seed(m % nseeds),
-            }),
-            None,
-        ))
-    }
-
-    /// Always false: a plan has at least one run.
-    pub fn is_empty(&self) -> bool {
-        false
+                seed: seed(0),
+            });
+            role.sweep = f.baseline_lrs.get(r).copied();
+            return Ok(role);
+        }
+        let m = r - self.sweeps[v];
+        role.point = Some(FrontierPoint {
+            budget: f.budgets.get(m / nseeds).copied().unwrap_or(1.0),
+            seed: seed(m % nseeds),
+        });
+        Ok(role)
     }
 
     /// The plan of variant `index`, with its patch applied, unvalidated.
@@ -601,7 +613,12 @@ impl PlanFile {
     /// operators that fit the nets (applied to zero weights), learning-rate policies.
     /// `data` overrides the plan's data folder.
     pub fn resolve(&self, index: usize, data: Option<&Path>) -> Result<RunPlan> {
-        let (v, point, sweep) = self.role(index)?;
+        let Role {
+            variant: v,
+            first,
+            point,
+            sweep,
+        } = self.role(index)?;
         let (mut plan, variant) = self.variant(v)?;
         let what = match &variant {
             Some(name) => format!("{}: variant {v} ({name})", self.path.display()),
@@ -614,10 +631,10 @@ impl PlanFile {
         let mut run = resolve(&plan, variant, index, data).map_err(err)?;
         run.point = point;
         run.sweep = sweep;
-        if let Some(f) = &self.plan.frontier {
+        run.variant_first = first;
+        if let (Some(f), Some(_)) = (&self.plan.frontier, &run.baseline) {
             run.baseline_lrs = f.baseline_lrs.clone();
             run.sweep_budget = Some(f.sweep_budget.unwrap_or_else(|| middle(&f.budgets)));
-            run.frontier_size = (f.budgets.len() * f.seeds.len()).max(1);
         }
         check_frontier(&run).map_err(err)?;
         Ok(run)
@@ -625,7 +642,7 @@ impl PlanFile {
 
     /// All runs, validated.
     pub fn resolve_all(&self, data: Option<&Path>) -> Result<Vec<RunPlan>> {
-        (0..self.len()).map(|i| self.resolve(i, data)).collect()
+        (0..self.run_count()).map(|i| self.resolve(i, data)).collect()
     }
 }
 
@@ -758,7 +775,7 @@ fn resolve(
         sweep: None,
         baseline_lrs: Vec::new(),
         sweep_budget: None,
-        frontier_size: 1,
+        variant_first: 0,
     })
 }
 
@@ -1056,7 +1073,7 @@ baseline.enabled = false
         let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
         let d = data(tmp.path())?;
         let f = parse(GOOD, &d)?;
-        assert_eq!(f.len(), 2);
+        assert_eq!(f.run_count(), 2);
         let runs = f.resolve_all(None)?;
         let (a, b) = (&runs[0], &runs[1]);
         assert_eq!(a.label(), "t/a");
@@ -1187,7 +1204,7 @@ baseline.enabled = false
             tmp.path().join("data").display()
         );
         let f = PlanFile::parse(Path::new("f.toml"), &text)?;
-        assert_eq!(f.len(), 3 + 4);
+        assert_eq!(f.run_count(), 3 + 4);
         let runs = f.resolve_all(None)?;
         let names: Vec<String> = runs.iter().map(RunPlan::run_name).collect();
         assert_eq!(

@@ -481,13 +481,16 @@ pub fn frontiers(runs: &[RunData]) -> Vec<Frontier> {
 pub struct Payoff {
     /// `plan` or `plan/variant`.
     pub label: String,
+    /// The baseline frontier compared with.
+    pub baseline: String,
     /// Seeds per budget (the fewest).
     pub seeds: usize,
     /// Per baseline budget: how soon the incremental frontier reached its final top-1.
     pub speedups: Vec<SpeedUp>,
     /// Per incremental budget: the baseline frontier at the same time.
     pub equal_time: Vec<EqualTime>,
-    /// The smallest baseline budget from which every larger one is reached sooner, if any.
+    /// The smallest baseline budget from which every larger one that can be compared (not
+    /// `beyond`) is reached sooner, if any.
     pub pays_from: Option<f64>,
     /// The smallest speed-up over the budgets from `pays_from` on.
     pub min_speedup: Option<f64>,
@@ -507,6 +510,9 @@ pub struct SpeedUp {
     pub reached: Option<(f64, bool)>,
     /// The baseline's time over that.
     pub speedup: Option<f64>,
+    /// Not reached, but the incremental frontier ends before the baseline's time, so a
+    /// larger incremental budget might still reach it sooner: not compared.
+    pub beyond: bool,
 }
 
 /// An incremental budget's point, and the baseline frontier at the same time.
@@ -524,26 +530,31 @@ pub struct EqualTime {
     pub difference: Option<f64>,
 }
 
-/// Compares each incremental frontier with the baseline frontier of the same label.
+/// Compares each incremental frontier with the baseline frontier of the same label (or,
+/// for a plan variant run without a baseline, the first baseline frontier).
 pub fn payoffs(frontiers: &[Frontier]) -> Vec<Payoff> {
     frontiers
         .iter()
         .filter(|f| f.kind == CurveKind::Incremental)
         .filter_map(|inc| {
-            let base = frontiers
-                .iter()
-                .find(|b| b.kind == CurveKind::Baseline && b.label == inc.label)?;
+            // Its own plan's baseline, or (a variant that shares it) the first one.
+            let baselines = || frontiers.iter().filter(|b| b.kind == CurveKind::Baseline);
+            let base = baselines()
+                .find(|b| b.label == inc.label)
+                .or_else(|| baselines().next())?;
             let speedups: Vec<_> = base
                 .points
                 .iter()
                 .map(|b| {
                     let reached = inc.time_to(b.top1.mean);
+                    let ends = inc.means().last().map_or(0.0, |m| m.0);
                     SpeedUp {
                         budget: b.budget,
                         time_s: b.time_s.mean,
                         top1: b.top1.mean,
                         reached,
                         speedup: reached.map(|(t, _)| b.time_s.mean / t.max(1e-9)),
+                        beyond: reached.is_none() && ends < b.time_s.mean,
                     }
                 })
                 .collect();
@@ -561,10 +572,10 @@ pub fn payoffs(frontiers: &[Frontier]) -> Vec<Payoff> {
                     }
                 })
                 .collect();
+            let compared = |k: usize| speedups[k..].iter().filter(|s| !s.beyond);
             let from = (0..speedups.len()).find(|&k| {
-                speedups[k..]
-                    .iter()
-                    .all(|s| s.speedup.is_some_and(|x| x >= 1.0))
+                compared(k).next().is_some()
+                    && compared(k).all(|s| s.speedup.is_some_and(|x| x >= 1.0))
             });
             let seeds = inc
                 .points
@@ -575,6 +586,7 @@ pub fn payoffs(frontiers: &[Frontier]) -> Vec<Payoff> {
                 .unwrap_or(0);
             Some(Payoff {
                 label: inc.label.clone(),
+                baseline: base.label.clone(),
                 seeds,
                 pays_from: from.map(|k| speedups[k].budget),
                 min_speedup: from.and_then(|k| {
@@ -858,5 +870,31 @@ mod tests {
                 .iter()
                 .all(|e| e.difference.is_some_and(|d| d < 0.0))
         );
+    }
+
+    #[test]
+    fn a_baseline_point_past_the_incremental_frontier_is_not_compared() {
+        // The incremental frontier ends at 20 s below 0.90; the baseline reaches 0.90 only
+        // at 40 s, so whether the incremental plan would get there sooner is not known.
+        let base = front(
+            CurveKind::Baseline,
+            &[(1.0, 10.0, 0.80), (2.0, 20.0, 0.86), (4.0, 40.0, 0.90)],
+        );
+        let inc = front(
+            CurveKind::Incremental,
+            &[(1.0, 5.0, 0.82), (2.0, 10.0, 0.88), (4.0, 20.0, 0.89)],
+        );
+        let p = &payoffs(&[base.clone(), inc])[0];
+        assert!(p.speedups[2].beyond && p.speedups[2].speedup.is_none());
+        assert!(!p.speedups[1].beyond);
+        assert_eq!(p.pays_from, Some(1.0), "the last point is not a failure");
+        // Past its time it is a failure: the same top-1 at 45 s.
+        let slow = front(
+            CurveKind::Incremental,
+            &[(1.0, 5.0, 0.82), (4.0, 45.0, 0.89)],
+        );
+        let q = &payoffs(&[base, slow])[0];
+        assert!(!q.speedups[2].beyond);
+        assert_eq!(q.pays_from, None);
     }
 }

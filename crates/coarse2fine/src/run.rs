@@ -563,7 +563,7 @@ impl Runner<'_> {
     /// validation top-1 (ties to the smaller rate), recorded in `baseline/sweep.json`.
     fn swept_rate(&self) -> Result<f32> {
         let parent = self.dir.parent().unwrap_or(Path::new("."));
-        let first = self.plan.index - self.plan.index % self.plan.runs_per_variant();
+        let first = self.plan.variant_first;
         let mut tried = Vec::new();
         for (lr, folder) in self.plan.sweep_folders(first) {
             let done = baseline_dir(&parent.join(&folder)).join(DONE);

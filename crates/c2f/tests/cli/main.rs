@@ -252,8 +252,13 @@ fn fashion_mnist_prepare_and_short_training() {
         "--sizes",
         "8,16,32",
         "--pad-pow2",
+        "--val-images",
+        "5000",
     ]);
-    assert!(out.contains("60000 train, 10000 test"), "{out}");
+    assert!(
+        out.contains("55000 train, 5000 validation, 10000 test"),
+        "{out}"
+    );
 
     // Every shipped plan is valid against the real data (spec files resolve from the
     // repository root, as in the README).

@@ -458,10 +458,16 @@ pub fn prepare(
         let d = size_dir(staged.path(), s);
         std::fs::create_dir(&d).map_err(|e| Error::io(&d, e))?;
     }
-    let mut splits = BTreeMap::new();
-    let mut stats = BTreeMap::new();
-    let mut skipped = read.unread.len();
-    let mut skipped_examples: Vec<String> = read.unread.iter().take(20).cloned().collect();
+    let mut writer = SplitWriter {
+        root: staged.path(),
+        sizes: &sizes,
+        channels: read.channels,
+        classes,
+        cfg,
+        progress,
+        skipped: read.unread.len(),
+        examples: read.unread.iter().take(20).cloned().collect(),
+    };
     let (train_ids, val_ids) = hold_out(read.train.len(), cfg.val_images, cfg.seed, source)?;
     let test_ids: Vec<usize> = (0..read.test.len()).collect();
     let parts = [
@@ -469,22 +475,9 @@ pub fn prepare(
         ("val", &read.train, val_ids),
         ("test", &read.test, test_ids),
     ];
-    for (split, src, ids) in &parts {
-        if *split == "val" && ids.is_empty() {
-            continue;
-        }
-        let (written, accs) = write_split(
-            (src, ids),
-            split,
-            staged.path(),
-            &sizes,
-            read.channels,
-            classes,
-            cfg,
-            progress,
-            &mut skipped,
-            &mut skipped_examples,
-        )?;
+    let (mut splits, mut stats) = (BTreeMap::new(), BTreeMap::new());
+    for (split, src, ids) in parts.iter().filter(|p| !p.2.is_empty() || p.0 != "val") {
+        let (written, accs) = writer.write(split, src, ids)?;
         if written == 0 {
             return Err(Error::format(
                 source,
@@ -498,6 +491,7 @@ pub fn prepare(
             }
         }
     }
+    let (skipped, skipped_examples) = (writer.skipped, writer.examples);
     let split_names: Vec<&str> = splits.keys().map(String::as_str).collect();
     let checksums = shard_checksums(staged.path(), &sizes, &split_names)?;
     let manifest = DatasetManifest {
@@ -668,76 +662,95 @@ fn check_prepare_output(source: &Path, out: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_split(
-    (src, indices): (&Source, &[usize]),
-    split: &str,
-    root: &Path,
-    sizes: &[usize],
+/// Writes the shards of one split after another into a staged folder, and counts what it
+/// had to skip.
+struct SplitWriter<'a> {
+    root: &'a Path,
+    sizes: &'a [usize],
     channels: usize,
-    classes: &[String],
-    cfg: &PrepareConfig,
-    progress: &dyn Progress,
-    skipped: &mut usize,
-    skipped_examples: &mut Vec<String>,
-) -> Result<(usize, Vec<StatsAcc>)> {
-    const CHUNK: usize = 2048;
-    progress.begin(&format!("prepare {split}"), indices.len() as u64);
-    let mut accs: Vec<StatsAcc> = sizes.iter().map(|_| StatsAcc::new(channels)).collect();
-    let mut writers: Vec<Option<ShardWriter>> = sizes.iter().map(|_| None).collect();
-    let mut parts = 0usize;
-    let mut written = 0usize;
-    for ids in indices.chunks(CHUNK) {
-        // Decoding and resizing are independent per image; the results are collected in
-        // source order so the shards do not depend on the thread count.
-        let chunk: Vec<Result<Vec<Vec<u8>>>> = ids
-            .par_iter()
-            .map_init(Resizer::new, |rz, &i| {
-                let (hwc, h, w) = src.load(i)?;
-                sizes
-                    .iter()
-                    .map(|&s| resize::downscale_to_planar(rz, &hwc, channels, h, w, s, cfg.fit))
-                    .collect()
-            })
-            .collect();
-        for (&i, res) in ids.iter().zip(chunk) {
-            let images = match res {
-                Ok(v) => v,
-                Err(e) if !cfg.strict && matches!(src, Source::Files { .. }) => {
-                    *skipped += 1;
-                    if skipped_examples.len() < 20 {
-                        skipped_examples.push(e.to_string());
+    classes: &'a [String],
+    cfg: &'a PrepareConfig,
+    progress: &'a dyn Progress,
+    skipped: usize,
+    /// Messages of the first 20 skipped images.
+    examples: Vec<String>,
+}
+
+impl SplitWriter<'_> {
+    /// Writes images `indices` of `src` as split `split`; returns how many were written
+    /// and the statistics of each size.
+    fn write(
+        &mut self,
+        split: &str,
+        src: &Source,
+        indices: &[usize],
+    ) -> Result<(usize, Vec<StatsAcc>)> {
+        let (root, sizes, channels, classes, cfg, progress) = (
+            self.root,
+            self.sizes,
+            self.channels,
+            self.classes,
+            self.cfg,
+            self.progress,
+        );
+        const CHUNK: usize = 2048;
+        progress.begin(&format!("prepare {split}"), indices.len() as u64);
+        let mut accs: Vec<StatsAcc> = sizes.iter().map(|_| StatsAcc::new(channels)).collect();
+        let mut writers: Vec<Option<ShardWriter>> = sizes.iter().map(|_| None).collect();
+        let mut parts = 0usize;
+        let mut written = 0usize;
+        for ids in indices.chunks(CHUNK) {
+            // Decoding and resizing are independent per image; the results are collected in
+            // source order so the shards do not depend on the thread count.
+            let chunk: Vec<Result<Vec<Vec<u8>>>> = ids
+                .par_iter()
+                .map_init(Resizer::new, |rz, &i| {
+                    let (hwc, h, w) = src.load(i)?;
+                    sizes
+                        .iter()
+                        .map(|&s| resize::downscale_to_planar(rz, &hwc, channels, h, w, s, cfg.fit))
+                        .collect()
+                })
+                .collect();
+            for (&i, res) in ids.iter().zip(chunk) {
+                let images = match res {
+                    Ok(v) => v,
+                    Err(e) if !cfg.strict && matches!(src, Source::Files { .. }) => {
+                        self.skipped += 1;
+                        if self.examples.len() < 20 {
+                            self.examples.push(e.to_string());
+                        }
+                        progress.note(&format!("skipped: {e}"));
+                        continue;
                     }
-                    progress.note(&format!("skipped: {e}"));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if written.is_multiple_of(cfg.shard_images) {
-                for (j, &s) in sizes.iter().enumerate() {
-                    if let Some(w) = writers[j].take() {
-                        w.finish()?;
+                    Err(e) => return Err(e),
+                };
+                if written.is_multiple_of(cfg.shard_images) {
+                    for (j, &s) in sizes.iter().enumerate() {
+                        if let Some(w) = writers[j].take() {
+                            w.finish()?;
+                        }
+                        let path = size_dir(root, s).join(shard_name(split, parts));
+                        writers[j] = Some(ShardWriter::create(&path, channels, s, classes)?);
                     }
-                    let path = size_dir(root, s).join(shard_name(split, parts));
-                    writers[j] = Some(ShardWriter::create(&path, channels, s, classes)?);
+                    parts += 1;
                 }
-                parts += 1;
-            }
-            for (j, img) in images.iter().enumerate() {
-                accs[j].add(img, sizes[j] * sizes[j]);
-                if let Some(w) = writers[j].as_mut() {
-                    w.push(img, src.label(i))?;
+                for (j, img) in images.iter().enumerate() {
+                    accs[j].add(img, sizes[j] * sizes[j]);
+                    if let Some(w) = writers[j].as_mut() {
+                        w.push(img, src.label(i))?;
+                    }
                 }
+                written += 1;
             }
-            written += 1;
+            progress.advance(ids.len() as u64);
         }
-        progress.advance(ids.len() as u64);
+        for w in writers.into_iter().flatten() {
+            w.finish()?;
+        }
+        progress.end();
+        Ok((written, accs))
     }
-    for w in writers.into_iter().flatten() {
-        w.finish()?;
-    }
-    progress.end();
-    Ok((written, accs))
 }
 
 #[cfg(test)]

@@ -174,12 +174,7 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
         let name = format!("layer{}", i + 1);
         match layer {
             Layer::Conv(cv) => {
-                let (w, b) = (
-                    param_name(&cv.name, Param::Weight),
-                    param_name(&cv.name, Param::Bias),
-                );
-                g.initializer.push(parameter(weights, &w)?);
-                g.initializer.push(parameter(weights, &b)?);
+                let (w, b) = initializers(&mut g, weights, &cv.name)?;
                 g.node.push(node(
                     "Conv",
                     &cv.name,
@@ -240,12 +235,7 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
                     flat = true;
                     flat_name
                 };
-                let (w, b) = (
-                    param_name(&f.name, Param::Weight),
-                    param_name(&f.name, Param::Bias),
-                );
-                g.initializer.push(parameter(weights, &w)?);
-                g.initializer.push(parameter(weights, &b)?);
+                let (w, b) = initializers(&mut g, weights, &f.name)?;
                 g.node.push(node(
                     "Gemm",
                     &f.name,
@@ -296,6 +286,17 @@ pub fn write_onnx(
         .write_to_bytes()
         .map_err(|e| Error::format(path, format!("encoding ONNX: {e}")))?;
     fsutil::write_bytes_atomic(path, &bytes)
+}
+
+/// Adds layer `name`'s weight and bias to the graph's initializers; returns their names.
+fn initializers(g: &mut GraphProto, weights: &WeightMap, name: &str) -> Result<(String, String)> {
+    let (w, b) = (
+        param_name(name, Param::Weight),
+        param_name(name, Param::Bias),
+    );
+    g.initializer.push(parameter(weights, &w)?);
+    g.initializer.push(parameter(weights, &b)?);
+    Ok((w, b))
 }
 
 /// Checks an ONNX output before writing: it may be new, or with `force` an ONNX model
