@@ -258,17 +258,13 @@ where
             }
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font(("sans-serif", 14))
-        .position(match plot {
+    legend(
+        &mut chart,
+        match plot {
             Plot::LossVsTime => SeriesLabelPosition::UpperRight,
             _ => SeriesLabelPosition::LowerRight,
-        })
-        .draw()
-        .map_err(err)?;
+        },
+    )?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -423,14 +419,23 @@ where
                 .map_err(err)?;
         }
     }
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Draws the series' legend in a framed box at `pos`.
+fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, pos: SeriesLabelPosition) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(pos)
         .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+        .map_err(|e| anyhow::anyhow!("plotting: {e:?}"))
 }

@@ -642,7 +642,9 @@ impl PlanFile {
 
     /// All runs, validated.
     pub fn resolve_all(&self, data: Option<&Path>) -> Result<Vec<RunPlan>> {
-        (0..self.run_count()).map(|i| self.resolve(i, data)).collect()
+        (0..self.run_count())
+            .map(|i| self.resolve(i, data))
+            .collect()
     }
 }
 

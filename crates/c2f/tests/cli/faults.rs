@@ -400,39 +400,22 @@ fn full_disk_for_every_verb_that_writes() {
     let run = fx.path("run");
     std::fs::create_dir_all(&run).expect("mkdir");
     fails_on_full_disk(8, &["run", s(&plan), "--out", s(&run)], "run", &run, false);
+    // The verbs that write a new file or folder next to others: nothing may be left.
     let small = fx.trained("small");
-    let grown = fx.path("grown");
-    fails_on_full_disk(
-        8,
-        &["grow", s(&small), "--upscale", "--out", s(&grown)],
-        "grown",
-        fx.tmp.path(),
-        true,
-    );
-    let onnx = fx.path("net.onnx");
-    fails_on_full_disk(
-        8,
-        &["export", s(&small), "--onnx", s(&onnx)],
-        "net.onnx",
-        fx.tmp.path(),
-        true,
-    );
-    let torch = fx.path("torch");
-    fails_on_full_disk(
-        8,
-        &["export", s(&small), "--pytorch", s(&torch)],
-        "torch",
-        fx.tmp.path(),
-        true,
-    );
-    let imported = fx.path("imported");
-    fails_on_full_disk(
-        8,
-        &["import", s(&torch), "--out", s(&imported)],
-        "imported",
-        fx.tmp.path(),
-        true,
-    );
+    let (grown, onnx) = (fx.path("grown"), fx.path("net.onnx"));
+    let (torch, imported) = (fx.path("torch"), fx.path("imported"));
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["grow", s(&small), "--upscale", "--out", s(&grown)],
+            "grown",
+        ),
+        (&["export", s(&small), "--onnx", s(&onnx)], "net.onnx"),
+        (&["export", s(&small), "--pytorch", s(&torch)], "torch"),
+        (&["import", s(&torch), "--out", s(&imported)], "imported"),
+    ];
+    for (args, made) in cases {
+        fails_on_full_disk(8, args, made, fx.tmp.path(), true);
+    }
     let rep = fx.path("report");
     std::fs::create_dir_all(&rep).expect("mkdir");
     fails_on_full_disk(

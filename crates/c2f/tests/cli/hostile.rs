@@ -534,18 +534,7 @@ fn bad_image_smaller_than_the_size_is_not_upscaled() {
             .expect("png");
     });
     let out = fx.path("p");
-    let o = c2f(&[
-        "prepare",
-        s(&tree),
-        "--out",
-        s(&out),
-        "--sizes",
-        "4,8",
-        "--val-fraction",
-        "0.5",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = prepare_skipping(&tree, &out, "4,8");
     assert!(
         err.contains("dot.png") && err.contains("never upscales"),
         "{err}"
@@ -559,6 +548,24 @@ fn bad_image_smaller_than_the_size_is_not_upscaled() {
     );
 }
 
+/// Prepares class folder `tree` into `out` at `sizes`, which must succeed with skipped
+/// files; returns the warnings.
+fn prepare_skipping(tree: &Path, out: &Path, sizes: &str) -> String {
+    let o = c2f(&[
+        "prepare",
+        s(tree),
+        "--out",
+        s(out),
+        "--sizes",
+        sizes,
+        "--val-fraction",
+        "0.5",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
 #[cfg(unix)]
 #[test]
 fn bad_dangling_symlink_and_unsupported_files_in_class_folders() {
@@ -569,18 +576,7 @@ fn bad_dangling_symlink_and_unsupported_files_in_class_folders() {
         write(&cats.join(".DS_Store"), "hidden, ignored");
     });
     let out = fx.path("p");
-    let o = c2f(&[
-        "prepare",
-        s(&tree),
-        "--out",
-        s(&out),
-        "--sizes",
-        "4",
-        "--val-fraction",
-        "0.5",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = prepare_skipping(&tree, &out, "4");
     assert!(err.contains("skipped 2"), "{err}");
     assert_eq!(manifest(&out)["skipped"], 2);
     prepare_fails(
