@@ -126,6 +126,7 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
         &a.out.join("summary.json"),
         &serde_json::json!({
             "format": SUMMARY_FORMAT, "rows": summary.rows, "dips": summary.dips,
+            "decisions": summary.decisions,
             "frontiers": fronts, "payoffs": pays,
         }),
     )?;
@@ -140,6 +141,7 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
         verdicts: verdict,
         plans: plans(&all),
         tables: tables(&summary),
+        decisions: decision_table(&summary),
         frontier: (!pays.is_empty()).then(|| frontier_table(&pays)),
         sweep: sweep_table(&all),
         confusion: !mats.is_empty(),
@@ -459,6 +461,7 @@ struct Document<'a> {
     verdicts: Vec<String>,
     plans: Vec<String>,
     tables: (Vec<Vec<String>>, Vec<Vec<String>>),
+    decisions: Vec<Vec<String>>,
     frontier: Option<Vec<Vec<String>>>,
     sweep: Option<Vec<Vec<String>>>,
     confusion: bool,
@@ -467,6 +470,8 @@ struct Document<'a> {
 const TIME_NOTE: &str = "Time is training plus growth seconds; evaluation and checkpoint writing are left out. Times to reach an accuracy are those of the first evaluation at or above it. The first plot is zoomed to the accuracies where the curves differ; the second shows the full range.";
 
 const FRONTIER_NOTE: &str = "Each point is one budget: the mean over its seeds of the training time and the final test top-1 (bars: lowest to highest seed). A speed-up is the from-scratch run's time divided by the time at which the incremental frontier (linear in log time between its points) first reaches the from-scratch run's final top-1; \"≤\" marks a top-1 already reached at the smallest incremental budget. The difference at equal time compares each incremental point with the from-scratch frontier at the same time.";
+
+const AUTO_NOTE: &str = "Each `auto` stage left its size when the validation top-1 gained per step fell below what the next size is expected to give for its cost per step (from FLOPs); a stage without a row here ran its whole budget.";
 
 /// A part of a report.
 enum Block {
@@ -514,6 +519,11 @@ impl Document<'_> {
         if self.tables.1.len() > 1 {
             b.push(Heading("Growth steps".into()));
             b.push(Table(self.tables.1.clone()));
+        }
+        if self.decisions.len() > 1 {
+            b.push(Heading("Automatic growth decisions".into()));
+            b.push(Text(AUTO_NOTE.into()));
+            b.push(Table(self.decisions.clone()));
         }
         b.push(Heading("Plans".into()));
         b.push(Pre(self.plans.join("\n")));
@@ -663,6 +673,32 @@ fn tables(s: &Summary) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         ]);
     }
     (main, dips)
+}
+
+/// One row per automatic decision, with the header.
+fn decision_table(s: &Summary) -> Vec<Vec<String>> {
+    let header = [
+        "curve",
+        "stage",
+        "size",
+        "iteration",
+        "time s",
+        "decision",
+        "reason",
+    ];
+    let mut t = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    for d in &s.decisions {
+        t.push(vec![
+            d.curve.clone(),
+            d.stage.to_string(),
+            format!("{0}×{0}", d.size),
+            d.iter.to_string(),
+            s3(d.time_s),
+            d.decision.clone(),
+            d.reason.clone(),
+        ]);
+    }
+    t
 }
 
 fn markdown_table(rows: &[Vec<String>]) -> String {

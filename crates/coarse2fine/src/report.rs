@@ -223,6 +223,44 @@ pub struct DipRow {
     pub seconds: f64,
 }
 
+/// An automatic decision to leave a stage (an `auto` stage), and its reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRow {
+    /// Curve label.
+    pub curve: String,
+    /// Stage left.
+    pub stage: usize,
+    /// Its input side.
+    pub size: usize,
+    /// Iterations of the curve when decided.
+    pub iter: u64,
+    /// Training plus growth seconds when decided.
+    pub time_s: f64,
+    /// What was decided.
+    pub decision: String,
+    /// The numbers behind it.
+    pub reason: String,
+}
+
+impl DecisionRow {
+    /// The row of `e`, if it is a decision of `run`.
+    fn of(run: &RunData, e: &Event) -> Option<Self> {
+        let What::Decision { decision, reason } = &e.what else {
+            return None;
+        };
+        let place = e.place?;
+        Some(DecisionRow {
+            curve: format!("{} ({})", run.label, place.curve.name()),
+            stage: place.stage,
+            size: place.size,
+            iter: e.iter,
+            time_s: e.clock.time_s,
+            decision: decision.clone(),
+            reason: reason.clone(),
+        })
+    }
+}
+
 /// Everything a report shows, computed from events.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -232,16 +270,34 @@ pub struct Summary {
     pub rows: Vec<SummaryRow>,
     /// One row per growth.
     pub dips: Vec<DipRow>,
+    /// Automatic decisions, in run order.
+    pub decisions: Vec<DecisionRow>,
 }
 
 /// Fractions of the reference accuracy in the table.
 pub const FRACTIONS: [f64; 3] = [1.0, 0.99, 0.95];
 
-/// Computes the summary of `runs`. Each curve is compared with its own run's baseline, or,
-/// in a run without one, with the first baseline among `runs`.
+/// The baseline `c` is compared with: its own run's; for a run without one (a plan variant
+/// that shares another's baseline), the baseline at the same frontier budget and seed; else
+/// the first baseline among `curves`.
+fn reference_of<'a>(c: &Curve, curves: &'a [Curve], runs: &[RunData]) -> Option<&'a Curve> {
+    let baselines = || curves.iter().filter(|b| b.kind == CurveKind::Baseline);
+    let point = |run: &str| {
+        let r = runs.iter().find(|r| r.label == run)?;
+        r.manifest.as_ref()?.plan.point
+    };
+    baselines()
+        .find(|b| b.run == c.run)
+        .or_else(|| {
+            let p = point(&c.run)?;
+            baselines().find(|b| point(&b.run) == Some(p))
+        })
+        .or_else(|| baselines().next())
+}
+
+/// Computes the summary of `runs`, each curve compared with [`reference_of`] it.
 pub fn summarize(runs: &[RunData]) -> Summary {
     let curves = curves(runs);
-    let first_baseline = curves.iter().find(|c| c.kind == CurveKind::Baseline);
     let totals = |run: &RunData, kind: CurveKind| -> (f64, f64, f64) {
         run.events
             .iter()
@@ -257,10 +313,7 @@ pub fn summarize(runs: &[RunData]) -> Summary {
     };
     let mut rows = Vec::new();
     for c in &curves {
-        let reference = curves
-            .iter()
-            .find(|b| b.kind == CurveKind::Baseline && b.run == c.run)
-            .or(first_baseline);
+        let reference = reference_of(c, &curves, runs);
         let ref_final = reference.and_then(|b| b.last()).and_then(Event::top1);
         let reach = match (reference, ref_final) {
             (Some(b), Some(fin)) => FRACTIONS
@@ -318,7 +371,16 @@ pub fn summarize(runs: &[RunData]) -> Summary {
         .iter()
         .flat_map(|c| c.growths.iter().filter_map(move |g| dip(c, g)))
         .collect();
-    Summary { curves, rows, dips }
+    let decisions = runs
+        .iter()
+        .flat_map(|r| r.events.iter().filter_map(|e| DecisionRow::of(r, e)))
+        .collect();
+    Summary {
+        curves,
+        rows,
+        dips,
+        decisions,
+    }
 }
 
 /// Mean, lowest and highest of one measure over a frontier point's seeds.
@@ -760,6 +822,32 @@ mod tests {
             (Some(0.78), Some(0.70), Some(0.70))
         );
         assert_eq!(d.recovered_after_s, Some(10.0));
+        assert!(s.decisions.is_empty());
+    }
+
+    #[test]
+    fn automatic_decisions_are_listed_with_their_reasons() {
+        let mut r = synthetic();
+        r.events.insert(
+            3,
+            Event {
+                what: What::Decision {
+                    decision: "leave this stage at iteration 290".into(),
+                    reason: "gains 0.01 points per step".into(),
+                },
+                place: at(CurveKind::Incremental, 1),
+                iter: 290,
+                images: 29000,
+                epoch: None,
+                clock: clock(29.0),
+            },
+        );
+        let s = summarize(&[r]);
+        assert_eq!(s.decisions.len(), 1);
+        let d = &s.decisions[0];
+        assert_eq!(d.curve, "exp (incremental)");
+        assert_eq!((d.stage, d.iter, d.time_s), (1, 290, 29.0));
+        assert_eq!(d.reason, "gains 0.01 points per step");
     }
 
     #[test]
@@ -791,6 +879,54 @@ mod tests {
             .expect("row");
         assert_eq!(other.reference.as_deref(), Some("exp (baseline)"));
         assert_eq!(other.reach[0].speedup, Some(2.0));
+    }
+
+    /// A manifest placing a run at a frontier point (only `point` matters here).
+    fn at_point(budget: f64, seed: u64) -> RunManifest {
+        let plan = serde_json::json!({
+            "plan": "p", "variant": null, "index": 0, "description": "", "data": "d",
+            "seed": seed, "threads": null, "schedule": "per-stage", "init": "kaiming",
+            "stages": [], "baseline": null, "point": { "budget": budget, "seed": seed },
+            "variant_first": 0
+        });
+        RunManifest {
+            format: crate::run::RUN_FORMAT.into(),
+            version: 2,
+            plan: serde_json::from_value(plan).expect("plan"),
+        }
+    }
+
+    #[test]
+    fn a_variant_without_a_baseline_uses_the_one_at_its_budget_and_seed() {
+        let mut runs = Vec::new();
+        for (label, budget, top) in [("a b1", 1.0, 0.70), ("a b2", 2.0, 0.80)] {
+            let mut r = synthetic();
+            r.label = label.into();
+            r.manifest = Some(at_point(budget, 1));
+            for e in r
+                .events
+                .iter_mut()
+                .filter(|e| e.curve() == Some(CurveKind::Baseline))
+            {
+                if let What::Eval { top1, .. } = &mut e.what {
+                    *top1 = top1.min(top);
+                }
+            }
+            runs.push(r);
+        }
+        let mut shared = runs[1].clone();
+        shared.label = "b b2".into();
+        shared
+            .events
+            .retain(|e| e.curve() == Some(CurveKind::Incremental));
+        runs.push(shared);
+        let s = summarize(&runs);
+        let row = s.rows.iter().find(|r| r.curve == "b b2 (incremental)");
+        assert_eq!(
+            row.and_then(|r| r.reference.as_deref()),
+            Some("a b2 (baseline)"),
+            "not the first baseline (a b1) but the one at the same budget"
+        );
     }
     fn front(kind: CurveKind, pts: &[(f64, f64, f64)]) -> Frontier {
         Frontier {

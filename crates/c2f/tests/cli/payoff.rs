@@ -174,6 +174,16 @@ fn a_frontier_runs_as_one_command_or_as_array_tasks_and_reports_its_payoff() {
         Some(2)
     );
     assert!(rep.join("frontier.png").is_file() && rep.join("frontier.svg").is_file());
+    // The automatic stage's decision, with its reason, is in the report too.
+    assert!(
+        md.contains("## Automatic growth decisions") && md.contains("points per step"),
+        "{md}"
+    );
+    assert_eq!(
+        summary["decisions"][0]["stage"].as_u64(),
+        Some(1),
+        "{summary}"
+    );
 }
 
 #[test]
