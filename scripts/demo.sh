@@ -3,7 +3,7 @@
 # dataset-fashion-mnist package. Installs the package if missing, builds c2f, prepares the
 # 8/16/32 ladder (28×28 padded to 32×32, 5 000 training images held out for validation),
 # runs plans/payoff-demo.toml (net-4 trained at 8×8, grown to 16×16 and 32×32 and trained
-# on, against net-4 from scratch at 32×32, at three budgets) and writes its report to
+# on, against net-4 from scratch at 32×32, at four budgets) and writes its report to
 # runs/payoff-demo/report/, whose first line says whether starting coarse paid off.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -25,10 +25,15 @@ use crate::plots::{self, Matrix, PLOTS, Plot};
 ///   loss_vs_time.png/.svg       training loss vs training time
 ///   accuracy_vs_images.png/.svg test top-1 vs training images seen
 ///   confusion.png/.svg          confusion matrices of the final nets (finished runs)
-///   report.md, report.html      the verdict, the plots, the plans and their settings, and
-///                               two tables: final accuracy, time to reach the baseline's
-///                               final accuracy (and 99%, 95% of it) and speed-up; the
-///                               accuracy dip at each growth
+///   frontier.png/.svg           runs of a plan with a [frontier]: final top-1 vs training
+///                               time per budget, the mean over seeds with their range
+///   report.md, report.html      a first line that says whether it paid off and by how
+///                               much; the verdict, the plots, the plans and their settings,
+///                               and tables: the frontiers (speed-up at equal accuracy,
+///                               difference at equal time) and the learning-rate sweep;
+///                               final accuracy, time to reach the baseline's final
+///                               accuracy (and 99%, 95% of it) and speed-up; the accuracy
+///                               dip at each growth; automatic growth decisions
 ///   curves.csv                  every point of every curve
 ///   summary.json                the tables' numbers
 /// --out must be new, empty, or a report folder made before; c2f never writes report files
@@ -37,6 +42,7 @@ use crate::plots::{self, Matrix, PLOTS, Plot};
 /// Examples:
 ///   c2f report runs/exp1 --out docs/results/exp1-upscale
 ///   c2f report runs/exp2 runs/exp1 --out reports/filters --title "New filters"
+///   c2f report runs/payoff --out docs/results/payoff
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct ReportArgs {
