@@ -477,7 +477,7 @@ const TIME_NOTE: &str = "Time is training plus growth seconds; evaluation and ch
 
 const FRONTIER_NOTE: &str = "Each point is one budget: the mean over its seeds of the training time and the final test top-1 (bars: lowest to highest seed). A speed-up is the from-scratch run's time divided by the time at which the incremental frontier (linear in log time between its points) first reaches the from-scratch run's final top-1; \"≤\" marks a top-1 already reached at the smallest incremental budget. The difference at equal time compares each incremental point with the from-scratch frontier at the same time.";
 
-const AUTO_NOTE: &str = "Each `auto` stage left its size when the validation top-1 gained per step fell below what the next size is expected to give for its cost per step (from FLOPs); a stage without a row here ran its whole budget.";
+const AUTO_NOTE: &str = "Each `auto` stage left its size when the validation top-1 gained per step fell below what the next size is expected to give for its cost per step (from FLOPs). In the curves shown, a stage without a row here ran its whole budget.";
 
 /// A part of a report.
 enum Block {
