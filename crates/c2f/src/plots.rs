@@ -199,7 +199,6 @@ pub fn draw<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plotting: {e:?}");
     root.fill(&WHITE).map_err(err)?;
     let all: Vec<(f64, f64)> = curves.iter().flat_map(|c| plot.points(c)).collect();
     if all.is_empty() {
@@ -289,7 +288,6 @@ pub fn draw_confusions<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plotting: {e:?}");
     root.fill(&WHITE).map_err(err)?;
     let rows = mats.len().div_ceil(2).max(1);
     let panels = root.split_evenly((rows, 2));
@@ -354,7 +352,6 @@ pub fn draw_frontiers<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plotting: {e:?}");
     root.fill(&WHITE).map_err(err)?;
     let points = || fronts.iter().flat_map(|f| &f.points);
     let (t0, t1) = points().fold((f64::INFINITY, 0f64), |(a, b), p| {
@@ -424,6 +421,11 @@ where
     Ok(())
 }
 
+/// A plotting error, as ours.
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e:?}")
+}
+
 /// Draws the series' legend in a framed box at `pos`.
 fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, pos: SeriesLabelPosition) -> Result<()>
 where
@@ -437,5 +439,5 @@ where
         .label_font(("sans-serif", 14))
         .position(pos)
         .draw()
-        .map_err(|e| anyhow::anyhow!("plotting: {e:?}"))
+        .map_err(err)
 }
