@@ -85,6 +85,7 @@ def main():
                     "train_step_s": train,
                     "infer_step_s": inference,
                     "torch": torch.__version__,
+                    "capability": torch.backends.cpu.get_cpu_capability(),
                 }
             ),
             flush=True,

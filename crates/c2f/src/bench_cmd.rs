@@ -25,6 +25,9 @@ use coarse2fine::net::spec::InputShape;
 use coarse2fine::net::weights::Init;
 use coarse2fine::progress::Silent;
 
+use crate::bench_epoch::{self, EpochRequest, EpochRow, epoch_table};
+use crate::bench_machine::Machine;
+
 /// Nets described in the speed issue, kept as spec files in bench/nets/.
 const BENCH_NETS: [(&str, &str, usize, usize); 3] = [
     (
@@ -77,8 +80,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Timed steps per measurement (the median is reported).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Measurements of each row, each a fresh c2f process followed by a fresh PyTorch one
+    /// (c2f, PyTorch, c2f, PyTorch, …), so both sides see the same drift in machine load.
+    /// Tables give the median over them and ratios their min–max.
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -108,9 +116,22 @@ pub struct BenchArgs {
     /// column of c2f/REFERENCE training ratios.
     #[arg(long, value_name = "BACKEND")]
     reference: Option<String>,
+    /// A prepared data folder: also time one epoch of `c2f train` against a plain PyTorch
+    /// training loop over the same images (same net, batch and optimizer, evaluation off).
+    #[arg(long, value_name = "DIR")]
+    epoch_data: Option<PathBuf>,
+    /// Net of the epoch row.
+    #[arg(long, default_value = "net-4")]
+    epoch_net: String,
+    /// Image size of the epoch row (a size prepared in --epoch-data).
+    #[arg(long, default_value_t = 32)]
+    epoch_size: usize,
     /// Internal: measure one net in this process and print JSON.
     #[arg(long, hide = true)]
     worker: Option<String>,
+    /// Internal: the worker also times each layer.
+    #[arg(long, hide = true)]
+    layers: bool,
 }
 
 /// One net as benchmarked: unbound spec, side, classes.
@@ -154,6 +175,50 @@ struct Measured {
     /// Median seconds of each layer's inference forward pass (c2f only).
     #[serde(default)]
     layer_forward_s: Vec<(String, f64)>,
+    /// PyTorch: its version and CPU capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    isa: Option<String>,
+}
+
+/// One c2f measurement and the PyTorch one right after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pair {
+    ours: Measured,
+    pytorch: Option<Measured>,
+}
+
+/// The median of measurements and their range.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut v: Vec<f64>) -> Option<Spread> {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => v[n / 2],
+            _ => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    /// `**1.23** (1.10–1.31)`: the median in bold, the range when there is one.
+    pub fn cell(&self) -> String {
+        if self.min == self.max {
+            format!("**{:.2}**", self.median)
+        } else {
+            format!("**{:.2}** ({:.2}–{:.2})", self.median, self.min, self.max)
+        }
+    }
 }
 
 /// One row of the results.
@@ -165,17 +230,49 @@ struct Row {
     batch: usize,
     /// Forward FLOPs per image.
     flops: u64,
+    /// c2f's median step times over the pairs, its largest peak memory, and the per-layer
+    /// times of the first pair.
     ours: Measured,
+    /// PyTorch's median step times over the pairs.
     pytorch: Option<Measured>,
-    /// The --reference backend.
+    /// c2f/PyTorch training throughput, one ratio per pair.
+    train_ratio: Option<Spread>,
+    /// c2f/PyTorch inference throughput, one ratio per pair.
+    infer_ratio: Option<Spread>,
+    /// The --reference backend, measured once.
     #[serde(default)]
     reference: Option<Measured>,
+    pairs: Vec<Pair>,
 }
 
 impl Row {
     fn ips(&self, step_s: f64) -> f64 {
         self.batch as f64 / step_s
     }
+}
+
+/// Medians of the step times of `runs`, the largest peak memory, and the first run's
+/// per-layer times.
+fn summary<'a>(runs: impl Iterator<Item = &'a Measured> + Clone) -> Option<Measured> {
+    let first = runs.clone().next()?;
+    let med = |f: fn(&Measured) -> f64| Spread::of(runs.clone().map(f).collect()).map(|s| s.median);
+    Some(Measured {
+        train_step_s: med(|m| m.train_step_s)?,
+        infer_step_s: med(|m| m.infer_step_s)?,
+        peak_rss_bytes: runs.clone().filter_map(|m| m.peak_rss_bytes).max(),
+        layer_forward_s: first.layer_forward_s.clone(),
+        isa: first.isa.clone(),
+    })
+}
+
+/// Throughput ratios c2f/PyTorch of each pair, from the step times `f` picks.
+fn ratios(pairs: &[Pair], f: fn(&Measured) -> f64) -> Option<Spread> {
+    Spread::of(
+        pairs
+            .iter()
+            .filter_map(|p| p.pytorch.as_ref().map(|t| f(t) / f(&p.ours)))
+            .collect(),
+    )
 }
 
 fn median_time(steps: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -224,10 +321,12 @@ fn worker(a: &BenchArgs, name: &str) -> Result<()> {
         Ok(())
     })?;
     let mut per_layer: Vec<Vec<(String, f64)>> = Vec::new();
-    median_time(a.steps, a.warmup, || {
-        per_layer.push(net.forward_layer_times(&batch)?);
-        Ok(())
-    })?;
+    if a.layers {
+        median_time(a.steps, a.warmup, || {
+            per_layer.push(net.forward_layer_times(&batch)?);
+            Ok(())
+        })?;
+    }
     let per_layer = &per_layer[a.warmup.min(per_layer.len())..];
     let layer_forward_s = per_layer
         .first()
@@ -248,16 +347,24 @@ fn worker(a: &BenchArgs, name: &str) -> Result<()> {
         infer_step_s,
         peak_rss_bytes: peak_rss(),
         layer_forward_s,
+        isa: None,
     };
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }
 
-fn run_worker(a: &BenchArgs, name: &str, threads: usize, backend: &str) -> Result<Measured> {
+fn run_worker(
+    a: &BenchArgs,
+    name: &str,
+    threads: usize,
+    backend: &str,
+    layers: bool,
+) -> Result<Measured> {
     let exe = std::env::current_exe().context("locating the c2f executable")?;
     let out = Command::new(exe)
         .args(["--threads", &threads.to_string(), "--quiet", "bench"])
         .args(["--worker", name, "--backend", backend])
+        .args(layers.then_some("--layers"))
         .args(["--batch", &a.batch.to_string()])
         .args(["--steps", &a.steps.to_string()])
         .args(["--warmup", &a.warmup.to_string()])
@@ -292,6 +399,8 @@ fn run_torch(a: &BenchArgs, script: &Path, dir: &Path, threads: usize) -> Result
     struct T {
         train_step_s: f64,
         infer_step_s: f64,
+        torch: String,
+        capability: String,
     }
     let t: T = serde_json::from_slice(&out.stdout).context("PyTorch reference output")?;
     Ok(Measured {
@@ -299,46 +408,8 @@ fn run_torch(a: &BenchArgs, script: &Path, dir: &Path, threads: usize) -> Result
         infer_step_s: t.infer_step_s,
         peak_rss_bytes: None,
         layer_forward_s: Vec::new(),
+        isa: Some(format!("{}, CPU capability {}", t.torch, t.capability)),
     })
-}
-
-/// Peak single-precision GFLOP/s of one core, estimated from /proc/cpuinfo: vector width
-/// (AVX-512: 16, AVX2: 8, else 4 floats) × 2 (fused multiply-add) × 2 FMA units × GHz.
-/// AMD's first Zen cores (family 23, models below 0x30) run each 256-bit operation as two
-/// 128-bit halves, so they count 4 floats.
-fn core_peak_gflops() -> Option<(f64, String)> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let field = |key: &str| {
-        info.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|v| v.trim().to_string())
-    };
-    let flags = field("flags")?;
-    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-    let number = |key: &str| field(key).and_then(|v| v.parse::<u32>().ok());
-    let half_width_fma = field("vendor_id").is_some_and(|v| v == "AuthenticAMD")
-        && number("cpu family") == Some(23)
-        && number("model").is_some_and(|m| m < 0x30);
-    let width = if has("avx512f") {
-        16.0
-    } else if has("avx2") && has("fma") && !half_width_fma {
-        8.0
-    } else {
-        4.0
-    };
-    let max_khz = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok());
-    let ghz = match max_khz {
-        Some(k) => k / 1e6,
-        None => field("cpu MHz")?.parse::<f64>().ok()? / 1e3,
-    };
-    let model = field("model name").unwrap_or_default();
-    Some((
-        width * 4.0 * ghz,
-        format!("{model}, {ghz:.2} GHz, {width} floats per vector"),
-    ))
 }
 
 /// Loader images/s at the smallest prepared size.
@@ -412,18 +483,35 @@ fn measure_prepare(n: usize, tmp: &Path) -> Result<PrepareResult> {
 struct Report<'a> {
     command: String,
     date_unix_s: u64,
-    cpu: Option<String>,
-    core_peak_gflops: Option<f64>,
+    machine: Machine,
+    /// (c2f, PyTorch) pairs per row.
+    pairs: usize,
     backend: &'a str,
     reference: Option<&'a str>,
     rows: &'a [Row],
     loader: Option<LoaderResult>,
     prepare: Option<PrepareResult>,
+    epoch: Vec<EpochRow>,
 }
 
 fn markdown(r: &Report<'_>) -> String {
+    let mut s = r.machine.markdown();
+    s += &format!(
+        "Each row: {} pair(s) of fresh processes, c2f then PyTorch, interleaved; images/s are \
+         medians over the pairs, ratios (c2f/PyTorch, above 1: c2f is faster) the median of \
+         the pairs' ratios with their min–max.\n\n",
+        r.pairs
+    );
+    s += &rows_table(r);
+    s += &layers_table(r.rows);
+    s += &epoch_table(&r.epoch);
+    s += &loader_and_prepare(r);
+    s
+}
+
+fn rows_table(r: &Report<'_>) -> String {
     let mut s = String::new();
-    let peak = r.core_peak_gflops;
+    let peak = r.machine.core_peak_gflops;
     s += "| net | input | threads | train img/s (c2f) | train img/s (PyTorch) | train c2f/PyTorch | infer img/s (c2f) | infer img/s (PyTorch) | infer c2f/PyTorch | train GFLOP/s (c2f) | % of peak | peak memory (c2f) |";
     if let Some(b) = r.reference {
         s += &format!(" train img/s ({b}) | train c2f/{b} |");
@@ -445,8 +533,9 @@ fn markdown(r: &Report<'_>) -> String {
                 (
                     format!("{pt:.0}"),
                     format!("{pi:.0}"),
-                    format!("**{:.2}**", ours_train / pt),
-                    format!("{:.2}", ours_infer / pi),
+                    row.train_ratio.map_or("–".into(), |r| r.cell()),
+                    row.infer_ratio
+                        .map_or("–".into(), |r| r.cell().replace("**", "")),
                 )
             }
             None => ("–".into(), "–".into(), "–".into(), "–".into()),
@@ -472,13 +561,18 @@ fn markdown(r: &Report<'_>) -> String {
             s += &format!(" {rt:.0} | {:.2} |\n", ours_train / rt);
         }
     }
-    if let Some(head) = r.rows.first() {
+    s
+}
+
+fn layers_table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    if let Some(head) = rows.first() {
         let first = head.threads;
         s += &format!(
             "\nInference forward time per layer (c2f, {first} thread(s), batch {}; median of the same steps):\n\n| net | layer | ms | share |\n|---|---|---|---|\n",
             head.batch
         );
-        for row in r.rows.iter().filter(|row| row.threads == first) {
+        for row in rows.iter().filter(|row| row.threads == first) {
             let total: f64 = row.ours.layer_forward_s.iter().map(|l| l.1).sum();
             for (name, t) in &row.ours.layer_forward_s {
                 s += &format!(
@@ -490,6 +584,11 @@ fn markdown(r: &Report<'_>) -> String {
             }
         }
     }
+    s
+}
+
+fn loader_and_prepare(r: &Report<'_>) -> String {
+    let mut s = String::new();
     if let Some(l) = &r.loader {
         let fastest = r
             .rows
@@ -535,8 +634,20 @@ fn write_torch_modules(dir: &Path, nets: &[(String, NetSpec, usize)]) -> Result<
     Ok(())
 }
 
-/// One row per thread count and net: c2f's side, the reference backend's and PyTorch's,
-/// each in a process of its own.
+fn epoch_request(a: &BenchArgs, data: &Path) -> EpochRequest {
+    EpochRequest {
+        data: data.to_path_buf(),
+        net: a.epoch_net.clone(),
+        size: a.epoch_size,
+        batch: a.batch,
+        thread_counts: a.thread_counts.clone(),
+        pairs: a.pairs,
+        pytorch: a.pytorch.then(|| a.python.clone()),
+    }
+}
+
+/// One row per thread count and net: `--pairs` interleaved (c2f, PyTorch) measurements,
+/// each side in a fresh process, then the reference backend once.
 fn measure(
     a: &BenchArgs,
     nets: &[(String, NetSpec, usize)],
@@ -546,27 +657,37 @@ fn measure(
     let mut rows = Vec::new();
     for &threads in &a.thread_counts {
         for (name, spec, side) in nets {
-            eprintln!("measuring {name} at {threads} thread(s)…");
-            let ours = run_worker(a, name, threads, &a.backend)?;
+            let mut pairs = Vec::new();
+            for i in 0..a.pairs {
+                eprintln!(
+                    "measuring {name} at {threads} thread(s), pair {}/{}…",
+                    i + 1,
+                    a.pairs
+                );
+                let ours = run_worker(a, name, threads, &a.backend, i == 0)?;
+                let pytorch = a
+                    .pytorch
+                    .then(|| run_torch(a, script, &tmp.join(name), threads))
+                    .transpose()?;
+                pairs.push(Pair { ours, pytorch });
+            }
             let reference = a
                 .reference
                 .as_deref()
-                .map(|b| run_worker(a, name, threads, b))
+                .map(|b| run_worker(a, name, threads, b, false))
                 .transpose()?;
-            let pytorch = if a.pytorch {
-                Some(run_torch(a, script, &tmp.join(name), threads)?)
-            } else {
-                None
-            };
             rows.push(Row {
                 net: name.clone(),
                 size: *side,
                 threads,
                 batch: a.batch,
                 flops: spec.flops()?,
-                ours,
-                pytorch,
+                ours: summary(pairs.iter().map(|p| &p.ours)).context("no measurement")?,
+                pytorch: summary(pairs.iter().filter_map(|p| p.pytorch.as_ref())),
+                train_ratio: ratios(&pairs, |m| m.train_step_s),
+                infer_ratio: ratios(&pairs, |m| m.infer_step_s),
                 reference,
+                pairs,
             });
         }
     }
@@ -577,8 +698,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     if let Some(name) = &a.worker {
         return worker(&a, name);
     }
-    if a.batch == 0 || a.steps == 0 {
-        bail!("--batch and --steps must be at least 1");
+    if a.batch == 0 || a.steps == 0 || a.pairs == 0 {
+        bail!("--batch, --steps and --pairs must be at least 1");
     }
     if a.thread_counts.contains(&0) {
         bail!("--thread-counts must be at least 1");
@@ -606,8 +727,16 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
         std::fs::write(&script, TORCH_SCRIPT)?;
         write_torch_modules(tmp.path(), &nets)?;
     }
-    let peak = core_peak_gflops();
+    let mut machine = Machine::detect();
     let rows = measure(&a, &nets, &script, tmp.path())?;
+    let epoch = match &a.epoch_data {
+        Some(d) => bench_epoch::measure(&epoch_request(&a, d), tmp.path())?,
+        None => Vec::new(),
+    };
+    machine.pytorch = rows
+        .iter()
+        .find_map(|r| r.pytorch.as_ref().and_then(|p| p.isa.clone()))
+        .or_else(|| epoch.iter().find_map(|e| e.pytorch_isa.clone()));
     let loader = a
         .data
         .as_deref()
@@ -623,13 +752,14 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        cpu: peak.as_ref().map(|p| p.1.clone()),
-        core_peak_gflops: peak.as_ref().map(|p| p.0),
+        machine,
+        pairs: a.pairs,
         backend: &a.backend,
         reference: a.reference.as_deref(),
         rows: &rows,
         loader,
         prepare,
+        epoch,
     };
     let md = markdown(&report);
     print!("{md}");

@@ -5,6 +5,8 @@
 //! bad value fails before any work is done; then it runs the request and prints the result.
 
 mod bench_cmd;
+mod bench_epoch;
+mod bench_machine;
 mod export_cmd;
 mod grow_cmd;
 mod nets_cmd;
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     let cli_threads = cli.threads.is_some();
+    backend::simd_requested().map_err(anyhow::Error::msg)?;
     if let Some(n) = cli.threads {
         backend::set_threads(n)?;
     }

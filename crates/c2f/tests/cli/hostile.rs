@@ -940,3 +940,37 @@ fn bad_run_folder_of_an_older_format_is_reported_not_continued() {
     // Its finished events still make a report.
     ok(&["report", s(&run), "--out", s(&fx.path("report"))]);
 }
+
+// ------------------------------------------------------------ instruction sets
+
+/// `C2F_SIMD` caps the instruction set of the engine's own loops (unfolding, pooling, LRN,
+/// ReLU masks, the SGD update). Those loops give the same bits on every instruction set,
+/// so a net with all of them trains to identical weights capped or not (the products
+/// follow `gemm`'s own detection, the same in both runs); an unknown value is refused.
+#[test]
+fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
+    let fx = Fx::new();
+    let train = |simd: &str, out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_c2f"))
+            .current_dir(fx.tmp.path())
+            .env("C2F_SIMD", simd)
+            .args(["--quiet", "--threads", "2", "train", "--data", "data"])
+            .args(["--size", "8", "--net", "alexnet-s5", "--iterations", "6"])
+            .args(["--batch", "16", "--seed", "1", "--out", out])
+            .output()
+            .expect("runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(fx.path(out).join("checkpoint/weights.safetensors")).expect("weights")
+    };
+    let widest = train("avx512", "widest");
+    assert!(
+        widest == train("baseline", "baseline"),
+        "capping the loops to the baseline changed the weights"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .env("C2F_SIMD", "avx9")
+        .arg("nets")
+        .output()
+        .expect("runs");
+    assert_one_line_error(&o, &["C2F_SIMD", "avx9", "avx2"], "an unknown C2F_SIMD");
+}

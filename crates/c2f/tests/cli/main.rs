@@ -1148,6 +1148,14 @@ fn bench_measures_nets_and_loader() {
         s(&data),
         "--reference",
         "flex",
+        "--pairs",
+        "2",
+        "--epoch-data",
+        s(&data),
+        "--epoch-net",
+        "net-1",
+        "--epoch-size",
+        "8",
         "--json",
         s(&json),
         "--md",
@@ -1183,5 +1191,38 @@ fn bench_measures_nets_and_loader() {
         );
     }
     assert!(v["loader"]["images_per_s"].as_f64().expect("loader") > 0.0);
+    for r in rows {
+        let pairs = r["pairs"].as_array().expect("pairs");
+        assert_eq!(pairs.len(), 2, "one measurement per pair: {r}");
+        // The row's figure is the median of its pairs, so it lies between them.
+        let t: Vec<f64> = pairs
+            .iter()
+            .map(|p| p["ours"]["train_step_s"].as_f64().expect("pair time"))
+            .collect();
+        let median = r["ours"]["train_step_s"].as_f64().expect("time");
+        assert!(t[0].min(t[1]) <= median && median <= t[0].max(t[1]), "{r}");
+    }
+    // The machine the figures belong to, and the instruction sets in use.
+    let m = &v["machine"];
+    for key in [
+        "cpu_model",
+        "allowed_cpus",
+        "caches",
+        "c2f_products",
+        "c2f_loops",
+    ] {
+        assert!(!m[key].as_str().expect(key).is_empty(), "{key}: {m}");
+    }
+    assert!(out.starts_with("Machine: "), "{out}");
+    // The end-to-end row: one epoch of `c2f train` per pair and thread count.
+    let epoch = v["epoch"].as_array().expect("epoch rows");
+    assert_eq!(epoch.len(), 1, "{v}");
+    assert_eq!(epoch[0]["images"].as_u64(), Some(64), "{v}");
+    assert!(epoch[0]["c2f_loop_s"]["median"].as_f64().expect("loop") > 0.0);
+    assert!(
+        out.contains("One epoch of net-1 at 8×8 (64 images, batch 8)"),
+        "{out}"
+    );
     fails(&["bench", "--nets", "net-9"], &["net-9", "tiny16", "net-1"]);
+    fails(&["bench", "--pairs", "0"], &["--pairs"]);
 }

@@ -7,6 +7,103 @@
 //! the block's images is one matrix product `[C_out × K] · [K × images·OH·OW]` whose
 //! result lands in place in the next block, with no transposition.
 
+use std::sync::OnceLock;
+
+/// Instruction sets the engine's own loops (unfolding, pooling, LRN, ReLU masks, the SGD
+/// update) can be compiled for; one is chosen at start-up for the running CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    /// What every x86-64 CPU has (SSE2), or the target's baseline elsewhere.
+    Baseline,
+    /// AVX2 and FMA (x86-64-v3).
+    Avx2,
+    /// AVX-512 F/BW/CD/DQ/VL (x86-64-v4).
+    Avx512,
+}
+
+impl Simd {
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Baseline => "baseline",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The environment variable that caps the instruction set of the engine's own loops, so
+/// that a narrower CPU can be measured on a wider one: `avx512`, `avx2` or `baseline`.
+/// It cannot widen what the CPU has. The matrix products follow the `gemm` crate's own
+/// detection; a build without the `avx512` feature keeps them to AVX2.
+pub const SIMD_ENV: &str = "C2F_SIMD";
+
+/// The instruction set `C2F_SIMD` asks for, if it is set; an unknown value is an error.
+pub fn simd_requested() -> Result<Option<Simd>, String> {
+    let Ok(v) = std::env::var(SIMD_ENV) else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "avx512" => Ok(Some(Simd::Avx512)),
+        "avx2" => Ok(Some(Simd::Avx2)),
+        "baseline" | "scalar" | "sse2" => Ok(Some(Simd::Baseline)),
+        other => Err(format!(
+            "{SIMD_ENV}={other:?} is not an instruction set: use avx512, avx2 or baseline"
+        )),
+    }
+}
+
+fn arch() -> (Simd, pulp::Arch) {
+    static ARCH: OnceLock<(Simd, pulp::Arch)> = OnceLock::new();
+    *ARCH.get_or_init(|| {
+        let cap = simd_requested().ok().flatten().unwrap_or(Simd::Avx512);
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        {
+            #[cfg(feature = "avx512")]
+            if cap == Simd::Avx512
+                && let Some(v4) = pulp::x86::V4::try_new()
+            {
+                return (Simd::Avx512, pulp::Arch::V4(v4));
+            }
+            if cap != Simd::Baseline
+                && let Some(v3) = pulp::x86::V3::try_new()
+            {
+                return (Simd::Avx2, pulp::Arch::V3(v3));
+            }
+        }
+        (Simd::Baseline, pulp::Arch::Scalar)
+    })
+}
+
+/// The instruction set the engine's own loops run with in this process.
+pub fn simd() -> Simd {
+    arch().0
+}
+
+/// The instruction set of the matrix products: `gemm` picks its widest kernels for the
+/// CPU, AVX-512 only when built with the `avx512` feature.
+pub fn gemm_simd() -> Simd {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return Simd::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Baseline
+}
+
+/// Runs `f` compiled for the instruction set chosen at start-up: the loops inside it
+/// (and the `#[inline(always)]` functions they call) are vectorised for the running CPU
+/// while the binary still runs on any x86-64. Element-wise loops give the same bits on
+/// every instruction set, as the compiler does not reorder floating-point sums.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    arch().1.dispatch(f)
+}
+
 /// A strided view of a `rows × cols` matrix starting at `data[0]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Mat<'a> {
@@ -266,6 +363,18 @@ pub(crate) fn im2col(
     col: &mut [f32],
     padded: &mut [f32],
 ) {
+    vectorized(|| im2col_in(g, x, first, count, col, padded))
+}
+
+#[inline(always)]
+fn im2col_in(
+    g: &Window,
+    x: &[f32],
+    first: usize,
+    count: usize,
+    col: &mut [f32],
+    padded: &mut [f32],
+) {
     let plane = g.h * g.w;
     let wp = g.w + 2 * g.pad;
     let (p, cols) = (g.out_plane(), count * g.out_plane());
@@ -307,6 +416,18 @@ pub(crate) fn im2col(
 /// block `dx`, overwriting them and summing overlaps: the adjoint of [`im2col`], with the
 /// same scratch.
 pub(crate) fn col2im(
+    g: &Window,
+    col: &[f32],
+    first: usize,
+    count: usize,
+    dx: &mut [f32],
+    padded: &mut [f32],
+) {
+    vectorized(|| col2im_in(g, col, first, count, dx, padded))
+}
+
+#[inline(always)]
+fn col2im_in(
     g: &Window,
     col: &[f32],
     first: usize,
@@ -357,6 +478,11 @@ pub(crate) fn col2im(
 /// Max pooling of the block `x` into `y`; `arg` receives the in-plane index of each
 /// maximum for the backward pass. The first maximum wins ties.
 pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
+    vectorized(|| max_pool_in(g, x, y, arg))
+}
+
+#[inline(always)]
+fn max_pool_in(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
     let (plane, out) = (g.h * g.w, g.out_plane());
     let planes = g.channels * g.images;
     let span = (g.kernel - 1) * g.dilation;
@@ -424,6 +550,7 @@ pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
 
 /// The common 2×2 / stride 2 pool: the maximum of each pair, then of the two pairs, with
 /// selects, so each output is two short dependency chains instead of one of four.
+#[inline(always)]
 fn pool_2x2(g: &Window, src: &[f32], y: &mut [f32], arg: &mut [u32]) {
     for oy in 0..g.oh {
         let top = 2 * oy * g.w;
@@ -443,6 +570,11 @@ fn pool_2x2(g: &Window, src: &[f32], y: &mut [f32], arg: &mut [u32]) {
 
 /// Gradient of [`max_pool`]: each output's gradient goes to its maximum's position.
 pub(crate) fn max_pool_backward(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
+    vectorized(|| max_pool_backward_in(g, dy, arg, dx))
+}
+
+#[inline(always)]
+fn max_pool_backward_in(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
     let (plane, out) = (g.h * g.w, g.out_plane());
     let planes = g.channels * g.images;
     for (p, dxp) in dx[..planes * plane].chunks_exact_mut(plane).enumerate() {
@@ -477,6 +609,11 @@ impl LrnParams {
 /// [`LrnParams`] forward; `s` receives `s` and `scale` receives `s^−β` for the backward
 /// pass.
 pub(crate) fn lrn(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f32]) {
+    vectorized(|| lrn_in(p, x, y, s, scale))
+}
+
+#[inline(always)]
+fn lrn_in(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f32]) {
     let n = p.channels * p.plane;
     let a = p.alpha / p.size as f32;
     for (c, ((yc, sc), pc)) in y[..n]
@@ -517,6 +654,21 @@ pub(crate) fn lrn(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale:
 /// `tmp` is scratch of the same size as `x`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lrn_backward(
+    p: &LrnParams,
+    x: &[f32],
+    y: &[f32],
+    s: &[f32],
+    scale: &[f32],
+    dy: &[f32],
+    tmp: &mut [f32],
+    dx: &mut [f32],
+) {
+    vectorized(|| lrn_backward_in(p, x, y, s, scale, dy, tmp, dx))
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lrn_backward_in(
     p: &LrnParams,
     x: &[f32],
     y: &[f32],

@@ -21,6 +21,8 @@ mod burn_net;
 mod kernels;
 mod native;
 
+pub use kernels::{SIMD_ENV, Simd, gemm_simd, simd, simd_requested};
+
 use burn::tensor::Device;
 
 use crate::data::loader::Batch;

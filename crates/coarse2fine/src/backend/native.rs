@@ -688,13 +688,15 @@ fn conv_block(
             false,
         );
     }
-    for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(bias) {
-        if relu {
-            yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-        } else {
-            yc.iter_mut().for_each(|v| *v += b);
+    kernels::vectorized(|| {
+        for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(bias) {
+            if relu {
+                yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            } else {
+                yc.iter_mut().for_each(|v| *v += b);
+            }
         }
-    }
+    });
 }
 
 /// One block's convolution gradients: the weight and bias gradients into
@@ -794,29 +796,33 @@ fn transpose_blocks(src: &[f32], dst: &mut [f32], a: usize, b: usize, plane: usi
 
 /// Adds `bias` to every row of a row-major matrix with `bias.len()` columns, then a ReLU.
 fn add_bias_cols(y: &mut [f32], bias: &[f32], relu: bool) {
-    for row in y.chunks_exact_mut(bias.len().max(1)) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v = if relu { (*v + b).max(0.0) } else { *v + b };
+    kernels::vectorized(|| {
+        for row in y.chunks_exact_mut(bias.len().max(1)) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = if relu { (*v + b).max(0.0) } else { *v + b };
+            }
         }
-    }
+    });
 }
 
 /// Zeroes the gradient where a ReLU's output was zero.
 fn relu_mask(dy: &mut [f32], y: &[f32]) {
-    for (d, &v) in dy.iter_mut().zip(y) {
-        if v <= 0.0 {
-            *d = 0.0;
+    kernels::vectorized(|| {
+        for (d, &v) in dy.iter_mut().zip(y) {
+            *d = if v <= 0.0 { 0.0 } else { *d };
         }
-    }
+    });
 }
 
 fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
-    for row in m.chunks_exact(cols.max(1)) {
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += v;
+    kernels::vectorized(|| {
+        for row in m.chunks_exact(cols.max(1)) {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
         }
-    }
+    });
 }
 
 /// Fills `mask` (laid out like the activation: blocks for maps, rows for flat values)
@@ -891,12 +897,16 @@ pub(crate) fn sgd_update(
     momentum: f32,
     decay: f32,
 ) {
-    w.par_iter_mut()
-        .zip(v.par_iter_mut())
-        .zip(g.par_iter())
-        .with_min_len(1 << 14)
-        .for_each(|((w, v), &g)| {
-            *v = momentum * *v - lr * (g + decay * *w);
-            *w += *v;
+    const CHUNK: usize = 1 << 14;
+    w.par_chunks_mut(CHUNK)
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|((w, v), g)| {
+            kernels::vectorized(|| {
+                for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
+                    *v = momentum * *v - lr * (g + decay * *w);
+                    *w += *v;
+                }
+            })
         });
 }

@@ -1,0 +1,181 @@
+//! What `c2f bench` records about the machine beside its figures: the CPU, its vector
+//! extensions, clock and caches, which threads the workers may use, and which instruction
+//! sets each side dispatched to. Speed figures from different machines are not comparable,
+//! and on one machine they are only comparable with this context.
+
+use serde::{Deserialize, Serialize};
+
+use coarse2fine::backend;
+
+/// The machine and the instruction sets in use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    /// Logical CPUs this process may run on, as the kernel lists them (e.g. `0-1`).
+    pub allowed_cpus: String,
+    pub logical_cpus: usize,
+    /// Nominal maximum clock, where the kernel exposes it, else the clock it reports now.
+    pub clock_ghz: Option<f64>,
+    /// Cache levels of CPU 0, e.g. `L1d 48K, L2 2048K`.
+    pub caches: String,
+    /// The vector extensions among the CPU's flags that either side can use.
+    pub vector_flags: Vec<String>,
+    /// Running under a hypervisor (the `hypervisor` CPU flag): other guests share the cores.
+    pub virtual_machine: bool,
+    /// Instruction set of c2f's matrix products (`gemm`'s kernels).
+    pub c2f_products: String,
+    /// Instruction set of c2f's own loops, and whether `C2F_SIMD` capped it.
+    pub c2f_loops: String,
+    /// PyTorch's version and CPU capability (its own dispatch level), when it was timed.
+    pub pytorch: Option<String>,
+    /// Peak single-precision GFLOP/s of one core (see [`core_peak_gflops`]).
+    pub core_peak_gflops: Option<f64>,
+}
+
+const VECTOR_FLAGS: [&str; 12] = [
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "neon",
+];
+
+fn cpuinfo_field(info: &str, key: &str) -> Option<String> {
+    info.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().to_string())
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn caches() -> String {
+    let mut out = Vec::new();
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let (Some(level), Some(kind), Some(size)) = (
+            read_trimmed(&format!("{dir}/level")),
+            read_trimmed(&format!("{dir}/type")),
+            read_trimmed(&format!("{dir}/size")),
+        ) else {
+            continue;
+        };
+        let tag = match kind.as_str() {
+            "Data" => "d",
+            "Instruction" => "i",
+            _ => "",
+        };
+        out.push(format!("L{level}{tag} {size}"));
+    }
+    if out.is_empty() {
+        "unknown".into()
+    } else {
+        out.join(", ")
+    }
+}
+
+fn clock_ghz(info: &str) -> Option<f64> {
+    match read_trimmed("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") {
+        Some(khz) => khz.parse::<f64>().ok().map(|k| k / 1e6),
+        None => cpuinfo_field(info, "cpu MHz")?
+            .parse::<f64>()
+            .ok()
+            .map(|m| m / 1e3),
+    }
+}
+
+/// Peak single-precision GFLOP/s of one core, estimated from /proc/cpuinfo: vector width
+/// (AVX-512: 16, AVX2: 8, else 4 floats) × 2 (fused multiply-add) × 2 FMA units × GHz.
+/// AMD's first Zen cores (family 23, models below 0x30) run each 256-bit operation as two
+/// 128-bit halves, so they count 4 floats. The width is that of the kernels c2f's products
+/// use, so a build without AVX-512 kernels is measured against an AVX2 peak.
+fn core_peak_gflops(info: &str, ghz: f64) -> f64 {
+    let number = |key: &str| cpuinfo_field(info, key).and_then(|v| v.parse::<u32>().ok());
+    let half_width_fma = cpuinfo_field(info, "vendor_id").is_some_and(|v| v == "AuthenticAMD")
+        && number("cpu family") == Some(23)
+        && number("model").is_some_and(|m| m < 0x30);
+    let width = match backend::gemm_simd() {
+        backend::Simd::Avx512 => 16.0,
+        backend::Simd::Avx2 if !half_width_fma => 8.0,
+        _ => 4.0,
+    };
+    width * 4.0 * ghz
+}
+
+impl Machine {
+    /// This machine as seen from this process; `pytorch` is filled in once PyTorch ran.
+    pub fn detect() -> Machine {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let flags = cpuinfo_field(&info, "flags")
+            .or_else(|| cpuinfo_field(&info, "Features"))
+            .unwrap_or_default();
+        let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let clock = clock_ghz(&info);
+        let capped = match backend::simd_requested() {
+            Ok(Some(_)) => format!(
+                " (capped by {}={})",
+                backend::SIMD_ENV,
+                backend::simd().name()
+            ),
+            _ => String::new(),
+        };
+        Machine {
+            cpu_model: cpuinfo_field(&info, "model name").unwrap_or_else(|| "unknown".into()),
+            allowed_cpus: cpuinfo_field(&status, "Cpus_allowed_list")
+                .unwrap_or_else(|| "unknown".into()),
+            logical_cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            clock_ghz: clock,
+            caches: caches(),
+            vector_flags: VECTOR_FLAGS
+                .iter()
+                .filter(|f| has(f))
+                .map(|f| f.to_string())
+                .collect(),
+            virtual_machine: has("hypervisor"),
+            c2f_products: backend::gemm_simd().name().into(),
+            c2f_loops: format!("{}{capped}", backend::simd().name()),
+            pytorch: None,
+            core_peak_gflops: clock.map(|g| core_peak_gflops(&info, g)),
+        }
+    }
+
+    /// The Markdown paragraph that heads the tables.
+    pub fn markdown(&self) -> String {
+        let clock = self
+            .clock_ghz
+            .map_or("clock unknown".into(), |g| format!("{g:.2} GHz"));
+        let peak = self.core_peak_gflops.map_or(String::new(), |p| {
+            format!(", estimated peak {p:.0} GFLOP/s per core")
+        });
+        format!(
+            "Machine: {} ({} logical CPUs{}), {clock}{peak}; caches {}; vector extensions {}. \
+             Workers are not pinned to cores; allowed CPUs {}.\n\
+             c2f: matrix products {}, own loops {}. PyTorch: {}.\n",
+            self.cpu_model,
+            self.logical_cpus,
+            if self.virtual_machine {
+                ", a virtual machine"
+            } else {
+                ""
+            },
+            self.caches,
+            self.vector_flags.join(" "),
+            self.allowed_cpus,
+            self.c2f_products,
+            self.c2f_loops,
+            self.pytorch.as_deref().unwrap_or("not timed"),
+        )
+    }
+}
