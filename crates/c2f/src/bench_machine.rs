@@ -145,7 +145,15 @@ impl Machine {
                 .collect(),
             virtual_machine: has("hypervisor"),
             c2f_products: backend::gemm_simd().name().into(),
-            c2f_loops: format!("{}{capped}", backend::simd().name()),
+            c2f_loops: format!(
+                "{}{capped}, Winograd 3×3 convolutions {}",
+                backend::simd().name(),
+                if backend::winograd_requested() == Ok(true) {
+                    "on"
+                } else {
+                    "off"
+                }
+            ),
             pytorch: None,
             core_peak_gflops: clock.map(|g| core_peak_gflops(&info, g)),
         }

@@ -96,6 +96,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     let cli_threads = cli.threads.is_some();
     backend::simd_requested().map_err(anyhow::Error::msg)?;
+    backend::winograd_requested().map_err(anyhow::Error::msg)?;
     if let Some(n) = cli.threads {
         backend::set_threads(n)?;
     }

@@ -946,7 +946,8 @@ fn bad_run_folder_of_an_older_format_is_reported_not_continued() {
 /// `C2F_SIMD` caps the instruction set of the engine's own loops (unfolding, pooling, LRN,
 /// ReLU masks, the SGD update). Those loops give the same bits on every instruction set,
 /// so a net with all of them trains to identical weights capped or not (the products
-/// follow `gemm`'s own detection, the same in both runs); an unknown value is refused.
+/// follow `gemm`'s own detection, the same in both runs); an unknown value of it, or of
+/// `C2F_WINOGRAD`, is refused.
 #[test]
 fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
     let fx = Fx::new();
@@ -973,4 +974,14 @@ fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
         .output()
         .expect("runs");
     assert_one_line_error(&o, &["C2F_SIMD", "avx9", "avx2"], "an unknown C2F_SIMD");
+    let o = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .env("C2F_WINOGRAD", "maybe")
+        .arg("nets")
+        .output()
+        .expect("runs");
+    assert_one_line_error(
+        &o,
+        &["C2F_WINOGRAD", "maybe", "on or off"],
+        "an unknown C2F_WINOGRAD",
+    );
 }

@@ -20,8 +20,10 @@
 mod burn_net;
 mod kernels;
 mod native;
+mod winograd;
 
 pub use kernels::{SIMD_ENV, Simd, gemm_simd, simd, simd_requested};
+pub use winograd::{WINOGRAD_ENV, winograd_requested};
 
 use burn::tensor::Device;
 
@@ -498,6 +500,13 @@ mod tests {
     /// Trains the same net on both CPU engines for a few steps (momentum, weight decay,
     /// dropout) and compares loss, logits, weights and momentum after every step.
     fn engines_agree(spec: &NetSpec, n: usize, steps: u64, seed: u64) -> Result<()> {
+        engine_differences(spec, n, steps, seed).map(|_| ())
+    }
+
+    /// [`engines_agree`], returning the largest relative differences seen in the logits
+    /// and in the weights.
+    fn engine_differences(spec: &NetSpec, n: usize, steps: u64, seed: u64) -> Result<[f64; 2]> {
+        let mut worst = [0.0f64; 2];
         let input = spec.input.expect("bound");
         let classes = spec.classes.expect("bound");
         let w = WeightMap::init(spec, Init::Kaiming, seed)?;
@@ -516,6 +525,7 @@ mod tests {
             };
             let e = max_rel_err(&fast.logits(&batch)?, &slow.logits(&batch)?);
             assert!(e < 1e-4, "{}: step {t}: logits differ by {e}", spec.name);
+            worst[0] = worst[0].max(f64::from(e));
             let lf = train_step(&mut fast, &sgd_fast, &batch, 0.01, t)?;
             let ls = train_step(&mut slow, &sgd_slow, &batch, 0.01, t)?;
             assert!(
@@ -535,10 +545,11 @@ mod tests {
                         "{}: step {t}: {what} {name} differ by {e}",
                         spec.name
                     );
+                    worst[1] = worst[1].max(f64::from(e));
                 }
             }
         }
-        Ok(())
+        Ok(worst)
     }
 
     #[test]
@@ -593,6 +604,50 @@ mod tests {
         }
         .bind(InputShape::square(3, 48), 5)?;
         engines_agree(&spec, 37, 2, 3)
+    }
+
+    /// Winograd convolutions (3×3, stride 1, ≥ 16 channels and filters) train like burn's
+    /// direct ones within the engine's tolerances: odd map sizes (edge tiles), no padding,
+    /// blocks of uneven size, an input gradient through two Winograd layers.
+    #[test]
+    fn winograd_convolutions_train_like_burn() -> Result<()> {
+        let conv = |name: &str, filters, padding| {
+            Layer::Conv(Conv {
+                name: name.into(),
+                filters,
+                kernel: 3,
+                stride: 1,
+                padding,
+                dilation: 1,
+            })
+        };
+        let spec = NetSpec {
+            name: "winograd".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                conv("c1", 16, 1),
+                Layer::Relu,
+                conv("c2", 24, 1),
+                Layer::Relu,
+                conv("c3", 16, 0),
+                Layer::Relu,
+                Layer::Fc(Fc {
+                    name: "f".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+        .bind(InputShape::square(3, 11), 5)?;
+        super::winograd::force_on();
+        let w = WeightMap::init(&spec, Init::Kaiming, 0)?;
+        let Engine::Native { net, .. } = &Network::new(&spec, &w, &cpu())?.engine else {
+            panic!("the cpu backend is the native engine");
+        };
+        assert_eq!(net.winograd_steps(), 2, "c2 and c3 run as Winograd");
+        let [logits, weights] = engine_differences(&spec, 19, 4, 5)?;
+        eprintln!("Winograd vs burn over 4 steps: logits {logits:.1e}, weights {weights:.1e}");
+        Ok(())
     }
 
     /// Layers with a single output: a conv with one filter, an fc with one unit, and a

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::kernels::{self, LrnParams, Mat, MatMut, Window};
+use super::winograd::{self, RunScratch};
 use crate::error::{Error, Result};
 use crate::net::spec::{Layer, NetSpec, Param, Shape, param_name};
 
@@ -44,6 +45,8 @@ enum Step {
         geom: Window,
         filters: usize,
         relu: bool,
+        /// Runs as Winograd F(2×2, 3×3) ([`winograd::applies`]).
+        winograd: bool,
     },
     Pool(Window),
     Lrn(LrnParams),
@@ -83,6 +86,22 @@ struct Scratch {
     /// A convolution's weight gradient for this block (`K × C_out`, i.e. transposed),
     /// then its bias gradient.
     partial: Vec<f32>,
+    /// Winograd convolutions: input-tile gradients, and filter-tile gradients.
+    dv: Vec<f32>,
+    du: Vec<f32>,
+}
+
+impl Scratch {
+    /// The Winograd view: transformed input in `col`, products in `dcol`.
+    fn winograd(&mut self) -> RunScratch<'_> {
+        RunScratch {
+            v: &mut self.col,
+            m: &mut self.dcol,
+            dv: &mut self.dv,
+            du: &mut self.du,
+            padded: &mut self.padded,
+        }
+    }
 }
 
 /// Buffers for one batch size.
@@ -103,6 +122,8 @@ struct Workspace {
     grad_in: Vec<f32>,
     /// LRN backward scratch, the size of the largest LRN input.
     lrn_tmp: Vec<f32>,
+    /// Per step: a Winograd convolution's transformed filters (`16 × C_out × C_in`).
+    wino_u: Vec<Vec<f32>>,
 }
 
 /// A network compiled for the native engine.
@@ -197,12 +218,16 @@ impl NativeNet {
         for (li, (layer, row)) in layers.iter().zip(&rows).enumerate() {
             let out = row.output;
             let step = match layer {
-                Layer::Conv(c) => Step::Conv {
-                    param: index(param_name(&c.name, Param::Weight))?,
-                    geom: window(shape, out, c.kernel, c.stride, c.padding, c.dilation),
-                    filters: c.filters,
-                    relu: false,
-                },
+                Layer::Conv(c) => {
+                    let geom = window(shape, out, c.kernel, c.stride, c.padding, c.dilation);
+                    Step::Conv {
+                        param: index(param_name(&c.name, Param::Weight))?,
+                        geom,
+                        filters: c.filters,
+                        relu: false,
+                        winograd: winograd::applies(&geom, c.filters),
+                    }
+                }
                 Layer::MaxPool(p) => Step::Pool(window(
                     shape,
                     out,
@@ -279,6 +304,15 @@ impl NativeNet {
         })
     }
 
+    /// Convolutions that run as Winograd F(2×2, 3×3).
+    #[cfg(test)]
+    pub(crate) fn winograd_steps(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Conv { winograd: true, .. }))
+            .count()
+    }
+
     fn prepare(&self, ws: &mut Workspace, n: usize) {
         if ws.batch == n && !ws.acts.is_empty() {
             return;
@@ -294,20 +328,37 @@ impl NativeNet {
             lrn_sum: vec![Vec::new(); steps],
             lrn_scale: vec![Vec::new(); steps],
             masks: vec![Vec::new(); steps],
+            wino_u: vec![Vec::new(); steps],
             ..Default::default()
         };
         let (mut col, mut partial, mut lrn, mut padded) = (0, 0, 0, 0);
+        let (mut dv, mut du) = (0, 0);
         for (i, s) in self.steps.iter().enumerate() {
             match s {
-                Step::Conv { geom, filters, .. } => {
+                Step::Conv {
+                    geom,
+                    filters,
+                    winograd,
+                    ..
+                } => {
                     let g = Window {
                         images: most,
                         ..*geom
                     };
-                    let run = images_per_run(&g).min(most);
-                    col = col.max(g.col_rows() * g.out_plane() * run);
                     partial = partial.max((g.col_rows() + 1) * filters);
-                    padded = padded.max(g.padded_plane());
+                    if *winograd {
+                        let run = winograd::images_per_run(&g, *filters, COL_BUDGET).min(most);
+                        let (vn, mn) = winograd::run_values(&g, *filters, run);
+                        col = col.max(vn).max(mn);
+                        dv = dv.max(vn);
+                        du = du.max(winograd::XI * filters * g.channels);
+                        padded = padded.max(winograd::padded_plane(&g));
+                        ws.wino_u[i] = vec![0.0; winograd::XI * filters * g.channels];
+                    } else {
+                        let run = images_per_run(&g).min(most);
+                        col = col.max(g.col_rows() * g.out_plane() * run);
+                        padded = padded.max(g.padded_plane());
+                    }
                 }
                 Step::Pool(_) => ws.args[i] = vec![0; self.sizes[i + 1] * n],
                 Step::Lrn(_) => {
@@ -325,6 +376,8 @@ impl NativeNet {
                 dcol: vec![0.0; col],
                 padded: vec![0.0; padded],
                 partial: vec![0.0; partial],
+                dv: vec![0.0; dv],
+                du: vec![0.0; du],
             };
             blocks
         ];
@@ -363,8 +416,14 @@ impl NativeNet {
                     geom,
                     filters,
                     relu,
+                    winograd,
                 } => {
                     let (wt, bias) = (&self.params[*param], &self.params[*param + 1]);
+                    let u = winograd.then(|| {
+                        let u = &mut ws.wino_u[i];
+                        winograd::transform_filters(wt, *filters, geom.channels, u);
+                        &u[..]
+                    });
                     blocks(x, &starts, sx)
                         .into_par_iter()
                         .zip(blocks_mut(y, &starts, sy))
@@ -372,7 +431,8 @@ impl NativeNet {
                         .zip(&counts)
                         .for_each(|(((xb, yb), s), &images)| {
                             let g = Window { images, ..*geom };
-                            conv_block(&g, *filters, wt, bias, *relu, xb, yb, s);
+                            let w = Filters { wt, u, bias };
+                            conv_block(&g, *filters, w, *relu, xb, yb, s);
                         });
                 }
                 Step::Pool(geom) => {
@@ -544,8 +604,10 @@ impl NativeNet {
                     geom,
                     filters,
                     relu,
+                    winograd,
                 } => {
                     let wt = &self.params[*param];
+                    let u = winograd.then_some(&ws.wino_u[i][..]);
                     blocks(x, &starts, sx)
                         .into_par_iter()
                         .zip(blocks(y, &starts, sy))
@@ -559,7 +621,7 @@ impl NativeNet {
                             }
                             let g = Window { images, ..*geom };
                             let dxb = need_dx.then_some(dxb);
-                            conv_block_backward(&g, *filters, wt, xb, dyb, dxb, s);
+                            conv_block_backward(&g, *filters, (wt, u), xb, dyb, dxb, s);
                         });
                     let (gw, rest) = grads[*param..].split_at_mut(1);
                     let k = geom.col_rows();
@@ -655,15 +717,53 @@ impl NativeNet {
     }
 }
 
-/// One block's convolution: `y = W · unfold(x) + b` (then a ReLU), a cache-sized run of
-/// images at a time.
-#[allow(clippy::too_many_arguments)]
+/// A convolution's parameters: the weights (`C_out × C_in·k·k`), their Winograd transform
+/// when the layer runs as one, and the bias.
+#[derive(Debug, Clone, Copy)]
+struct Filters<'a> {
+    wt: &'a [f32],
+    u: Option<&'a [f32]>,
+    bias: &'a [f32],
+}
+
+/// One block's convolution: `y = W ⊛ x + b` (then a ReLU), a cache-sized run of images at
+/// a time, unfolded or in Winograd form.
 fn conv_block(
     g: &Window,
     filters: usize,
-    wt: &[f32],
-    bias: &[f32],
+    w: Filters<'_>,
     relu: bool,
+    x: &[f32],
+    y: &mut [f32],
+    s: &mut Scratch,
+) {
+    match w.u {
+        Some(u) => {
+            let run = winograd::images_per_run(g, filters, COL_BUDGET);
+            for first in (0..g.images).step_by(run) {
+                let count = run.min(g.images - first);
+                winograd::forward_run(g, filters, u, x, first, count, y, &mut s.winograd());
+            }
+        }
+        None => conv_block_unfolded(g, filters, w.wt, x, y, s),
+    }
+    let row = g.images * g.out_plane();
+    kernels::vectorized(|| {
+        for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(w.bias) {
+            if relu {
+                yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            } else {
+                yc.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    });
+}
+
+/// `y = W · unfold(x)` for one block.
+fn conv_block_unfolded(
+    g: &Window,
+    filters: usize,
+    wt: &[f32],
     x: &[f32],
     y: &mut [f32],
     s: &mut Scratch,
@@ -688,20 +788,42 @@ fn conv_block(
             false,
         );
     }
-    kernels::vectorized(|| {
-        for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(bias) {
-            if relu {
-                yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-            } else {
-                yc.iter_mut().for_each(|v| *v += b);
-            }
-        }
-    });
 }
 
 /// One block's convolution gradients: the weight and bias gradients into
 /// `s.partial` (weights transposed, `K × C_out`), and the input gradient into `dx`.
+/// `w` holds the weights and, for a Winograd convolution, their transform.
 fn conv_block_backward(
+    g: &Window,
+    filters: usize,
+    w: (&[f32], Option<&[f32]>),
+    x: &[f32],
+    dy: &[f32],
+    mut dx: Option<&mut [f32]>,
+    s: &mut Scratch,
+) {
+    let (k, row) = (g.col_rows(), g.images * g.out_plane());
+    match w.1 {
+        Some(u) => {
+            let run = winograd::images_per_run(g, filters, COL_BUDGET);
+            for first in (0..g.images).step_by(run) {
+                let count = run.min(g.images - first);
+                let dx = dx.as_deref_mut();
+                let mut ws = s.winograd();
+                winograd::backward_run(g, filters, u, x, dy, first, count, dx, first > 0, &mut ws);
+            }
+            winograd::filter_gradient(&s.du, filters, g.channels, &mut s.partial[..k * filters]);
+        }
+        None => conv_block_backward_unfolded(g, filters, w.0, x, dy, dx, s),
+    }
+    let db = &mut s.partial[k * filters..(k + 1) * filters];
+    for (b, dyc) in db.iter_mut().zip(dy.chunks_exact(row.max(1))) {
+        *b = dyc.iter().sum();
+    }
+}
+
+/// [`conv_block_backward`]'s weight and input gradients, unfolded.
+fn conv_block_backward_unfolded(
     g: &Window,
     filters: usize,
     wt: &[f32],
@@ -713,7 +835,7 @@ fn conv_block_backward(
     let (k, p) = (g.col_rows(), g.out_plane());
     let run = images_per_run(g);
     let row = g.images * p;
-    let (dw, db) = s.partial[..(k + 1) * filters].split_at_mut(k * filters);
+    let dw = &mut s.partial[..k * filters];
     for first in (0..g.images).step_by(run) {
         let count = run.min(g.images - first);
         let cols = count * p;
@@ -749,9 +871,6 @@ fn conv_block_backward(
             );
             kernels::col2im(g, &s.dcol, first, count, dx, &mut s.padded);
         }
-    }
-    for (b, dyc) in db.iter_mut().zip(dy.chunks_exact(row.max(1))) {
-        *b = dyc.iter().sum();
     }
 }
 
