@@ -68,6 +68,11 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
 }
 
+/// mimalloc keeps freed memory for reuse where the system allocator hands large blocks
+/// back to the kernel, which then zeroes fresh pages on every training step.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

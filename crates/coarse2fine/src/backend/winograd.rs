@@ -353,6 +353,7 @@ pub(crate) struct RunScratch<'a> {
 
 /// Forward pass of images `first..first + count` of a block: `y = conv(x)` without bias,
 /// with `u` the transformed filters.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_run(
     g: &Window,
     filters: usize,
