@@ -44,7 +44,7 @@ const VECTOR_FLAGS: [&str; 12] = [
     "avx512_vnni",
     "avx512_bf16",
     "amx_bf16",
-    "neon",
+    "asimd",
 ];
 
 fn cpuinfo_field(info: &str, key: &str) -> Option<String> {
