@@ -213,10 +213,21 @@ impl Spread {
 
     /// `**1.23** (1.10–1.31)`: the median in bold, the range when there is one.
     pub fn cell(&self) -> String {
+        self.text(true)
+    }
+
+    /// `1.23 (1.10–1.31)`.
+    pub fn plain(&self) -> String {
+        self.text(false)
+    }
+
+    fn text(&self, bold: bool) -> String {
+        let b = if bold { "**" } else { "" };
+        let median = format!("{b}{:.2}{b}", self.median);
         if self.min == self.max {
-            format!("**{:.2}**", self.median)
+            median
         } else {
-            format!("**{:.2}** ({:.2}–{:.2})", self.median, self.min, self.max)
+            format!("{median} ({:.2}–{:.2})", self.min, self.max)
         }
     }
 }
@@ -534,8 +545,7 @@ fn rows_table(r: &Report<'_>) -> String {
                     format!("{pt:.0}"),
                     format!("{pi:.0}"),
                     row.train_ratio.map_or("–".into(), |r| r.cell()),
-                    row.infer_ratio
-                        .map_or("–".into(), |r| r.cell().replace("**", "")),
+                    row.infer_ratio.map_or("–".into(), |r| r.plain()),
                 )
             }
             None => ("–".into(), "–".into(), "–".into(), "–".into()),

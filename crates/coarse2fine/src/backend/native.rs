@@ -607,7 +607,11 @@ impl NativeNet {
                     winograd,
                 } => {
                     let wt = &self.params[*param];
-                    let u = winograd.then_some(&ws.wino_u[i][..]);
+                    let w = Filters {
+                        wt,
+                        u: winograd.then_some(&ws.wino_u[i][..]),
+                        bias: &self.params[*param + 1],
+                    };
                     blocks(x, &starts, sx)
                         .into_par_iter()
                         .zip(blocks(y, &starts, sy))
@@ -621,7 +625,7 @@ impl NativeNet {
                             }
                             let g = Window { images, ..*geom };
                             let dxb = need_dx.then_some(dxb);
-                            conv_block_backward(&g, *filters, (wt, u), xb, dyb, dxb, s);
+                            conv_block_backward(&g, *filters, w, xb, dyb, dxb, s);
                         });
                     let (gw, rest) = grads[*param..].split_at_mut(1);
                     let k = geom.col_rows();
@@ -792,18 +796,17 @@ fn conv_block_unfolded(
 
 /// One block's convolution gradients: the weight and bias gradients into
 /// `s.partial` (weights transposed, `K × C_out`), and the input gradient into `dx`.
-/// `w` holds the weights and, for a Winograd convolution, their transform.
 fn conv_block_backward(
     g: &Window,
     filters: usize,
-    w: (&[f32], Option<&[f32]>),
+    w: Filters<'_>,
     x: &[f32],
     dy: &[f32],
     mut dx: Option<&mut [f32]>,
     s: &mut Scratch,
 ) {
     let (k, row) = (g.col_rows(), g.images * g.out_plane());
-    match w.1 {
+    match w.u {
         Some(u) => {
             let run = winograd::images_per_run(g, filters, COL_BUDGET);
             for first in (0..g.images).step_by(run) {
@@ -814,7 +817,7 @@ fn conv_block_backward(
             }
             winograd::filter_gradient(&s.du, filters, g.channels, &mut s.partial[..k * filters]);
         }
-        None => conv_block_backward_unfolded(g, filters, w.0, x, dy, dx, s),
+        None => conv_block_backward_unfolded(g, filters, w.wt, x, dy, dx, s),
     }
     let db = &mut s.partial[k * filters..(k + 1) * filters];
     for (b, dyc) in db.iter_mut().zip(dy.chunks_exact(row.max(1))) {
