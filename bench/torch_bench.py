@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """PyTorch reference for `c2f bench`: the same nets, the same step, timed the same way.
 
-    python3 bench/torch_bench.py --threads 1 --batch 128 --steps 20 --warmup 3 DIR...
+    python3 bench/torch_bench.py --threads 1 --batch 128 --steps 20 --warmup 3 [--device cuda] DIR...
 
 Each DIR holds a `model.py` written by coarse2fine's PyTorch export (`c2f bench` writes
 them; `c2f export --pytorch` writes the same file for a checkpoint), so both sides run
 exactly the same layers. Prints one JSON object per net: the median seconds of a training
 step (SGD with momentum 0.9, dampening 0, weight decay 5e-4, cross-entropy on the logits —
 what c2f does) and of an inference forward pass, over --steps steps after --warmup.
+With --device cuda the net and the batch live on the GPU and every timed step ends with
+torch.cuda.synchronize(), so the time is the GPU's work, not its queueing.
 
 Needs torch (pip install torch).
 """
@@ -28,13 +30,15 @@ def load(path):
     return module
 
 
-def timed(fn, steps, warmup):
+def timed(fn, steps, warmup, sync):
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -46,21 +50,26 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("torch_bench.py --device cuda: PyTorch finds no CUDA GPU")
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for d in args.dirs:
         m = load(d)
-        net = m.Net()
+        net = m.Net().to(device)
         c, h, w = m.INPUT_SHAPE
-        x = torch.rand(args.batch, c, h, w) * 255.0
+        x = torch.rand(args.batch, c, h, w, device=device) * 255.0
         opt = torch.optim.SGD(
             net.parameters(), lr=0.01, momentum=0.9, dampening=0.0, weight_decay=5e-4
         )
         net.train()
         with torch.no_grad():
             classes = net(x[:1]).shape[1]
-        y = torch.randint(0, classes, (args.batch,))
+        y = torch.randint(0, classes, (args.batch,), device=device)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -68,14 +77,14 @@ def main():
             loss.backward()
             opt.step()
 
-        train = timed(step, args.steps, args.warmup)
+        train = timed(step, args.steps, args.warmup, sync)
         net.eval()
 
         def infer():
             with torch.inference_mode():
                 net(x)
 
-        inference = timed(infer, args.steps, args.warmup)
+        inference = timed(infer, args.steps, args.warmup, sync)
         print(
             json.dumps(
                 {
@@ -86,6 +95,7 @@ def main():
                     "infer_step_s": inference,
                     "torch": torch.__version__,
                     "capability": torch.backends.cpu.get_cpu_capability(),
+                    "device": torch.cuda.get_device_name(device) if args.device == "cuda" else "cpu",
                 }
             ),
             flush=True,

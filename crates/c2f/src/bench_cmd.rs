@@ -108,8 +108,9 @@ pub struct BenchArgs {
     /// Write the tables as Markdown.
     #[arg(long)]
     md: Option<PathBuf>,
-    /// Compute backend: cpu (the native engine), flex (burn's CPU backend), cuda, cuda:N,
-    /// wgpu.
+    /// Compute backend: cpu (the native engine), flex (burn's CPU backend),
+    /// libtorch-cuda[:N], libtorch, cuda[:N], wgpu. With a GPU backend, --pytorch runs
+    /// PyTorch on the GPU too.
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Also time this backend on the same nets (e.g. `flex`, burn's CPU backend), for a
@@ -390,6 +391,14 @@ fn run_worker(
     serde_json::from_slice(&out.stdout).context("bench worker output")
 }
 
+/// PyTorch's device for the c2f backend `backend`: the GPU for GPU backends.
+fn torch_device(backend: &str) -> &'static str {
+    match backend.parse::<BackendKind>() {
+        Ok(BackendKind::Cuda(_) | BackendKind::LibtorchCuda(_) | BackendKind::Wgpu) => "cuda",
+        _ => "cpu",
+    }
+}
+
 fn run_torch(a: &BenchArgs, script: &Path, dir: &Path, threads: usize) -> Result<Measured> {
     let out = Command::new(&a.python)
         .arg(script)
@@ -397,6 +406,7 @@ fn run_torch(a: &BenchArgs, script: &Path, dir: &Path, threads: usize) -> Result
         .args(["--batch", &a.batch.to_string()])
         .args(["--steps", &a.steps.to_string()])
         .args(["--warmup", &a.warmup.to_string()])
+        .args(["--device", torch_device(&a.backend)])
         .arg(dir)
         .output()
         .with_context(|| format!("starting {}", a.python))?;

@@ -7,6 +7,7 @@ use clap::Args;
 use coarse2fine::checkpoint::Checkpoint;
 use coarse2fine::export;
 use coarse2fine::fsutil::OutputLock;
+use coarse2fine::handoff;
 use coarse2fine::train;
 
 /// Export a checkpoint's network: ONNX (opset 13) for inference anywhere, or a PyTorch
@@ -53,8 +54,15 @@ pub struct ExportArgs {
 /// shape against the network, and writes a checkpoint (momentum buffers zero). Continue
 /// training it with `c2f train --init-from`.
 ///
-/// Example:
+/// --into RUN brings back a plan run's last stage continued elsewhere (e.g. under torchrun
+/// with examples/pytorch/ddp_continue.py): DIR must be the export of RUN's last stage
+/// checkpoint and --curve the continuation's train and eval events (`c2f train`'s format,
+/// counted from the hand-off). The checkpoint goes to RUN/incremental/handoff/ and the
+/// events continue RUN's incremental curve, so `c2f report RUN` shows the whole curve.
+///
+/// Examples:
 ///   c2f import torch/net2-16 --weights torch/net2-16/finetuned.safetensors --out imported/net2-16
+///   c2f import handoff --weights handoff/ddp/weights.safetensors --curve handoff/ddp/curve.jsonl --into runs/exp1
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct ImportArgs {
@@ -64,17 +72,42 @@ pub struct ImportArgs {
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Output checkpoint folder (new).
-    #[arg(long, short)]
-    pub out: PathBuf,
+    #[arg(long, short, required_unless_present = "into", conflicts_with = "into")]
+    pub out: Option<PathBuf>,
+    /// A finished plan run whose last stage DIR continues; needs --curve.
+    #[arg(long, value_name = "RUN", requires = "curve")]
+    pub into: Option<PathBuf>,
+    /// The continuation's events (JSON lines), with --into.
+    #[arg(long, value_name = "FILE.jsonl", requires = "into")]
+    pub curve: Option<PathBuf>,
 }
 
 pub fn cmd_import(a: ImportArgs) -> Result<()> {
-    let (ckpt, path) = export::import_pytorch(&a.dir, a.weights.as_deref(), &a.out)?;
+    if let (Some(run), Some(curve)) = (&a.into, &a.curve) {
+        let weights = a.weights.unwrap_or_else(|| a.dir.join(export::WEIGHTS));
+        let h = handoff::import_into_run(&a.dir, &weights, curve, run)?;
+        let top1 = h.top1.map_or_else(String::new, |t| {
+            format!(", last test top-1 {:.2}%", 100.0 * t)
+        });
+        println!(
+            "imported {} and {} ({} iterations, {} events{top1}) into {}",
+            weights.display(),
+            curve.display(),
+            h.iterations,
+            h.events,
+            h.dir.display()
+        );
+        return Ok(());
+    }
+    let Some(out) = &a.out else {
+        bail!("give --out CHECKPOINT, or --into RUN with --curve FILE");
+    };
+    let (ckpt, path) = export::import_pytorch(&a.dir, a.weights.as_deref(), out)?;
     println!(
         "imported {} ({}) into {}",
         path.display(),
         ckpt.spec.name,
-        a.out.display()
+        out.display()
     );
     Ok(())
 }

@@ -65,7 +65,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 500)]
     pub check_images: usize,
     /// Compute backend: cpu (the native engine), flex (burn's CPU backend, the reference),
-    /// cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
+    /// libtorch-cuda[:N] and libtorch (feature libtorch), cuda[:N] (feature cuda), wgpu
+    /// (feature wgpu); see docs/gpu.md.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// Continue the stage (or baseline) in progress from its last checkpoint with this

@@ -88,7 +88,8 @@ pub struct TrainArgs {
     #[arg(long, default_value = "kaiming")]
     pub init: String,
     /// Compute backend: cpu (the native engine), flex (burn's CPU backend, the reference),
-    /// cuda, cuda:N, wgpu (GPU ones need the matching cargo feature).
+    /// libtorch-cuda[:N] and libtorch (feature libtorch), cuda[:N] (feature cuda), wgpu
+    /// (feature wgpu); see docs/gpu.md.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
 }
@@ -116,7 +117,7 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Compute backend: cpu, flex, cuda, cuda:N, wgpu.
+    /// Compute backend: cpu, flex, libtorch-cuda[:N], libtorch, cuda[:N], wgpu.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// Also write the first --dump-images images (pixels 0–255, float32) and the net's

@@ -16,6 +16,8 @@ pub mod events;
 pub mod export;
 pub mod fsutil;
 pub mod grow;
+#[cfg(feature = "training")]
+pub mod handoff;
 pub mod hyper;
 pub mod lr;
 pub mod metrics;

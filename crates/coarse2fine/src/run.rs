@@ -241,6 +241,23 @@ pub fn stage_dir(run: &Path, k: usize) -> PathBuf {
     run.join("incremental").join(format!("stage-{}", k + 1))
 }
 
+/// Folder of the incremental curve's continuation outside coarse2fine (`c2f import
+/// --into`), after its last stage.
+pub fn handoff_dir(run: &Path) -> PathBuf {
+    run.join("incremental").join("handoff")
+}
+
+/// Where the incremental curve ended, once every stage is done: iterations, images and
+/// the clock.
+pub fn incremental_end(dir: &Path, plan: &RunPlan) -> Option<(u64, u64, Clock)> {
+    let mut end = (0, 0, Clock::default());
+    for k in 0..plan.stages.len() {
+        let d: PartDone = fsutil::read_json(&stage_dir(dir, k).join(DONE)).ok()?;
+        end = (end.0 + d.iterations, end.1 + d.images, d.clock);
+    }
+    Some(end)
+}
+
 /// Folder of the baseline.
 pub fn baseline_dir(run: &Path) -> PathBuf {
     run.join("baseline")
@@ -842,6 +859,10 @@ pub fn collect_events(dir: &Path, plan: &RunPlan) -> Result<Vec<Event>> {
             }
             Err(_) => break,
         }
+    }
+    // Only a finished curve can have been continued elsewhere.
+    if incremental_end(dir, plan).is_some() {
+        read_part(&handoff_dir(dir), &mut out)?;
     }
     read_part(&baseline_dir(dir), &mut out)?;
     Ok(out)

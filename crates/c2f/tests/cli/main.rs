@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod payoff;
 mod reliability;
+mod scale_out;
 
 /// Where Debian's dataset-fashion-mnist package puts the data.
 const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";

@@ -32,6 +32,8 @@ use crate::error::{Error, Result};
 use crate::net::spec::{NetSpec, Param};
 use crate::net::weights::{Tensor as HostTensor, WeightMap};
 use burn_net::BurnNet;
+#[cfg(feature = "libtorch")]
+mod libtorch;
 use native::NativeNet;
 
 /// Which compute backend runs the network.
@@ -46,23 +48,33 @@ pub enum BackendKind {
     Cuda(usize),
     /// Any GPU through wgpu (feature `wgpu`).
     Wgpu,
+    /// libtorch on the CPU (feature `libtorch`).
+    Libtorch,
+    /// NVIDIA GPU `n` through libtorch's CUDA kernels (feature `libtorch`).
+    LibtorchCuda(usize),
 }
 
 impl std::str::FromStr for BackendKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
+        let gpu = |prefix: &str| {
+            if s == prefix {
+                Some(0)
+            } else {
+                s.strip_prefix(prefix)?.strip_prefix(':')?.parse().ok()
+            }
+        };
         match s {
             "cpu" => Ok(BackendKind::Cpu),
             "flex" => Ok(BackendKind::Flex),
             "wgpu" => Ok(BackendKind::Wgpu),
-            "cuda" => Ok(BackendKind::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
+            "libtorch" => Ok(BackendKind::Libtorch),
+            _ => gpu("cuda")
                 .map(BackendKind::Cuda)
+                .or_else(|| gpu("libtorch-cuda").map(BackendKind::LibtorchCuda))
                 .ok_or_else(|| {
                     Error::invalid(format!(
-                        "backend {s:?}: use cpu, flex, cuda, cuda:N or wgpu"
+                        "backend {s:?}: use cpu, flex, cuda, cuda:N, wgpu, libtorch, libtorch-cuda or libtorch-cuda:N"
                     ))
                 }),
         }
@@ -76,6 +88,20 @@ impl std::fmt::Display for BackendKind {
             BackendKind::Flex => write!(f, "flex"),
             BackendKind::Cuda(n) => write!(f, "cuda:{n}"),
             BackendKind::Wgpu => write!(f, "wgpu"),
+            BackendKind::Libtorch => write!(f, "libtorch"),
+            BackendKind::LibtorchCuda(n) => write!(f, "libtorch-cuda:{n}"),
+        }
+    }
+}
+
+impl BackendKind {
+    /// The cargo feature that builds this backend in.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            BackendKind::Cpu | BackendKind::Flex => None,
+            BackendKind::Cuda(_) => Some("cuda"),
+            BackendKind::Wgpu => Some("wgpu"),
+            BackendKind::Libtorch | BackendKind::LibtorchCuda(_) => Some("libtorch"),
         }
     }
 }
@@ -88,7 +114,8 @@ pub struct Compute {
 }
 
 impl Compute {
-    /// Opens the backend; fails with a clear message if it was not compiled in.
+    /// Opens the backend; fails with a clear message if it was not compiled in or has no
+    /// device.
     pub fn new(kind: BackendKind) -> Result<Self> {
         let device = match kind {
             // The native engine needs no device; burn's CPU one stands in for it.
@@ -97,15 +124,15 @@ impl Compute {
             BackendKind::Cuda(n) => Device::cuda(n),
             #[cfg(feature = "wgpu")]
             BackendKind::Wgpu => Device::wgpu(Default::default()),
+            #[cfg(feature = "libtorch")]
+            BackendKind::Libtorch => libtorch::device(None)?,
+            #[cfg(feature = "libtorch")]
+            BackendKind::LibtorchCuda(n) => libtorch::device(Some(n))?,
             #[allow(unreachable_patterns)]
             other => {
                 return Err(Error::invalid(format!(
                     "backend {other} is not built in; rebuild with `--features {}`",
-                    if matches!(other, BackendKind::Wgpu) {
-                        "wgpu"
-                    } else {
-                        "cuda"
-                    }
+                    other.feature().unwrap_or_default()
                 )));
             }
         };
@@ -506,12 +533,23 @@ mod tests {
     /// [`engines_agree`], returning the largest relative differences seen in the logits
     /// and in the weights.
     fn engine_differences(spec: &NetSpec, n: usize, steps: u64, seed: u64) -> Result<[f64; 2]> {
+        differences_from(&flex(), spec, n, steps, seed)
+    }
+
+    /// [`engine_differences`] against the burn backend `reference`.
+    fn differences_from(
+        reference: &Compute,
+        spec: &NetSpec,
+        n: usize,
+        steps: u64,
+        seed: u64,
+    ) -> Result<[f64; 2]> {
         let mut worst = [0.0f64; 2];
         let input = spec.input.expect("bound");
         let classes = spec.classes.expect("bound");
         let w = WeightMap::init(spec, Init::Kaiming, seed)?;
         let mut fast = Network::new(spec, &w, &cpu())?;
-        let mut slow = Network::new(spec, &w, &flex())?;
+        let mut slow = Network::new(spec, &w, reference)?;
         let sgd_fast = Sgd::new(&fast, 0.9, 5e-3);
         let sgd_slow = Sgd::new(&slow, 0.9, 5e-3);
         let size = input.channels * input.height * input.width;
@@ -751,6 +789,58 @@ mod tests {
             engines_agree(&spec, 4, 2, 2)?;
         }
         Ok(())
+    }
+
+    /// The libtorch backend runs the burn path on libtorch's kernels: it must train like the
+    /// native engine on every layer option and the Table I nets, on libtorch's CPU kernels
+    /// and, with `C2F_TEST_LIBTORCH_CUDA=1` (a machine with a GPU), on GPU 0.
+    #[cfg(feature = "libtorch")]
+    #[test]
+    fn libtorch_backend_trains_like_the_native_engine() -> Result<()> {
+        let mut kinds = vec![BackendKind::Libtorch];
+        if std::env::var_os("C2F_TEST_LIBTORCH_CUDA").is_some() {
+            kinds.push(BackendKind::LibtorchCuda(0));
+        }
+        for kind in kinds {
+            let device = Compute::new(kind)?;
+            let mixed = mixed_spec().bind(InputShape::square(2, 11), 3)?;
+            let mut worst = differences_from(&device, &mixed, 5, 3, 1)?;
+            for p in crate::net::presets::PRESETS
+                .iter()
+                .filter(|p| p.native_size <= 32)
+            {
+                let preset = crate::net::presets::preset(p.name).expect("listed preset");
+                let spec = preset.bind(InputShape::square(3, p.native_size), 10)?;
+                let w = differences_from(&device, &spec, 4, 2, 2)?;
+                worst = [worst[0].max(w[0]), worst[1].max(w[1])];
+            }
+            eprintln!(
+                "{kind}: largest relative difference from the native engine: logits {:.1e}, weights {:.1e}",
+                worst[0], worst[1]
+            );
+        }
+        Ok(())
+    }
+
+    /// A libtorch GPU that is not there is a one-line error that says so; one that is
+    /// there opens.
+    #[cfg(feature = "libtorch")]
+    #[test]
+    fn libtorch_cuda_without_that_gpu_is_a_clear_error() {
+        let err = Compute::new(BackendKind::LibtorchCuda(99)).expect_err("no machine has 100 GPUs");
+        let msg = err.to_string();
+        assert!(msg.contains("libtorch-cuda:99"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        match Compute::new(BackendKind::LibtorchCuda(0)) {
+            Ok(_) => assert!(tch::Cuda::device_count() > 0),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("no CUDA GPU found") || msg.contains("did not load"),
+                    "{msg}"
+                );
+            }
+        }
     }
 
     /// Exercises every layer type and option the backend maps to burn.

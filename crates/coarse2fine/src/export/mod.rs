@@ -21,7 +21,7 @@ use crate::net::{NetSpec, WeightMap};
 
 pub use pytorch::{
     INFO, MODULE, PYTORCH_EXPORT, PytorchExport, WEIGHTS, checkpoint_from, export_pytorch,
-    import_pytorch,
+    import_pytorch, read_export,
 };
 
 /// ONNX operator set of exported models.

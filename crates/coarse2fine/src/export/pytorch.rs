@@ -134,6 +134,13 @@ pub fn import_pytorch(
     }
     let path = weights.map_or_else(|| dir.join(WEIGHTS), Path::to_path_buf);
     fsutil::check_output(out, &NEW_CHECKPOINT, &[dir, &path])?;
+    let ckpt = read_export(dir, &path)?;
+    ckpt.save(out)?;
+    Ok((ckpt, path))
+}
+
+/// The checkpoint of the export folder `dir` with the weights of `weights`.
+pub fn read_export(dir: &Path, weights: &Path) -> Result<Checkpoint> {
     let info = dir.join(INFO);
     if !info.is_file() {
         return Err(Error::format(
@@ -142,8 +149,6 @@ pub fn import_pytorch(
         ));
     }
     let text = std::fs::read_to_string(&info).map_err(|e| Error::io(&info, e))?;
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let ckpt = checkpoint_from(&text, &info, &bytes, &path)?;
-    ckpt.save(out)?;
-    Ok((ckpt, path))
+    let bytes = std::fs::read(weights).map_err(|e| Error::io(weights, e))?;
+    checkpoint_from(&text, &info, &bytes, weights)
 }

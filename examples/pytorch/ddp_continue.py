@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Continue a coarse2fine stage in PyTorch, on one process or many (DistributedDataParallel).
+
+    c2f export RUN/incremental/stage-3/checkpoint --pytorch handoff
+    torchrun --nproc_per_node 2 examples/pytorch/ddp_continue.py handoff \
+        --iterations 2000 --eval-every 500 --out handoff/ddp
+    c2f import handoff --weights handoff/ddp/weights.safetensors \
+        --curve handoff/ddp/curve.jsonl --into RUN
+    c2f report RUN --out RUN/report
+
+It reads the prepared shards (`.c2fs`) of the data folder the checkpoint was trained on
+directly, trains with coarse2fine's optimizer (SGD with momentum and weight decay in Caffe's
+form, no decay on biases, a fixed rate) and writes, into --out:
+
+    weights.safetensors  the net's state_dict, the keys of model.safetensors
+    curve.jsonl          train and eval events in `c2f train`'s format, counted from the
+                         hand-off; `c2f import --curve … --into RUN` places them on the run
+    summary.json         iterations, images, processes, device, the final evaluation
+
+Every process takes its slice of each global batch (--batch images, split evenly), so N
+processes compute the gradient of the same global batch as one: the weights after a step
+differ from a one-process run only by the order of float sums. The order of the data is
+one seeded permutation per epoch (NumPy's, not c2f's), read as a continuous stream.
+Dropout masks are drawn per process and differ from a one-process run's.
+
+Backend: gloo on the CPU, NCCL on CUDA (--device, default cuda when available). Started
+without torchrun it runs as one process.
+"""
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+SHARD_MAGIC = b"C2FSHARD"
+SHARD_VERSION = 1
+
+
+def read_shard(path):
+    """(pixels u8 N×C×H×W, labels int64 N) of one `.c2fs` shard (docs/data.md)."""
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    if bytes(raw[:8]) != SHARD_MAGIC:
+        sys.exit(f"{path}: not a coarse2fine shard (bad magic)")
+    version, c, h, w, n, _classes, names = struct.unpack_from("<IIIIQII", raw, 8)
+    if version != SHARD_VERSION:
+        sys.exit(f"{path}: shard version {version}, this script reads {SHARD_VERSION}")
+    start = (40 + names + 63) // 64 * 64
+    size = n * c * h * w
+    if len(raw) != start + size + 4 * n:
+        sys.exit(f"{path}: length {len(raw)} is not what its header promises")
+    pixels = np.asarray(raw[start : start + size]).reshape(n, c, h, w)
+    labels = np.frombuffer(raw[start + size :].tobytes(), dtype="<u4").astype(np.int64)
+    return pixels, labels
+
+
+def read_split(data, size, split):
+    shards = sorted((Path(data) / f"{size}x{size}").glob(f"{split}-*.c2fs"))
+    if not shards:
+        sys.exit(f"{data}: no {split} shards at {size}x{size}")
+    parts = [read_shard(p) for p in shards]
+    return np.concatenate([p for p, _ in parts]), np.concatenate([l for _, l in parts])
+
+
+def parse_args(info):
+    meta, hyper = info["meta"], info["meta"]["hyper"]
+    a = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    a.add_argument("export", help="a folder written by `c2f export --pytorch`")
+    a.add_argument("--data", default=meta["dataset"], help="prepared data folder")
+    a.add_argument("--iterations", type=int, required=True)
+    a.add_argument("--batch", type=int, default=hyper["batch_size"], help="global batch")
+    a.add_argument("--lr", type=float, default=hyper["base_lr"])
+    a.add_argument("--momentum", type=float, default=hyper["momentum"])
+    a.add_argument("--weight-decay", type=float, default=hyper["weight_decay"])
+    a.add_argument("--seed", type=int, default=hyper["seed"])
+    a.add_argument("--eval-every", type=int, default=0, help="0: only at the end")
+    a.add_argument("--log-every", type=int, default=50, help="iterations per train event")
+    a.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    a.add_argument("--out", required=True, help="new or earlier output folder")
+    return a.parse_args()
+
+
+def write_atomic(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Run:
+    """One process's part: its rank, its device and the data."""
+
+    def __init__(self, args, info):
+        self.args = args
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        cuda = torch.cuda.is_available() if args.device is None else args.device == "cuda"
+        if cuda and not torch.cuda.is_available():
+            sys.exit("--device cuda: PyTorch finds no CUDA GPU")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if self.world > 1:
+            dist.init_process_group("nccl" if cuda else "gloo")
+        if args.batch % self.world:
+            sys.exit(f"--batch {args.batch} does not split over {self.world} processes")
+        size = info["meta"]["size"]
+        self.train = read_split(args.data, size, "train")
+        self.test = read_split(args.data, size, "test")
+
+    def reduce(self, values):
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def batch(self, t):
+        """This process's slice of global batch `t` of the seeded stream."""
+        n, b = len(self.train[1]), self.args.batch
+        idx = np.empty(b, dtype=np.int64)
+        for j in range(b):
+            pos = t * b + j
+            epoch, k = divmod(pos, n)
+            if epoch != getattr(self, "_epoch", None):
+                rng = np.random.default_rng([self.args.seed, epoch])
+                self._epoch, self._perm = epoch, rng.permutation(n)
+            idx[j] = self._perm[k]
+        mine = idx[self.rank * b // self.world : (self.rank + 1) * b // self.world]
+        x = torch.from_numpy(self.train[0][mine].astype(np.float32))
+        y = torch.from_numpy(self.train[1][mine])
+        return x.to(self.device), y.to(self.device)
+
+    @torch.no_grad()
+    def evaluate(self, net):
+        """Top-1, top-5 and mean loss on the test split, each process a strided share."""
+        net.eval()
+        pixels, labels = self.test
+        sums = [0.0, 0.0, 0.0, 0.0]
+        for lo in range(self.rank * 1000, len(labels), self.world * 1000):
+            x = torch.from_numpy(pixels[lo : lo + 1000].astype(np.float32)).to(self.device)
+            y = torch.from_numpy(labels[lo : lo + 1000]).to(self.device)
+            logits = net(x)
+            top5 = logits.topk(min(5, logits.shape[1]), 1).indices
+            sums[0] += (top5[:, 0] == y).sum().item()
+            sums[1] += (top5 == y[:, None]).any(1).sum().item()
+            sums[2] += F.cross_entropy(logits, y, reduction="sum").item()
+            sums[3] += len(y)
+        net.train()
+        top1, top5, loss, n = self.reduce(sums)
+        return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n}
+
+
+def sgd_step(params, velocity, lr, momentum, weight_decay):
+    """coarse2fine's update: v ← μ·v − lr·(∇L + λ·w), w ← w + v; no decay on biases."""
+    with torch.no_grad():
+        for name, p in params:
+            g = p.grad
+            if not name.endswith("bias"):
+                g = g + weight_decay * p
+            v = velocity[name]
+            v.mul_(momentum).sub_(lr * g)
+            p.add_(v)
+
+
+def main():
+    # The export's settings are the defaults of the options, so it comes first.
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if len(sys.argv) > 1 else 2)
+    export = Path(sys.argv[1])
+    if not (export / "coarse2fine.json").is_file():
+        sys.exit(f"{export}: not a `c2f export --pytorch` folder (no coarse2fine.json); "
+                 "usage: ddp_continue.py EXPORT_DIR --iterations N --out DIR [options]")
+    info = json.loads((export / "coarse2fine.json").read_text())
+    args = parse_args(info)
+    run = Run(args, info)
+    torch.manual_seed(args.seed + run.rank)
+    sys.path.insert(0, str(export))
+    import model  # the export's module
+
+    net = model.Net().to(run.device)
+    net.load_state_dict(load_file(str(export / "model.safetensors"), device=str(run.device)))
+    net.train()
+    ddp = torch.nn.parallel.DistributedDataParallel(net) if run.world > 1 else net
+    params = list(net.named_parameters())
+    velocity = {n: torch.zeros_like(p) for n, p in params}
+    out = Path(args.out)
+    if run.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    events, clock = [], {"train_s": 0.0, "eval_s": 0.0}
+    start, losses = time.perf_counter(), []
+
+    def log(event, t, **fields):
+        e = {"event": event, "iter": t, "images": t * args.batch, **fields}
+        e.update(train_s=clock["train_s"], eval_s=clock["eval_s"], wall_s=time.perf_counter() - start)
+        events.append(e)
+        if run.rank == 0:
+            print(json.dumps(e), flush=True)
+
+    def evaluate(t):
+        t0 = time.perf_counter()
+        result = run.evaluate(net)
+        clock["eval_s"] += time.perf_counter() - t0
+        log("eval", t, **result)
+        return result
+
+    evaluate(0)
+    for t in range(args.iterations):
+        t0 = time.perf_counter()
+        x, y = run.batch(t)
+        loss = F.cross_entropy(ddp(x), y)
+        ddp.zero_grad(set_to_none=False)
+        loss.backward()
+        sgd_step(params, velocity, args.lr, args.momentum, args.weight_decay)
+        losses.append(loss.item())
+        clock["train_s"] += time.perf_counter() - t0
+        done = t + 1
+        if done % args.log_every == 0 or done == args.iterations:
+            mean = run.reduce([sum(losses), len(losses)])
+            log("train", done, loss=mean[0] / mean[1], lr=args.lr)
+            losses = []
+        if args.eval_every and done % args.eval_every == 0 and done != args.iterations:
+            evaluate(done)
+    final = evaluate(args.iterations)
+    if run.rank == 0:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(tensors, str(out / "weights.tmp"))
+        os.replace(out / "weights.tmp", out / "weights.safetensors")
+        write_atomic(out / "curve.jsonl", "".join(json.dumps(e) + "\n" for e in events))
+        summary = {
+            "iterations": args.iterations,
+            "images": args.iterations * args.batch,
+            "processes": run.world,
+            "device": str(run.device),
+            "batch": args.batch,
+            "lr": args.lr,
+            "final": final,
+        }
+        write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    if run.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
