@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """PyTorch reference for `c2f bench`: the same nets, the same step, timed the same way.
 
-    python3 bench/torch_bench.py --threads 1 --batch 128 --steps 20 --warmup 3 [--device cuda] DIR...
+    python3 bench/torch_bench.py --threads 1 --batch 128 --steps 20 --warmup 3 [--device cuda:N] DIR...
 
 Each DIR holds a `model.py` written by coarse2fine's PyTorch export (`c2f bench` writes
 them; `c2f export --pytorch` writes the same file for a checkpoint), so both sides run
 exactly the same layers. Prints one JSON object per net: the median seconds of a training
 step (SGD with momentum 0.9, dampening 0, weight decay 5e-4, cross-entropy on the logits —
 what c2f does) and of an inference forward pass, over --steps steps after --warmup.
-With --device cuda the net and the batch live on the GPU and every timed step ends with
+With --device cuda[:N] the net and the batch live on that GPU and every timed step ends with
 torch.cuda.synchronize(), so the time is the GPU's work, not its queueing.
 
 Needs torch (pip install torch).
@@ -50,12 +50,13 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("torch_bench.py --device cuda: PyTorch finds no CUDA GPU")
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    gpu = device.type == "cuda"
+    if gpu and (device.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"torch_bench.py --device {args.device}: PyTorch finds no such CUDA GPU")
+    sync = (lambda: torch.cuda.synchronize(device)) if gpu else (lambda: None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for d in args.dirs:
@@ -95,7 +96,7 @@ def main():
                     "infer_step_s": inference,
                     "torch": torch.__version__,
                     "capability": torch.backends.cpu.get_cpu_capability(),
-                    "device": torch.cuda.get_device_name(device) if args.device == "cuda" else "cpu",
+                    "device": torch.cuda.get_device_name(device) if gpu else "cpu",
                 }
             ),
             flush=True,

@@ -15,9 +15,10 @@ if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split(
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.9.0
 fi
+VENV=$(cd "$VENV" && pwd)
 TORCH_LIB=$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
 # tch's build script compiles against the torch that this python imports.
-export LIBTORCH_USE_PYTORCH=1 PATH="$PWD/$VENV/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1 PATH="$VENV/bin:$PATH"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo test --locked -p coarse2fine -p c2f --features coarse2fine/libtorch,c2f/libtorch \
     libtorch -- --nocapture

@@ -3,14 +3,15 @@
 
     c2f export RUN/incremental/stage-3/checkpoint --pytorch handoff
     torchrun --nproc_per_node 2 examples/pytorch/ddp_continue.py handoff \
-        --iterations 2000 --eval-every 500 --out handoff/ddp
+        --iterations 2000 --lr 0.001 --eval-every 500 --out handoff/ddp
     c2f import handoff --weights handoff/ddp/weights.safetensors \
         --curve handoff/ddp/curve.jsonl --into RUN
     c2f report RUN --out RUN/report
 
 It reads the prepared shards (`.c2fs`) of the data folder the checkpoint was trained on
-directly, trains with coarse2fine's optimizer (SGD with momentum and weight decay in Caffe's
-form, no decay on biases, a fixed rate) and writes, into --out:
+directly (memory-mapped; their checksums are `c2f`'s to check), trains with coarse2fine's
+optimizer (SGD with momentum and weight decay in Caffe's form, no decay on biases, the fixed
+rate --lr) and writes, into --out:
 
     weights.safetensors  the net's state_dict, the keys of model.safetensors
     curve.jsonl          train and eval events in `c2f train`'s format, counted from the
@@ -46,28 +47,50 @@ SHARD_VERSION = 1
 
 
 def read_shard(path):
-    """(pixels u8 N×C×H×W, labels int64 N) of one `.c2fs` shard (docs/data.md)."""
+    """(pixels u8 N×C×H×W, labels int64 N) of one `.c2fs` shard (docs/data.md), the pixels
+    left memory-mapped."""
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     if bytes(raw[:8]) != SHARD_MAGIC:
         sys.exit(f"{path}: not a coarse2fine shard (bad magic)")
-    version, c, h, w, n, _classes, names = struct.unpack_from("<IIIIQII", raw, 8)
+    version, c, h, w, n, classes, names = struct.unpack_from("<IIIIQII", raw, 8)
     if version != SHARD_VERSION:
         sys.exit(f"{path}: shard version {version}, this script reads {SHARD_VERSION}")
     start = (40 + names + 63) // 64 * 64
     size = n * c * h * w
     if len(raw) != start + size + 4 * n:
         sys.exit(f"{path}: length {len(raw)} is not what its header promises")
-    pixels = np.asarray(raw[start : start + size]).reshape(n, c, h, w)
+    pixels = raw[start : start + size].reshape(n, c, h, w)
     labels = np.frombuffer(raw[start + size :].tobytes(), dtype="<u4").astype(np.int64)
+    if n and labels.max() >= classes:
+        sys.exit(f"{path}: a label is not below the class count {classes}")
     return pixels, labels
 
 
-def read_split(data, size, split):
-    shards = sorted((Path(data) / f"{size}x{size}").glob(f"{split}-*.c2fs"))
-    if not shards:
-        sys.exit(f"{data}: no {split} shards at {size}x{size}")
-    parts = [read_shard(p) for p in shards]
-    return np.concatenate([p for p, _ in parts]), np.concatenate([l for _, l in parts])
+class Split:
+    """The shards of one split at one size, indexed as one array without copying it."""
+
+    def __init__(self, data, size, split):
+        paths = sorted((Path(data) / f"{size}x{size}").glob(f"{split}-*.c2fs"))
+        if not paths:
+            sys.exit(f"{data}: no {split} shards at {size}x{size}")
+        self.parts = [read_shard(p) for p in paths]
+        self.starts = np.cumsum([0] + [len(l) for _, l in self.parts])
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def take(self, idx):
+        """Pixels (float32) and labels of the images at `idx`, in that order."""
+        shard = np.searchsorted(self.starts, idx, side="right") - 1
+        first = self.parts[0][0]
+        x = np.empty((len(idx),) + first.shape[1:], dtype=np.float32)
+        y = np.empty(len(idx), dtype=np.int64)
+        for k in np.unique(shard):
+            rows = np.nonzero(shard == k)[0]
+            local = idx[rows] - self.starts[k]
+            x[rows] = self.parts[k][0][local]
+            y[rows] = self.parts[k][1][local]
+        return x, y
 
 
 def parse_args(info):
@@ -77,12 +100,13 @@ def parse_args(info):
     a.add_argument("--data", default=meta["dataset"], help="prepared data folder")
     a.add_argument("--iterations", type=int, required=True)
     a.add_argument("--batch", type=int, default=hyper["batch_size"], help="global batch")
-    a.add_argument("--lr", type=float, default=hyper["base_lr"])
+    a.add_argument("--lr", type=float, required=True,
+                   help="the fixed rate to continue with (the stage's may have annealed)")
     a.add_argument("--momentum", type=float, default=hyper["momentum"])
     a.add_argument("--weight-decay", type=float, default=hyper["weight_decay"])
     a.add_argument("--seed", type=int, default=hyper["seed"])
     a.add_argument("--eval-every", type=int, default=0, help="0: only at the end")
-    a.add_argument("--log-every", type=int, default=50, help="iterations per train event")
+    a.add_argument("--log-every", type=int, default=50, help="iterations per train event (≥ 1)")
     a.add_argument("--device", choices=["cpu", "cuda"], default=None)
     a.add_argument("--out", required=True, help="new or earlier output folder")
     return a.parse_args()
@@ -106,23 +130,27 @@ class Run:
             sys.exit("--device cuda: PyTorch finds no CUDA GPU")
         local = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if args.batch % self.world or args.iterations < 1 or args.log_every < 1:
+            sys.exit(f"--batch {args.batch} must split evenly over {self.world} processes, "
+                     "--iterations and --log-every be at least 1")
+        if cuda:
+            torch.cuda.set_device(self.device)
         if self.world > 1:
             dist.init_process_group("nccl" if cuda else "gloo")
-        if args.batch % self.world:
-            sys.exit(f"--batch {args.batch} does not split over {self.world} processes")
         size = info["meta"]["size"]
-        self.train = read_split(args.data, size, "train")
-        self.test = read_split(args.data, size, "test")
+        self.train = Split(args.data, size, "train")
+        self.test = Split(args.data, size, "test")
 
     def reduce(self, values):
-        t = torch.tensor(values, dtype=torch.float64)
+        # NCCL reduces only tensors on the GPU.
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(t)
         return t.tolist()
 
     def batch(self, t):
         """This process's slice of global batch `t` of the seeded stream."""
-        n, b = len(self.train[1]), self.args.batch
+        n, b = len(self.train), self.args.batch
         idx = np.empty(b, dtype=np.int64)
         for j in range(b):
             pos = t * b + j
@@ -132,19 +160,18 @@ class Run:
                 self._epoch, self._perm = epoch, rng.permutation(n)
             idx[j] = self._perm[k]
         mine = idx[self.rank * b // self.world : (self.rank + 1) * b // self.world]
-        x = torch.from_numpy(self.train[0][mine].astype(np.float32))
-        y = torch.from_numpy(self.train[1][mine])
-        return x.to(self.device), y.to(self.device)
+        x, y = self.train.take(mine)
+        return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
 
     @torch.no_grad()
     def evaluate(self, net):
         """Top-1, top-5 and mean loss on the test split, each process a strided share."""
         net.eval()
-        pixels, labels = self.test
+        n = len(self.test)
         sums = [0.0, 0.0, 0.0, 0.0]
-        for lo in range(self.rank * 1000, len(labels), self.world * 1000):
-            x = torch.from_numpy(pixels[lo : lo + 1000].astype(np.float32)).to(self.device)
-            y = torch.from_numpy(labels[lo : lo + 1000]).to(self.device)
+        for lo in range(self.rank * 1000, n, self.world * 1000):
+            x, y = self.test.take(np.arange(lo, min(lo + 1000, n)))
+            x, y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
             logits = net(x)
             top5 = logits.topk(min(5, logits.shape[1]), 1).indices
             sums[0] += (top5[:, 0] == y).sum().item()

@@ -109,8 +109,8 @@ pub struct BenchArgs {
     #[arg(long)]
     md: Option<PathBuf>,
     /// Compute backend: cpu (the native engine), flex (burn's CPU backend),
-    /// libtorch-cuda[:N], libtorch, cuda[:N], wgpu. With a GPU backend, --pytorch runs
-    /// PyTorch on the GPU too.
+    /// libtorch-cuda[:N], libtorch, cuda[:N], wgpu. With a CUDA backend, --pytorch runs
+    /// PyTorch on the same GPU.
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Also time this backend on the same nets (e.g. `flex`, burn's CPU backend), for a
@@ -391,11 +391,12 @@ fn run_worker(
     serde_json::from_slice(&out.stdout).context("bench worker output")
 }
 
-/// PyTorch's device for the c2f backend `backend`: the GPU for GPU backends.
-fn torch_device(backend: &str) -> &'static str {
+/// PyTorch's device for the c2f backend `backend`: the same NVIDIA GPU for the CUDA
+/// backends, else the CPU (wgpu's GPU may be any vendor's).
+fn torch_device(backend: &str) -> String {
     match backend.parse::<BackendKind>() {
-        Ok(BackendKind::Cuda(_) | BackendKind::LibtorchCuda(_) | BackendKind::Wgpu) => "cuda",
-        _ => "cpu",
+        Ok(BackendKind::Cuda(n) | BackendKind::LibtorchCuda(n)) => format!("cuda:{n}"),
+        _ => "cpu".into(),
     }
 }
 
@@ -406,7 +407,7 @@ fn run_torch(a: &BenchArgs, script: &Path, dir: &Path, threads: usize) -> Result
         .args(["--batch", &a.batch.to_string()])
         .args(["--steps", &a.steps.to_string()])
         .args(["--warmup", &a.warmup.to_string()])
-        .args(["--device", torch_device(&a.backend)])
+        .args(["--device", &torch_device(&a.backend)])
         .arg(dir)
         .output()
         .with_context(|| format!("starting {}", a.python))?;

@@ -68,14 +68,14 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// A folder written by `c2f export --pytorch`.
     pub dir: PathBuf,
-    /// The weights (default: DIR/model.safetensors).
+    /// The weights (default: DIR/model.safetensors; required with --into).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Output checkpoint folder (new).
     #[arg(long, short, required_unless_present = "into", conflicts_with = "into")]
     pub out: Option<PathBuf>,
-    /// A finished plan run whose last stage DIR continues; needs --curve.
-    #[arg(long, value_name = "RUN", requires = "curve")]
+    /// A finished plan run whose last stage DIR continues; needs --curve and --weights.
+    #[arg(long, value_name = "RUN", requires_all = ["curve", "weights"])]
     pub into: Option<PathBuf>,
     /// The continuation's events (JSON lines), with --into.
     #[arg(long, value_name = "FILE.jsonl", requires = "into")]
@@ -84,7 +84,9 @@ pub struct ImportArgs {
 
 pub fn cmd_import(a: ImportArgs) -> Result<()> {
     if let (Some(run), Some(curve)) = (&a.into, &a.curve) {
-        let weights = a.weights.unwrap_or_else(|| a.dir.join(export::WEIGHTS));
+        let Some(weights) = a.weights else {
+            bail!("--into needs --weights: the continuation's weights");
+        };
         let h = handoff::import_into_run(&a.dir, &weights, curve, run)?;
         let top1 = h.top1.map_or_else(String::new, |t| {
             format!(", last test top-1 {:.2}%", 100.0 * t)

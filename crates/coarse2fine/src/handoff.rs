@@ -66,12 +66,13 @@ pub fn import_into_run(export: &Path, weights: &Path, curve: &Path, run: &Path) 
         .iter()
         .map(|e| placed(e, place, iter0, images0, clock0))
         .collect();
-    let end = local
-        .last()
-        .map_or((0, 0, Clock::default()), |e| (e.iter, e.images, e.clock));
+    // Like a stage's checkpoint: its own iterations and images, the curve's clock.
+    let end = local.last().map_or((0, 0), |e| (e.iter, e.images));
     ckpt.meta.iteration = end.0;
     ckpt.meta.images_seen = end.1;
-    ckpt.meta.set_clock(end.2);
+    ckpt.meta
+        .set_clock(placed.last().map_or(clock0, |e| e.clock));
+    ckpt.meta.backend = "pytorch".into();
     let staged = StagedDir::new(&dest)?;
     ckpt.save(&staged.path().join(CHECKPOINT_DIR))?;
     fsutil::write_jsonl_atomic(&staged.path().join(METRICS_FILE), &placed)?;

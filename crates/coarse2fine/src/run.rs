@@ -250,6 +250,9 @@ pub fn handoff_dir(run: &Path) -> PathBuf {
 /// Where the incremental curve ended, once every stage is done: iterations, images and
 /// the clock.
 pub fn incremental_end(dir: &Path, plan: &RunPlan) -> Option<(u64, u64, Clock)> {
+    if plan.stages.is_empty() {
+        return None;
+    }
     let mut end = (0, 0, Clock::default());
     for k in 0..plan.stages.len() {
         let d: PartDone = fsutil::read_json(&stage_dir(dir, k).join(DONE)).ok()?;
@@ -882,9 +885,14 @@ pub fn write_events(dir: &Path, plan: &RunPlan) -> Result<()> {
 }
 
 /// The confusion matrices of a run's final incremental net and its baseline, where
-/// finished.
+/// finished. A curve continued elsewhere (a hand-off) has none: its last stage's would
+/// not be its final net's.
 pub fn final_confusions(dir: &Path, plan: &RunPlan) -> Vec<(CurveKind, Confusion)> {
-    let last = stage_dir(dir, plan.stages.len().saturating_sub(1));
+    let last = if handoff_dir(dir).exists() {
+        handoff_dir(dir)
+    } else {
+        stage_dir(dir, plan.stages.len().saturating_sub(1))
+    };
     [
         (CurveKind::Incremental, last),
         (CurveKind::Baseline, baseline_dir(dir)),

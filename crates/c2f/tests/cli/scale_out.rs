@@ -83,8 +83,19 @@ fn import_into_a_run_continues_its_incremental_curve() {
         "--pytorch",
         s(&stage1),
     ]);
-    let into =
-        |dir: &Path, curve: &Path| c2f(&["import", s(dir), "--curve", s(curve), "--into", s(&run)]);
+    let into = |dir: &Path, curve: &Path| {
+        let weights = dir.join("model.safetensors");
+        c2f(&[
+            "import",
+            s(dir),
+            "--weights",
+            s(&weights),
+            "--curve",
+            s(curve),
+            "--into",
+            s(&run),
+        ])
+    };
     assert_one_line_error(
         &into(&stage1, &curve),
         &["was not exported from the run's last checkpoint"],
@@ -100,14 +111,13 @@ fn import_into_a_run_continues_its_incremental_curve() {
     assert!(!run.join("incremental/handoff").exists());
     assert_eq!(incremental(&run), before);
 
-    let out = ok(&[
-        "import",
-        s(&export),
-        "--curve",
-        s(&curve),
-        "--into",
-        s(&run),
-    ]);
+    let out = into(&export, &curve);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("10 iterations, 3 events"), "{out}");
     let after = incremental(&run);
     let mut added: Vec<_> = after.iter().filter(|e| e["stage"] == 3).collect();
@@ -117,6 +127,14 @@ fn import_into_a_run_continues_its_incremental_curve() {
     assert_eq!(added[0]["iter"].as_u64(), Some(end));
     assert_eq!(added[2]["iter"].as_u64(), Some(end + 10));
     assert_eq!(added[2]["top1"].as_f64(), Some(0.5));
+    // The clock runs on from the last stage's end: 10 s of training after it.
+    let last_train = |e: &serde_json::Value| e["train_s"].as_f64().expect("train_s");
+    let done = std::fs::read_to_string(run.join("incremental/stage-2/done.json")).expect("done");
+    let stage_end = last_train(&serde_json::from_str(&done).expect("json"));
+    assert!((last_train(added[2]) - (stage_end + 10.0)).abs() < 1e-9);
+    // Running the finished plan again keeps the hand-off on the curve.
+    ok(&["run", s(&tmp.path().join("plan.toml")), "--out", s(&run)]);
+    assert_eq!(incremental(&run), after);
     assert_eq!(
         WeightMap::load(&run.join("incremental/handoff/checkpoint/weights.safetensors"))
             .expect("imported"),
@@ -175,6 +193,8 @@ fn torchrun_ddp_handoff_matches_one_process_and_imports_back() {
             s(&export).to_string(),
             "--iterations".into(),
             "30".into(),
+            "--lr".into(),
+            "0.01".into(),
             "--eval-every".into(),
             "15".into(),
             "--log-every".into(),
@@ -255,8 +275,9 @@ fn torchrun_ddp_handoff_matches_one_process_and_imports_back() {
         "PyTorch's final top-1 {:.2}%, c2f's on the imported net {ours:.2}%",
         100.0 * theirs
     );
+    // Within one test image: a tie between two classes may break either way.
     assert!(
-        (ours - 100.0 * theirs).abs() < 0.006,
+        (ours - 100.0 * theirs).abs() <= 0.0101,
         "c2f {ours}% vs PyTorch {theirs}"
     );
     assert!(
@@ -430,6 +451,9 @@ impl Slurm {
 
 impl Drop for Slurm {
     fn drop(&mut self) {
+        // Jobs still running (a failed test) are cancelled, not left behind.
+        let _ = self.cmd("scancel").args(["--user", "root"]).output();
+        std::thread::sleep(std::time::Duration::from_secs(1));
         for d in self.daemons.iter_mut().rev() {
             let _ = d.kill();
             let _ = d.wait();
@@ -464,7 +488,7 @@ fn slurm_conf(dir: &Path) -> String {
          SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\n\
          SlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.log\n\
          ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n\
-         AccountingStorageType=accounting_storage/none\nSchedulerType=sched/backfill\n\
+         AccountingStorageType=accounting_storage/none\nSchedulerType=sched/backfill\nMinJobAge=3600\n\
          SelectType=select/cons_tres\nSelectTypeParameters=CR_Core_Memory\nReturnToService=2\nMpiDefault=none\n\
          NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 State=UNKNOWN\n\
          PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
