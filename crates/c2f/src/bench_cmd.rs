@@ -448,13 +448,14 @@ fn measure_loader(data: &Path, batch: usize) -> Result<LoaderResult> {
     let set = std::sync::Arc::new(m.open_split(data, size, "train")?);
     let norm = Normalizer::new(m.stats_at(data, size)?);
     let batches = ((200_000 / batch).max(20)) as u64;
+    let none = coarse2fine::data::augment::Augment::default();
     // Warm the page cache first, so the figure is the loader's, not the disk's.
-    for b in Prefetcher::training(set.clone(), norm.clone(), 0, batch, 0, 10) {
+    for b in Prefetcher::training(set.clone(), norm.clone(), (0, batch), (0, 10), none) {
         std::hint::black_box(&b);
     }
     let t0 = Instant::now();
     let mut n = 0usize;
-    for b in Prefetcher::training(set, norm, 0, batch, 0, batches) {
+    for b in Prefetcher::training(set, norm, (0, batch), (0, batches), none) {
         n += std::hint::black_box(&b).len();
     }
     Ok(LoaderResult {

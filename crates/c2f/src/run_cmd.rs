@@ -102,7 +102,7 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
     for (k, s) in r.stages.iter().enumerate() {
         let h = &s.hyper;
         out.push(format!(
-            "    stage {}: {}×{}, {} ({} parameters), {}, lr {} {}, batch {}, momentum {}, weight decay {}{}{}",
+            "    stage {}: {}×{}, {} ({} parameters), {}, lr {} {}, batch {}, momentum {}, weight decay {}{}{}{}",
             k + 1,
             s.size,
             s.size,
@@ -123,7 +123,8 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
                 format!(", warm-up {} iterations", s.warmup)
             } else {
                 String::new()
-            }
+            },
+            augmented(&h.augment)
         ));
         if s.auto {
             out.push(
@@ -150,7 +151,7 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
     };
     out.push(match &r.baseline {
         Some(b) => format!(
-            "    baseline{}: the final net from scratch, same {}, {} {}, batch {}",
+            "    baseline{}: the final net from scratch, same {}, {} {}, batch {}{}",
             if r.sweep.is_some() { " alone" } else { "" },
             match b.budget {
                 Budget::Time => "training time",
@@ -158,11 +159,21 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
             },
             lr(b),
             b.hyper.lr_policy,
-            b.hyper.batch_size
+            b.hyper.batch_size,
+            augmented(&b.hyper.augment)
         ),
         None => "    baseline: none".into(),
     });
     out
+}
+
+/// `, augmented crop:4,flip`, or nothing without augmentation.
+fn augmented(a: &coarse2fine::data::augment::Augment) -> String {
+    if a.is_none() {
+        String::new()
+    } else {
+        format!(", augmented {a}")
+    }
 }
 
 pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {

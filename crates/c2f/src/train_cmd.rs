@@ -84,6 +84,12 @@ pub struct TrainArgs {
     /// Seed of weight init, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Augmentation of training images: none, or a comma list of crop:PAD (zero-pad by PAD
+    /// pixels, crop back to the size at a random offset) and flip (mirror with
+    /// probability ½), e.g. crop:4,flip. Seeded by --seed and each image's place in the
+    /// data stream, so resumes are exact.
+    #[arg(long, default_value = "none")]
+    pub augment: String,
     /// Weight initialisation for fresh nets: kaiming, xavier, or gauss:SIGMA.
     #[arg(long, default_value = "kaiming")]
     pub init: String,
@@ -198,6 +204,7 @@ impl TrainArgs {
                 momentum: self.momentum,
                 weight_decay: self.weight_decay,
                 seed: self.seed,
+                augment: self.augment.parse()?,
             },
             eval_every: self.eval_every,
             checkpoint_every: self.checkpoint_every,

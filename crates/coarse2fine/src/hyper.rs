@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::Augment;
 use crate::error::{Error, Result};
 use crate::lr::LrPolicy;
 
@@ -30,8 +31,11 @@ pub struct Hyper {
     pub momentum: f32,
     /// Weight decay λ.
     pub weight_decay: f32,
-    /// Seed of shuffling and dropout.
+    /// Seed of shuffling, dropout and augmentation.
     pub seed: u64,
+    /// Augmentation of training images (none in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Augment::is_none")]
+    pub augment: Augment,
 }
 
 impl Hyper {
@@ -97,6 +101,11 @@ impl Hyper {
             other.weight_decay.to_string(),
         );
         cmp("seed", self.seed.to_string(), other.seed.to_string());
+        cmp(
+            "augment",
+            self.augment.to_string(),
+            other.augment.to_string(),
+        );
         out
     }
 
@@ -224,6 +233,7 @@ mod tests {
             momentum: 0.9,
             weight_decay: 5e-4,
             seed: 0,
+            augment: Augment::default(),
         }
     }
 

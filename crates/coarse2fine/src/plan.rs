@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::Augment;
 use crate::data::prepare::DatasetManifest;
 use crate::error::{Error, Result};
 use crate::grow::{self, GrowOp};
@@ -72,6 +73,9 @@ pub struct BaselineSpec {
     pub batch: Option<usize>,
     /// Evaluation interval in iterations (default: the plan's).
     pub eval_every: Option<u64>,
+    /// Augmentation of its training images (default: the plan's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<String>,
 }
 
 impl Default for BaselineSpec {
@@ -83,6 +87,7 @@ impl Default for BaselineSpec {
             lr_policy: None,
             batch: None,
             eval_every: None,
+            augment: None,
         }
     }
 }
@@ -159,6 +164,9 @@ pub struct StageSpec {
     pub momentum_state: Option<MomentumState>,
     /// Later stages: linear learning-rate warm-up over this many iterations.
     pub warmup: Option<u64>,
+    /// Augmentation of its training images (default: the plan's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<String>,
 }
 
 /// A plan file.
@@ -201,6 +209,10 @@ pub struct Plan {
     /// Initialisation of fresh nets (the first stage and the baseline).
     #[serde(default = "default_init")]
     pub init: String,
+    /// Augmentation of training images for every part (`none`, or e.g. `crop:4,flip`);
+    /// stages and the baseline may set their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<String>,
     /// The incremental curve's whole budget, in epochs of the training split, which stages
     /// divide among them with `share`.
     pub epochs: Option<f64>,
@@ -798,9 +810,9 @@ impl Context<'_> {
     /// Hyper-parameters from the plan's defaults and a part's own values, validated.
     fn hyper(
         &self,
-        batch: Option<usize>,
-        lr: Option<f32>,
+        (batch, lr): (Option<usize>, Option<f32>),
         policy: Option<&String>,
+        augment: Option<&String>,
         seed: u64,
     ) -> Result<Hyper> {
         let h = Hyper {
@@ -813,6 +825,10 @@ impl Context<'_> {
             momentum: self.plan.momentum,
             weight_decay: self.plan.weight_decay,
             seed,
+            augment: match augment.or(self.plan.augment.as_ref()) {
+                Some(a) => a.parse()?,
+                None => Augment::default(),
+            },
         };
         h.validate()?;
         Ok(h)
@@ -834,7 +850,12 @@ impl Context<'_> {
             ));
         }
         let seed = self.plan.seed.wrapping_add(k as u64);
-        let hyper = self.hyper(s.batch, s.lr, s.lr_policy.as_ref(), seed)?;
+        let hyper = self.hyper(
+            (s.batch, s.lr),
+            s.lr_policy.as_ref(),
+            s.augment.as_ref(),
+            seed,
+        )?;
         let budget = self.budget(s, hyper.batch_size)?;
         if hyper.lr_policy.needs_total() && matches!(budget, StageBudget::Seconds(_)) {
             return Err(Error::invalid(format!(
@@ -998,7 +1019,12 @@ impl Context<'_> {
         let b = &self.plan.baseline;
         let seed = self.plan.seed.wrapping_add(1000);
         let batch = Some(b.batch.unwrap_or(last.hyper.batch_size));
-        let hyper = self.hyper(batch, b.lr, b.lr_policy.as_ref(), seed)?;
+        let hyper = self.hyper(
+            (batch, b.lr),
+            b.lr_policy.as_ref(),
+            b.augment.as_ref(),
+            seed,
+        )?;
         crate::resources::training_estimate(&last.spec, hyper.batch_size)?.check(&format!(
             "training {:?} at {}×{} with batch {}",
             last.spec.name, last.size, last.size, hyper.batch_size

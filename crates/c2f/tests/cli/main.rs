@@ -1227,3 +1227,91 @@ fn bench_measures_nets_and_loader() {
     fails(&["bench", "--nets", "net-9"], &["net-9", "tiny16", "net-1"]);
     fails(&["bench", "--pairs", "0"], &["--pairs"]);
 }
+
+/// `--augment crop:2,flip` changes what is trained on; the same seed gives the same
+/// weights; a run stopped and resumed ends with the uninterrupted run's weights (each
+/// image's crop and flip are drawn from its place in the data stream); a resume may not
+/// change the augmentation; a bad spec is a one-line error.
+#[test]
+fn augmented_training_is_seeded_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 256, 64, 8, 3).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    let args = |out: &Path, aug: &str, iters: &str, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--data", s(&data), "--size", "8", "--batch", "16"]
+            .map(String::from)
+            .to_vec();
+        let start: &[&str] = if resume {
+            &["--resume"]
+        } else {
+            &["--net", "net-2"]
+        };
+        a.extend(start.iter().map(|x| x.to_string()));
+        a.extend(["--iterations", iters, "--augment", aug, "--out", s(out)].map(String::from));
+        a
+    };
+    let run = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let w = |r: &Path| WeightMap::load(&r.join("checkpoint/weights.safetensors")).expect("weights");
+    let dir = |n: &str| tmp.path().join(n);
+    run(args(&dir("a"), "crop:2,flip", "40", false));
+    run(args(&dir("b"), "crop:2,flip", "40", false));
+    run(args(&dir("plain"), "none", "40", false));
+    run(args(&dir("resumed"), "crop:2,flip", "15", false));
+    run(args(&dir("resumed"), "crop:2,flip", "40", true));
+    assert_eq!(w(&dir("a")), w(&dir("b")));
+    assert_ne!(w(&dir("a")), w(&dir("plain")));
+    assert_eq!(w(&dir("a")), w(&dir("resumed")));
+    let other = args(&dir("resumed"), "flip", "50", true);
+    fails(
+        &other.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["augment crop:2,flip → flip"],
+    );
+    let bad = args(&dir("bad"), "crop:99", "5", false);
+    fails(
+        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["augment \"crop:99\"", "1 to 64"],
+    );
+    assert!(!dir("bad").exists());
+}
+
+/// A plan's `augment` applies to every part unless a stage or the baseline sets its own
+/// (`none` included), `--list` says which, and a bad one is a one-line error.
+#[test]
+fn plan_augmentation_is_per_part() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_data, plan) = write_run_fixture(tmp.path());
+    let text = std::fs::read_to_string(&plan)
+        .expect("plan")
+        .replace("seed = 3\n", "seed = 3\naugment = \"flip\"\n")
+        .replace("warmup = 20\n", "warmup = 20\naugment = \"crop:2,flip\"\n")
+        .replace(
+            "budget = \"images\"\n",
+            "budget = \"images\"\naugment = \"none\"\n",
+        );
+    std::fs::write(&plan, &text).expect("plan");
+    let listed = ok(&["run", s(&plan), "--list"]);
+    let line = |start: &str| {
+        listed
+            .lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no {start} line in\n{listed}"))
+            .to_string()
+    };
+    assert!(line("stage 1:").ends_with(", augmented flip"), "{listed}");
+    assert!(
+        line("stage 2:").ends_with(", augmented crop:2,flip"),
+        "{listed}"
+    );
+    assert!(!line("baseline").contains("augmented"), "{listed}");
+    std::fs::write(
+        &plan,
+        text.replace("augment = \"flip\"", "augment = \"spin\""),
+    )
+    .expect("plan");
+    fails(
+        &["run", s(&plan), "--list"],
+        &["augment \"spin\"", "crop:PAD or flip"],
+    );
+}

@@ -13,14 +13,20 @@ use super::{assert_one_line_error, c2f, ok, run_events, s};
 /// `real` — and a finished net-2 run 8 → 16 (no dropout, so many processes can match one
 /// exactly).
 fn finished_run(tmp: &Path, real: bool) -> (PathBuf, PathBuf) {
-    let mut src = tmp.join("src");
-    if real {
-        src = PathBuf::from(super::FASHION_MNIST);
+    let data = if real {
+        let data = tmp.join("data");
+        ok(&[
+            "prepare",
+            super::FASHION_MNIST,
+            "--out",
+            s(&data),
+            "--sizes",
+            "8,16",
+        ]);
+        data
     } else {
-        write_quadrant_idx(&src, 512, 200, 16, 7).expect("fixture");
-    }
-    let data = tmp.join("data");
-    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8,16"]);
+        quadrants(tmp, "data", 16, 7, &["--sizes", "8,16"])
+    };
     let plan = tmp.join("plan.toml");
     let text = format!(
         "name = \"handoff\"\ndata = \"{}\"\nseed = 2\nbatch = 32\nlr = 0.01\neval_every = 30\n\n\
@@ -32,6 +38,24 @@ fn finished_run(tmp: &Path, real: bool) -> (PathBuf, PathBuf) {
     let run = tmp.join("run");
     ok(&["run", s(&plan), "--out", s(&run)]);
     (run, data)
+}
+
+/// Generated quadrant images (512 training, 128 test, `side` pixels, seeded) prepared
+/// into `tmp/name` with the `prepare` options `args`.
+fn quadrants(tmp: &Path, name: &str, side: usize, seed: u64, args: &[&str]) -> PathBuf {
+    let src = tmp.join(format!("{name}-src"));
+    write_quadrant_idx(&src, 512, 128, side, seed).expect("fixture");
+    let data = tmp.join(name);
+    let mut prepare = vec!["prepare", s(&src), "--out", s(&data)];
+    prepare.extend_from_slice(args);
+    ok(&prepare);
+    data
+}
+
+/// `c2f export --pytorch` of a run's stage `k` (from 1) into `dir`.
+fn export_stage(run: &Path, k: usize, dir: &Path) {
+    let stage = run.join(format!("incremental/stage-{k}"));
+    ok(&["export", s(&stage), "--pytorch", s(dir)]);
 }
 
 /// The incremental curve's events of a run's events.jsonl.
@@ -56,12 +80,7 @@ fn import_into_a_run_continues_its_incremental_curve() {
         .map(|e| e["iter"].as_u64().expect("iter"))
         .max();
     let export = tmp.path().join("export");
-    ok(&[
-        "export",
-        s(&run.join("incremental/stage-2")),
-        "--pytorch",
-        s(&export),
-    ]);
+    export_stage(&run, 2, &export);
     let curve = tmp.path().join("curve.jsonl");
     let line = |ev: &str, it: u64, extra: &str| {
         format!(
@@ -77,12 +96,7 @@ fn import_into_a_run_continues_its_incremental_curve() {
     std::fs::write(&curve, &good).expect("curve");
 
     let stage1 = tmp.path().join("stage1-export");
-    ok(&[
-        "export",
-        s(&run.join("incremental/stage-1")),
-        "--pytorch",
-        s(&stage1),
-    ]);
+    export_stage(&run, 1, &stage1);
     let into = |dir: &Path, curve: &Path| {
         let weights = dir.join("model.safetensors");
         c2f(&[
@@ -179,12 +193,7 @@ fn torchrun_ddp_handoff_matches_one_process_and_imports_back() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (run, data) = finished_run(tmp.path(), true);
     let export = tmp.path().join("export");
-    ok(&[
-        "export",
-        s(&run.join("incremental/stage-2")),
-        "--pytorch",
-        s(&export),
-    ]);
+    export_stage(&run, 2, &export);
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pytorch/ddp_continue.py");
     let common = |out: &Path| {
@@ -514,10 +523,7 @@ fn wait_for<T>(seconds: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T 
 
 /// A plan of three variants, each long enough for a requeue to land inside a stage.
 fn three_variant_plan(tmp: &Path) -> PathBuf {
-    let src = tmp.join("src");
-    write_quadrant_idx(&src, 512, 128, 16, 5).expect("fixture");
-    let data = tmp.join("data");
-    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8,16"]);
+    let data = quadrants(tmp, "data", 16, 5, &["--sizes", "8,16"]);
     let plan = tmp.join("plan.toml");
     let text = format!(
         "name = \"slurm\"\ndata = \"{}\"\nseed = 4\nbatch = 32\nlr = 0.01\neval_every = 100\n\n\
@@ -687,19 +693,13 @@ fn report_has(out: &Path, dir: &Path, labels: &[String]) -> String {
 /// A frontier of net-1 4 → 8 on quadrants with a validation split: budgets 1 and 2,
 /// seeds 1 and 2, the baseline's rate swept over two values (6 runs).
 fn frontier_plan(tmp: &Path) -> PathBuf {
-    let src = tmp.join("frontier-src");
-    write_quadrant_idx(&src, 512, 128, 8, 3).expect("fixture");
-    let data = tmp.join("frontier-data");
-    ok(&[
-        "prepare",
-        s(&src),
-        "--out",
-        s(&data),
-        "--sizes",
-        "4,8",
-        "--val-images",
-        "64",
-    ]);
+    let data = quadrants(
+        tmp,
+        "frontier-data",
+        8,
+        3,
+        &["--sizes", "4,8", "--val-images", "64"],
+    );
     let plan = tmp.join("frontier.toml");
     let text = format!(
         "name = \"frontier\"\ndata = \"{}\"\nbatch = 16\nlr = 0.02\nlr_policy = \"cosine\"\n\
@@ -762,10 +762,7 @@ fn gpu_backends_not_built_in_name_their_feature() {
 #[test]
 fn libtorch_backend_trains_from_the_command_line() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let src = tmp.path().join("src");
-    write_quadrant_idx(&src, 256, 64, 8, 3).expect("fixture");
-    let data = tmp.path().join("data");
-    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    let data = quadrants(tmp.path(), "data", 8, 3, &["--sizes", "8"]);
     let train = |backend: &str, out: &Path| {
         c2f(&[
             "train",

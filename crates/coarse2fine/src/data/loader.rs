@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
+use super::augment::Augment;
 use super::prepare::ChannelStats;
 use super::shard::ShardSet;
 
@@ -71,12 +72,36 @@ impl Normalizer {
 
 /// Assembles the images at `indices` into a batch.
 pub fn make_batch(set: &ShardSet, norm: &Normalizer, indices: &[usize]) -> Batch {
+    make_augmented_batch(set, norm, indices, None)
+}
+
+/// [`make_batch`], each image first augmented by `aug`, drawn with the key of its stream
+/// position (`first` for the first image, seeded by `seed`), when given.
+pub fn make_augmented_batch(
+    set: &ShardSet,
+    norm: &Normalizer,
+    indices: &[usize],
+    aug: Option<(Augment, u64, u64)>,
+) -> Batch {
     let (c, h, w) = set.shape();
     let len = c * h * w;
     let mut images = vec![0f32; indices.len() * len];
     let mut labels = Vec::with_capacity(indices.len());
+    let mut scratch = vec![0u8; len];
     for (k, &i) in indices.iter().enumerate() {
         let (px, label) = set.get(i);
+        let px = match aug {
+            Some((a, seed, first)) if !a.is_none() => {
+                a.apply(
+                    px,
+                    (c, h, w),
+                    Augment::key(seed, first + k as u64),
+                    &mut scratch,
+                );
+                &scratch[..]
+            }
+            _ => px,
+        };
         norm.apply(px, &mut images[k * len..(k + 1) * len]);
         labels.push(label);
     }
@@ -148,12 +173,21 @@ impl Prefetcher {
     where
         I: Iterator<Item = Vec<usize>> + Send + 'static,
     {
+        Self::spawn_with(plan, move |idx| make_batch(&set, &norm, &idx), depth)
+    }
+
+    /// Starts producing `make(item)` for each item of `plan`, in order.
+    fn spawn_with<I, F>(plan: I, mut make: F, depth: usize) -> Self
+    where
+        I: Iterator + Send + 'static,
+        F: FnMut(I::Item) -> Batch + Send + 'static,
+    {
         let (tx, rx): (SyncSender<Batch>, Receiver<Batch>) = sync_channel(depth.max(1));
         let handle = std::thread::Builder::new()
             .name("c2f-prefetch".into())
             .spawn(move || {
-                for idx in plan {
-                    if tx.send(make_batch(&set, &norm, &idx)).is_err() {
+                for item in plan {
+                    if tx.send(make(item)).is_err() {
                         break;
                     }
                 }
@@ -165,18 +199,21 @@ impl Prefetcher {
         }
     }
 
-    /// Training batches for iterations `start..end`.
+    /// Training batches for iterations `start..end`, augmented by `aug`.
     pub fn training(
         set: Arc<ShardSet>,
         norm: Normalizer,
-        seed: u64,
-        batch: usize,
-        start: u64,
-        end: u64,
+        (seed, batch): (u64, usize),
+        (start, end): (u64, u64),
+        aug: Augment,
     ) -> Self {
         let mut stream = EpochStream::new(set.len(), seed);
-        let plan = (start..end).map(move |t| stream.batch_indices(t, batch));
-        Self::spawn(set, norm, plan, 4)
+        let plan = (start..end).map(move |t| (t, stream.batch_indices(t, batch)));
+        let make = move |(t, idx): (u64, Vec<usize>)| {
+            let first = t * batch as u64;
+            make_augmented_batch(&set, &norm, &idx, Some((aug, seed, first)))
+        };
+        Self::spawn_with(plan, make, 4)
     }
 
     /// One pass over all images in order (evaluation), the last batch possibly smaller.

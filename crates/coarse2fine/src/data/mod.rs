@@ -1,6 +1,7 @@
 //! Tinyfied data: readers for common labelled image formats, area downscaling to a ladder
 //! of resolutions, compact memory-mapped shards, and a prefetching batch loader.
 
+pub mod augment;
 pub mod cifar;
 pub mod folder;
 pub mod idx;

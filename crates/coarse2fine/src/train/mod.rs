@@ -218,6 +218,7 @@ mod tests {
             momentum: 0.9,
             weight_decay: 5e-4,
             seed: 5,
+            augment: Default::default(),
         }
     }
 

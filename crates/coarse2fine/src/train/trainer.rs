@@ -438,10 +438,9 @@ impl<'a> Trainer<'a> {
         let loader = Prefetcher::training(
             job.data.train.set.clone(),
             Normalizer::new(&job.data.train.stats),
-            job.hyper.seed,
-            job.hyper.batch_size,
-            start.iteration,
-            job.stop.iterations().unwrap_or(u64::MAX),
+            (job.hyper.seed, job.hyper.batch_size),
+            (start.iteration, job.stop.iterations().unwrap_or(u64::MAX)),
+            job.hyper.augment,
         );
         let mut window = LossWindow::new(self.images);
         for batch in loader {
