@@ -22,7 +22,8 @@ Every process takes its slice of each global batch (--batch images, split evenly
 processes compute the gradient of the same global batch as one: the weights after a step
 differ from a one-process run only by the order of float sums. The order of the data is
 one seeded permutation per epoch (NumPy's, not c2f's), read as a continuous stream.
-Dropout masks are drawn per process and differ from a one-process run's.
+Dropout masks are drawn per process and differ from a one-process run's. Label smoothing
+is the export's (--label-smoothing); augmentation (`c2f train --augment`) is not applied.
 
 Backend: gloo on the CPU, NCCL on CUDA (--device, default cuda when available). Started
 without torchrun it runs as one process.
@@ -105,6 +106,8 @@ def parse_args(info):
     a.add_argument("--momentum", type=float, default=hyper["momentum"])
     a.add_argument("--weight-decay", type=float, default=hyper["weight_decay"])
     a.add_argument("--seed", type=int, default=hyper["seed"])
+    a.add_argument("--label-smoothing", type=float, default=hyper.get("label_smoothing", 0.0),
+                   help="of the training loss, as c2f's (default: the export's)")
     a.add_argument("--eval-every", type=int, default=0, help="0: only at the end")
     a.add_argument("--log-every", type=int, default=50, help="iterations per train event (≥ 1)")
     a.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -207,6 +210,10 @@ def main():
     info = json.loads((export / "coarse2fine.json").read_text())
     args = parse_args(info)
     run = Run(args, info)
+    augment = info["meta"]["hyper"].get("augment", "none")
+    if augment != "none" and run.rank == 0:
+        print(f"note: the stage augmented its images ({augment}); this continuation does not",
+              file=sys.stderr)
     torch.manual_seed(args.seed + run.rank)
     sys.path.insert(0, str(export))
     import model  # the export's module
@@ -241,7 +248,7 @@ def main():
     for t in range(args.iterations):
         t0 = time.perf_counter()
         x, y = run.batch(t)
-        loss = F.cross_entropy(ddp(x), y)
+        loss = F.cross_entropy(ddp(x), y, label_smoothing=args.label_smoothing)
         ddp.zero_grad(set_to_none=False)
         loss.backward()
         sgd_step(params, velocity, args.lr, args.momentum, args.weight_decay)

@@ -73,6 +73,8 @@ pub fn import_into_run(export: &Path, weights: &Path, curve: &Path, run: &Path) 
     ckpt.meta
         .set_clock(placed.last().map_or(clock0, |e| e.clock));
     ckpt.meta.backend = "pytorch".into();
+    // The continuation (examples/pytorch/ddp_continue.py) does not augment.
+    ckpt.meta.hyper.augment = Default::default();
     let staged = StagedDir::new(&dest)?;
     ckpt.save(&staged.path().join(CHECKPOINT_DIR))?;
     fsutil::write_jsonl_atomic(&staged.path().join(METRICS_FILE), &placed)?;

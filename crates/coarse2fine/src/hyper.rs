@@ -36,6 +36,13 @@ pub struct Hyper {
     /// Augmentation of training images (none in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Augment::is_none")]
     pub augment: Augment,
+    /// Label smoothing ε of the training loss (0: plain cross-entropy).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl Hyper {
@@ -65,6 +72,12 @@ impl Hyper {
             return Err(Error::invalid(format!(
                 "weight decay {} must be 0 or a positive number",
                 self.weight_decay
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::invalid(format!(
+                "label smoothing {} must be at least 0 and below 1",
+                self.label_smoothing
             )));
         }
         self.lr_policy.validate()
@@ -105,6 +118,11 @@ impl Hyper {
             "augment",
             self.augment.to_string(),
             other.augment.to_string(),
+        );
+        cmp(
+            "label smoothing",
+            self.label_smoothing.to_string(),
+            other.label_smoothing.to_string(),
         );
         out
     }
@@ -234,6 +252,7 @@ mod tests {
             weight_decay: 5e-4,
             seed: 0,
             augment: Augment::default(),
+            label_smoothing: 0.0,
         }
     }
 

@@ -213,6 +213,9 @@ pub struct Plan {
     /// stages and the baseline may set their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<String>,
+    /// Label smoothing ε of the training loss of every part (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f32,
     /// The incremental curve's whole budget, in epochs of the training split, which stages
     /// divide among them with `share`.
     pub epochs: Option<f64>,
@@ -246,6 +249,9 @@ fn default_decay() -> f32 {
 }
 fn default_eval_every() -> u64 {
     200
+}
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 fn default_init() -> String {
     "kaiming".into()
@@ -757,6 +763,10 @@ fn resolve(
         .init
         .parse()
         .map_err(|e: Error| Error::invalid(format!("init: {}", strip_kind(&e))))?;
+    if let Some(a) = &plan.augment {
+        a.parse::<Augment>()
+            .map_err(|e: Error| Error::invalid(format!("augment: {}", strip_kind(&e))))?;
+    }
     let ctx = Context {
         plan,
         policy: parse_policy(&plan.lr_policy, "lr_policy")?,
@@ -829,6 +839,7 @@ impl Context<'_> {
                 Some(a) => a.parse()?,
                 None => Augment::default(),
             },
+            label_smoothing: self.plan.label_smoothing,
         };
         h.validate()?;
         Ok(h)
@@ -856,6 +867,7 @@ impl Context<'_> {
             s.augment.as_ref(),
             seed,
         )?;
+        hyper.augment.fits(s.size)?;
         let budget = self.budget(s, hyper.batch_size)?;
         if hyper.lr_policy.needs_total() && matches!(budget, StageBudget::Seconds(_)) {
             return Err(Error::invalid(format!(
@@ -1025,6 +1037,7 @@ impl Context<'_> {
             b.augment.as_ref(),
             seed,
         )?;
+        hyper.augment.fits(last.size)?;
         crate::resources::training_estimate(&last.spec, hyper.batch_size)?.check(&format!(
             "training {:?} at {}×{} with batch {}",
             last.spec.name, last.size, last.size, hyper.batch_size

@@ -1315,3 +1315,55 @@ fn plan_augmentation_is_per_part() {
         &["augment \"spin\"", "crop:PAD or flip"],
     );
 }
+
+/// `--label-smoothing 0.1` trains to other weights than plain cross-entropy, reproducibly;
+/// a value outside [0, 1) and a crop as large as the image are one-line errors.
+#[test]
+fn label_smoothing_changes_training_and_bad_values_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 256, 64, 8, 3).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--data",
+            s(&data),
+            "--size",
+            "8",
+            "--net",
+            "net-2",
+            "--batch",
+            "16",
+            "--iterations",
+            "20",
+            "--out",
+            s(out),
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let w = |r: &Path| WeightMap::load(&r.join("checkpoint/weights.safetensors")).expect("weights");
+    let dir = |n: &str| tmp.path().join(n);
+    run(args(&dir("a"), &["--label-smoothing", "0.1"]));
+    run(args(&dir("b"), &["--label-smoothing", "0.1"]));
+    run(args(&dir("plain"), &[]));
+    assert_eq!(w(&dir("a")), w(&dir("b")));
+    assert_ne!(w(&dir("a")), w(&dir("plain")));
+    for (extra, needle) in [
+        (
+            &["--label-smoothing", "1"][..],
+            "label smoothing 1 must be at least 0 and below 1",
+        ),
+        (&["--label-smoothing=-0.1"], "label smoothing -0.1"),
+        (&["--augment", "crop:8"], "below the image side 8"),
+    ] {
+        let a = args(&dir("bad"), extra);
+        fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[needle]);
+    }
+    assert!(!dir("bad").exists());
+}

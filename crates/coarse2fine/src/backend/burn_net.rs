@@ -137,7 +137,11 @@ impl BurnNet {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
         let x = self.input(batch).autodiff();
         let logits = forward(&self.ops, &tracked, x, Some(&mut rng), None);
-        let loss = cross_entropy(logits, &batch.labels, &self.device.clone().autodiff());
+        let loss = cross_entropy(
+            logits,
+            (&batch.labels, sgd.label_smoothing),
+            &self.device.clone().autodiff(),
+        );
         let loss_value = host_values(loss.clone().inner().into_data())?;
         let grads = loss.backward();
         for (i, t) in tracked.iter().enumerate() {
@@ -319,12 +323,13 @@ fn dropout_mask<const D: usize>(
     Tensor::from_data(TensorData::new(mask, dims), device)
 }
 
-/// Cross-entropy of logits against labels, averaged over the batch.
-fn cross_entropy(logits: Tensor<2>, labels: &[u32], device: &Device) -> Tensor<1> {
+/// Cross-entropy of logits against labels smoothed by `ε` (target `ε/K` for every class
+/// plus `1 − ε` for the label), averaged over the batch.
+fn cross_entropy(logits: Tensor<2>, (labels, eps): (&[u32], f32), device: &Device) -> Tensor<1> {
     let [n, k] = logits.dims();
-    let mut onehot = vec![0f32; n * k];
+    let mut onehot = vec![eps / k as f32; n * k];
     for (i, &l) in labels.iter().enumerate() {
-        onehot[i * k + l as usize] = 1.0;
+        onehot[i * k + l as usize] += 1.0 - eps;
     }
     let onehot: Tensor<2> = Tensor::from_data(TensorData::new(onehot, [n, k]), device);
     (log_softmax(logits, 1) * onehot)

@@ -356,6 +356,9 @@ impl Network {
 pub struct Sgd {
     momentum: f32,
     weight_decay: f32,
+    /// Label smoothing ε of the loss (0: plain cross-entropy). The loss is the
+    /// optimizer's objective, so it travels with its settings into [`train_step`].
+    label_smoothing: f32,
     /// Per parameter: whether weight decay applies.
     decay_mask: Vec<bool>,
 }
@@ -366,11 +369,20 @@ impl Sgd {
         Self {
             momentum,
             weight_decay,
+            label_smoothing: 0.0,
             decay_mask: net
                 .names
                 .iter()
                 .map(|(n, _)| Param::of(n) == Some(Param::Weight))
                 .collect(),
+        }
+    }
+
+    /// The same optimizer minimising the cross-entropy against labels smoothed by `eps`.
+    pub fn with_label_smoothing(self, eps: f32) -> Self {
+        Self {
+            label_smoothing: eps,
+            ..self
         }
     }
 
@@ -409,7 +421,7 @@ pub fn train_step(
             let loss = n.gradients(
                 &batch.images,
                 batch.shape,
-                &batch.labels,
+                (&batch.labels, sgd.label_smoothing),
                 dropout_seed,
                 grads,
             )?;
@@ -533,16 +545,17 @@ mod tests {
     /// [`engines_agree`], returning the largest relative differences seen in the logits
     /// and in the weights.
     fn engine_differences(spec: &NetSpec, n: usize, steps: u64, seed: u64) -> Result<[f64; 2]> {
-        differences_from(&flex(), spec, n, steps, seed)
+        differences_from(&flex(), spec, n, steps, (seed, 0.0))
     }
 
-    /// [`engine_differences`] against the burn backend `reference`.
+    /// [`engine_differences`] against the burn backend `reference`, the loss's labels
+    /// smoothed by `smoothing`.
     fn differences_from(
         reference: &Compute,
         spec: &NetSpec,
         n: usize,
         steps: u64,
-        seed: u64,
+        (seed, smoothing): (u64, f32),
     ) -> Result<[f64; 2]> {
         let mut worst = [0.0f64; 2];
         let input = spec.input.expect("bound");
@@ -550,8 +563,8 @@ mod tests {
         let w = WeightMap::init(spec, Init::Kaiming, seed)?;
         let mut fast = Network::new(spec, &w, &cpu())?;
         let mut slow = Network::new(spec, &w, reference)?;
-        let sgd_fast = Sgd::new(&fast, 0.9, 5e-3);
-        let sgd_slow = Sgd::new(&slow, 0.9, 5e-3);
+        let sgd_fast = Sgd::new(&fast, 0.9, 5e-3).with_label_smoothing(smoothing);
+        let sgd_slow = Sgd::new(&slow, 0.9, 5e-3).with_label_smoothing(smoothing);
         let size = input.channels * input.height * input.width;
         for t in 0..steps {
             let batch = Batch {
@@ -804,14 +817,14 @@ mod tests {
         for kind in kinds {
             let device = Compute::new(kind)?;
             let mixed = mixed_spec().bind(InputShape::square(2, 11), 3)?;
-            let mut worst = differences_from(&device, &mixed, 5, 3, 1)?;
+            let mut worst = differences_from(&device, &mixed, 5, 3, (1, 0.0))?;
             for p in crate::net::presets::PRESETS
                 .iter()
                 .filter(|p| p.native_size <= 32)
             {
                 let preset = crate::net::presets::preset(p.name).expect("listed preset");
                 let spec = preset.bind(InputShape::square(3, p.native_size), 10)?;
-                let w = differences_from(&device, &spec, 4, 2, 2)?;
+                let w = differences_from(&device, &spec, 4, 2, (2, 0.0))?;
                 worst = [worst[0].max(w[0]), worst[1].max(w[1])];
             }
             eprintln!(
@@ -841,6 +854,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Label smoothing: the native loss and its gradient against burn's autodiff of the
+    /// smoothed cross-entropy, on every layer option; and the loss's value by hand.
+    #[test]
+    fn label_smoothing_trains_like_burn() -> Result<()> {
+        let spec = mixed_spec().bind(InputShape::square(2, 11), 3)?;
+        differences_from(&flex(), &spec, 5, 3, (1, 0.2))?;
+        // Logits (0, ln 2, 0) for label 1, ε = 0.3 over 3 classes: p = (¼, ½, ¼),
+        // t = (0.1, 0.8, 0.1), loss = −Σ t·ln p = 0.2·ln 4 + 0.8·ln 2.
+        let mut grad = [0f32; 3];
+        let loss =
+            native::softmax_cross_entropy(&[0.0, 2f32.ln(), 0.0], (&[1], 0.3), 3, &mut grad)?;
+        let want = 0.2 * 4f32.ln() + 0.8 * 2f32.ln();
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        for (g, w) in grad.iter().zip([0.15, -0.3, 0.15]) {
+            assert!((g - w).abs() < 1e-6, "{grad:?}");
+        }
+        Ok(())
     }
 
     /// Exercises every layer type and option the backend maps to burn.

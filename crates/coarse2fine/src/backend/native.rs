@@ -566,7 +566,7 @@ impl NativeNet {
         &self,
         images: &[f32],
         shape: [usize; 4],
-        labels: &[u32],
+        (labels, smoothing): (&[u32], f32),
         dropout_seed: u64,
         grads: &mut [Vec<f32>],
     ) -> Result<f32> {
@@ -586,7 +586,7 @@ impl NativeNet {
         self.forward(ws, images, n, Some(&mut rng), None);
         let classes = self.sizes.last().copied().unwrap_or(0);
         let logits = ws.acts.last().map(Vec::as_slice).unwrap_or_default();
-        let loss = softmax_cross_entropy(logits, labels, classes, &mut ws.grad_out)?;
+        let loss = softmax_cross_entropy(logits, (labels, smoothing), classes, &mut ws.grad_out)?;
         let starts = ws.starts.clone();
         let counts = block_images(&starts);
 
@@ -977,11 +977,12 @@ fn draw_mask(
     }
 }
 
-/// Mean cross-entropy of `logits` (`N × classes`); writes its gradient w.r.t. the logits,
-/// `(softmax − onehot) / N`, into `grad`.
-fn softmax_cross_entropy(
+/// Mean cross-entropy of `logits` (`N × classes`) against the labels smoothed by `ε`
+/// (target `ε/K` for every class plus `1 − ε` for the label); writes its gradient w.r.t.
+/// the logits, `(softmax − target) / N`, into `grad`.
+pub(crate) fn softmax_cross_entropy(
     logits: &[f32],
-    labels: &[u32],
+    (labels, eps): (&[u32], f32),
     classes: usize,
     grad: &mut [f32],
 ) -> Result<f32> {
@@ -1001,11 +1002,22 @@ fn softmax_cross_entropy(
             *gj = (v - max).exp();
             sum += *gj;
         }
-        total += f64::from(sum.ln() + max - row[l]);
         for gj in g.iter_mut() {
             *gj /= sum * n as f32;
         }
-        g[l] -= 1.0 / n as f32;
+        if eps == 0.0 {
+            total += f64::from(sum.ln() + max - row[l]);
+            g[l] -= 1.0 / n as f32;
+            continue;
+        }
+        // −Σ t·log p = logsumexp − Σ t·z, with Σ t·z = (1 − ε)·z_l + ε·mean(z).
+        let mean_logit = row.iter().sum::<f32>() / classes as f32;
+        total += f64::from(sum.ln() + max - (1.0 - eps) * row[l] - eps * mean_logit);
+        let uniform = eps / (classes * n) as f32;
+        for gj in g.iter_mut() {
+            *gj -= uniform;
+        }
+        g[l] -= (1.0 - eps) / n as f32;
     }
     Ok((total / n.max(1) as f64) as f32)
 }

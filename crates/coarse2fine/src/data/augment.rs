@@ -63,6 +63,18 @@ impl Augment {
         }
     }
 
+    /// Checks that the crop fits images of side `side`: padding at least the side would
+    /// leave some crops without a single pixel of the image.
+    pub fn fits(&self, side: usize) -> Result<()> {
+        if self.crop_pad >= side {
+            return Err(Error::invalid(format!(
+                "augment {self}: crop padding {} must be below the image side {side}",
+                self.crop_pad
+            )));
+        }
+        Ok(())
+    }
+
     /// The draw key of the image at training-stream position `pos` of a run seeded `seed`
     /// (a different mix from the shuffle's, so the two draws are unrelated).
     pub fn key(seed: u64, pos: u64) -> u64 {
@@ -78,9 +90,16 @@ impl std::str::FromStr for Augment {
         if s.trim() == "none" {
             return Ok(a);
         }
-        for part in s.split(',').map(str::trim) {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let kind = part.split(':').next();
+            if parts[..i].iter().any(|p| p.split(':').next() == kind) {
+                return Err(Error::invalid(format!(
+                    "augment {s:?}: {part:?} is given twice"
+                )));
+            }
             match part.strip_prefix("crop:") {
-                _ if part == "flip" => a.flip = true,
+                _ if *part == "flip" => a.flip = true,
                 Some(n) => match n.parse::<usize>() {
                     Ok(pad @ 1..=MAX_PAD) => a.crop_pad = pad,
                     _ => {
@@ -149,7 +168,15 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Augment>().expect(s).to_string(), want);
         }
-        for bad in ["crop:0", "crop:65", "crop:x", "rotate", ""] {
+        for bad in [
+            "crop:0",
+            "crop:65",
+            "crop:x",
+            "rotate",
+            "",
+            "crop:2,crop:4",
+            "flip,flip",
+        ] {
             let e = bad.parse::<Augment>().expect_err(bad).to_string();
             assert!(e.contains("augment"), "{e}");
         }
@@ -202,6 +229,15 @@ mod tests {
             flips += usize::from(out == mirrored);
         }
         assert!((30..=70).contains(&flips), "{flips} flips in 100");
+    }
+
+    #[test]
+    fn a_crop_must_be_smaller_than_the_image() {
+        let a: Augment = "crop:4".parse().expect("spec");
+        assert!(a.fits(5).is_ok());
+        let e = a.fits(4).expect_err("pad 4 on a 4×4 image").to_string();
+        assert!(e.contains("below the image side 4"), "{e}");
+        assert!(Augment::default().fits(1).is_ok());
     }
 
     #[test]

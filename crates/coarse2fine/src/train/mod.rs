@@ -219,6 +219,7 @@ mod tests {
             weight_decay: 5e-4,
             seed: 5,
             augment: Default::default(),
+            label_smoothing: 0.0,
         }
     }
 

@@ -65,6 +65,7 @@ impl TrainRequest {
     /// but the output's lock and the repair of a checkpoint a crash left moved aside.
     pub fn prepare(self) -> Result<TrainJob> {
         self.hyper.validate()?;
+        self.hyper.augment.fits(self.size)?;
         let data = TrainData::open(&self.data, self.size)?;
         let n_train = data.train.set.len();
         let stop =

@@ -212,7 +212,8 @@ impl<'a> Trainer<'a> {
         if let Some(m) = &s.momentum {
             net.set_momentum(m)?;
         }
-        let sgd = Sgd::new(&net, job.hyper.momentum, job.hyper.weight_decay);
+        let sgd = Sgd::new(&net, job.hyper.momentum, job.hyper.weight_decay)
+            .with_label_smoothing(job.hyper.label_smoothing);
         let mut trainer = Self {
             job,
             net,
