@@ -1228,6 +1228,34 @@ fn bench_measures_nets_and_loader() {
     fails(&["bench", "--pairs", "0"], &["--pairs"]);
 }
 
+/// Quadrant images prepared at 8×8, for the short training runs below.
+fn quadrants8(tmp: &Path) -> PathBuf {
+    let src = tmp.join("src");
+    write_quadrant_idx(&src, 256, 64, 8, 3).expect("fixture");
+    let data = tmp.join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
+    data
+}
+
+/// Runs `c2f train` on `data` at 8×8, batch 16, into `out` with `extra` (the net or
+/// `--resume`, the budget, the settings under test); with `must_fail`, checks instead
+/// that it fails with one line holding `must_fail`.
+fn train8(data: &Path, out: &Path, extra: &[&str], must_fail: Option<&str>) {
+    let mut a = vec!["train", "--data", s(data), "--size", "8", "--batch", "16"];
+    a.extend_from_slice(extra);
+    a.extend_from_slice(&["--out", s(out)]);
+    match must_fail {
+        Some(needle) => fails(&a, &[needle]),
+        None => {
+            ok(&a);
+        }
+    }
+}
+
+fn weights_of(run: &Path) -> WeightMap {
+    WeightMap::load(&run.join("checkpoint/weights.safetensors")).expect("weights")
+}
+
 /// `--augment crop:2,flip` changes what is trained on; the same seed gives the same
 /// weights; a run stopped and resumed ends with the uninterrupted run's weights (each
 /// image's crop and flip are drawn from its place in the data stream); a resume may not
@@ -1235,43 +1263,62 @@ fn bench_measures_nets_and_loader() {
 #[test]
 fn augmented_training_is_seeded_and_resumes_exactly() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let src = tmp.path().join("src");
-    write_quadrant_idx(&src, 256, 64, 8, 3).expect("fixture");
-    let data = tmp.path().join("data");
-    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
-    let args = |out: &Path, aug: &str, iters: &str, resume: bool| -> Vec<String> {
-        let mut a: Vec<String> = ["train", "--data", s(&data), "--size", "8", "--batch", "16"]
-            .map(String::from)
-            .to_vec();
-        let start: &[&str] = if resume {
-            &["--resume"]
-        } else {
-            &["--net", "net-2"]
-        };
-        a.extend(start.iter().map(|x| x.to_string()));
-        a.extend(["--iterations", iters, "--augment", aug, "--out", s(out)].map(String::from));
-        a
-    };
-    let run = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let w = |r: &Path| WeightMap::load(&r.join("checkpoint/weights.safetensors")).expect("weights");
+    let data = quadrants8(tmp.path());
     let dir = |n: &str| tmp.path().join(n);
-    run(args(&dir("a"), "crop:2,flip", "40", false));
-    run(args(&dir("b"), "crop:2,flip", "40", false));
-    run(args(&dir("plain"), "none", "40", false));
-    run(args(&dir("resumed"), "crop:2,flip", "15", false));
-    run(args(&dir("resumed"), "crop:2,flip", "40", true));
-    assert_eq!(w(&dir("a")), w(&dir("b")));
-    assert_ne!(w(&dir("a")), w(&dir("plain")));
-    assert_eq!(w(&dir("a")), w(&dir("resumed")));
-    let other = args(&dir("resumed"), "flip", "50", true);
-    fails(
-        &other.iter().map(String::as_str).collect::<Vec<_>>(),
-        &["augment crop:2,flip → flip"],
+    let fresh = ["--net", "net-2", "--iterations", "40", "--augment"];
+    train8(
+        &data,
+        &dir("a"),
+        &[&fresh[..], &["crop:2,flip"]].concat(),
+        None,
     );
-    let bad = args(&dir("bad"), "crop:99", "5", false);
-    fails(
-        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
-        &["augment \"crop:99\"", "1 to 64"],
+    train8(
+        &data,
+        &dir("b"),
+        &[&fresh[..], &["crop:2,flip"]].concat(),
+        None,
+    );
+    train8(
+        &data,
+        &dir("plain"),
+        &[&fresh[..], &["none"]].concat(),
+        None,
+    );
+    let first = [
+        "--net",
+        "net-2",
+        "--iterations",
+        "15",
+        "--augment",
+        "crop:2,flip",
+    ];
+    train8(&data, &dir("resumed"), &first, None);
+    let resume = ["--resume", "--iterations", "40", "--augment"];
+    train8(
+        &data,
+        &dir("resumed"),
+        &[&resume[..], &["crop:2,flip"]].concat(),
+        None,
+    );
+    assert_eq!(weights_of(&dir("a")), weights_of(&dir("b")));
+    assert_ne!(weights_of(&dir("a")), weights_of(&dir("plain")));
+    assert_eq!(weights_of(&dir("a")), weights_of(&dir("resumed")));
+    let changed = Some("augment crop:2,flip → flip");
+    let more = ["--resume", "--iterations", "50", "--augment", "flip"];
+    train8(&data, &dir("resumed"), &more, changed);
+    let bad = [
+        "--net",
+        "net-2",
+        "--iterations",
+        "5",
+        "--augment",
+        "crop:99",
+    ];
+    train8(
+        &data,
+        &dir("bad"),
+        &bad,
+        Some("augment \"crop:99\": crop padding \"99\" must be 1 to 64"),
     );
     assert!(!dir("bad").exists());
 }
@@ -1321,39 +1368,15 @@ fn plan_augmentation_is_per_part() {
 #[test]
 fn label_smoothing_changes_training_and_bad_values_are_refused() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let src = tmp.path().join("src");
-    write_quadrant_idx(&src, 256, 64, 8, 3).expect("fixture");
-    let data = tmp.path().join("data");
-    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8"]);
-    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "train",
-            "--data",
-            s(&data),
-            "--size",
-            "8",
-            "--net",
-            "net-2",
-            "--batch",
-            "16",
-            "--iterations",
-            "20",
-            "--out",
-            s(out),
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
-    };
-    let run = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let w = |r: &Path| WeightMap::load(&r.join("checkpoint/weights.safetensors")).expect("weights");
+    let data = quadrants8(tmp.path());
     let dir = |n: &str| tmp.path().join(n);
-    run(args(&dir("a"), &["--label-smoothing", "0.1"]));
-    run(args(&dir("b"), &["--label-smoothing", "0.1"]));
-    run(args(&dir("plain"), &[]));
-    assert_eq!(w(&dir("a")), w(&dir("b")));
-    assert_ne!(w(&dir("a")), w(&dir("plain")));
+    let base = ["--net", "net-2", "--iterations", "20"];
+    let smooth = [&base[..], &["--label-smoothing", "0.1"]].concat();
+    train8(&data, &dir("a"), &smooth, None);
+    train8(&data, &dir("b"), &smooth, None);
+    train8(&data, &dir("plain"), &base, None);
+    assert_eq!(weights_of(&dir("a")), weights_of(&dir("b")));
+    assert_ne!(weights_of(&dir("a")), weights_of(&dir("plain")));
     for (extra, needle) in [
         (
             &["--label-smoothing", "1"][..],
@@ -1362,8 +1385,12 @@ fn label_smoothing_changes_training_and_bad_values_are_refused() {
         (&["--label-smoothing=-0.1"], "label smoothing -0.1"),
         (&["--augment", "crop:8"], "below the image side 8"),
     ] {
-        let a = args(&dir("bad"), extra);
-        fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[needle]);
+        train8(
+            &data,
+            &dir("bad"),
+            &[&base[..], extra].concat(),
+            Some(needle),
+        );
     }
     assert!(!dir("bad").exists());
 }
