@@ -41,7 +41,8 @@ pub struct Hyper {
     pub label_smoothing: f32,
 }
 
-fn is_zero(v: &f32) -> bool {
+/// For `skip_serializing_if`: settings whose zero means "off" are left out of files.
+pub(crate) fn is_zero(v: &f32) -> bool {
     *v == 0.0
 }
 

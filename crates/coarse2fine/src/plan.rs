@@ -214,7 +214,7 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<String>,
     /// Label smoothing ε of the training loss of every part (default 0).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::hyper::is_zero")]
     pub label_smoothing: f32,
     /// The incremental curve's whole budget, in epochs of the training split, which stages
     /// divide among them with `share`.
@@ -249,9 +249,6 @@ fn default_decay() -> f32 {
 }
 fn default_eval_every() -> u64 {
     200
-}
-fn is_zero(v: &f32) -> bool {
-    *v == 0.0
 }
 fn default_init() -> String {
     "kaiming".into()

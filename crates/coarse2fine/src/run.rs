@@ -840,6 +840,7 @@ pub fn collect_events(dir: &Path, plan: &RunPlan) -> Result<Vec<Event>> {
     let mut out = Vec::new();
     let mut prev: Option<PartDone> = None;
     let (mut iter0, mut images0) = (0u64, 0u64);
+    let mut done = 0;
     for (k, stage) in plan.stages.iter().enumerate() {
         let sdir = stage_dir(dir, k);
         if let Some(p) = &prev {
@@ -859,12 +860,13 @@ pub fn collect_events(dir: &Path, plan: &RunPlan) -> Result<Vec<Event>> {
                 iter0 += d.iterations;
                 images0 += d.images;
                 prev = Some(d);
+                done += 1;
             }
             Err(_) => break,
         }
     }
     // Only a finished curve can have been continued elsewhere.
-    if incremental_end(dir, plan).is_some() {
+    if done > 0 && done == plan.stages.len() {
         read_part(&handoff_dir(dir), &mut out)?;
     }
     read_part(&baseline_dir(dir), &mut out)?;

@@ -168,16 +168,15 @@ fn import_into_a_run_continues_its_incremental_curve() {
     );
 }
 
-fn python(args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .envs(envs.iter().copied())
+/// Runs `cmd`, which must succeed; its standard output.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd
         .output()
-        .expect("python starts");
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{args:?} failed:\n{text}\n{}",
+        "{cmd:?} failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     text
@@ -215,22 +214,16 @@ fn torchrun_ddp_handoff_matches_one_process_and_imports_back() {
         ]
     };
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    let mut a = vec!["python3".to_string()];
-    a.extend(common(&one));
-    python(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[("OMP_NUM_THREADS", "1")],
+    stdout_of(
+        Command::new("python3")
+            .args(common(&one))
+            .env("OMP_NUM_THREADS", "1"),
     );
-    let mut b = vec![
-        "torchrun".to_string(),
-        "--standalone".into(),
-        "--nproc_per_node".into(),
-        "2".into(),
-    ];
-    b.extend(common(&two));
-    python(
-        &b.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[("OMP_NUM_THREADS", "1")],
+    stdout_of(
+        Command::new("torchrun")
+            .args(["--standalone", "--nproc_per_node", "2"])
+            .args(common(&two))
+            .env("OMP_NUM_THREADS", "1"),
     );
 
     let w1 = WeightMap::load(&one.join("weights.safetensors")).expect("one process");
@@ -381,17 +374,7 @@ impl Slurm {
 
     /// Runs a Slurm command, which must succeed; its standard output.
     fn ok(&self, program: &str, args: &[&str]) -> String {
-        let out = self
-            .cmd(program)
-            .args(args)
-            .output()
-            .expect("slurm command");
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(self.cmd(program).args(args))
     }
 
     /// Submits examples/cluster/slurm-array.sh for `plan` into `out` from the folder
@@ -403,21 +386,15 @@ impl Slurm {
             .parent()
             .expect("bin folder");
         let path = format!("{}:{}", s(bin), std::env::var("PATH").unwrap_or_default());
-        let submit = self
-            .cmd("sbatch")
-            .env("PATH", path)
-            .args(["--parsable", "--cpus-per-task=1", "--mem=300M"])
-            .arg(format!("--chdir={}", s(work)))
-            .args(options)
-            .args([s(&script), s(plan), s(out)])
-            .output()
-            .expect("sbatch");
-        assert!(
-            submit.status.success(),
-            "{}",
-            String::from_utf8_lossy(&submit.stderr)
+        let job = stdout_of(
+            self.cmd("sbatch")
+                .env("PATH", path)
+                .args(["--parsable", "--cpus-per-task=1", "--mem=300M"])
+                .arg(format!("--chdir={}", s(work)))
+                .args(options)
+                .args([s(&script), s(plan), s(out)]),
         );
-        String::from_utf8_lossy(&submit.stdout).trim().to_string()
+        job.trim().to_string()
     }
 
     /// Waits until all `n` tasks of `job` have completed; any that fails or is cancelled
@@ -635,23 +612,15 @@ fn frontier_sweep_first(cluster: &Slurm, tmp: &Path, work: &Path) {
 /// checks that every run folder of `out` has the same evaluations and final weights;
 /// the run folders' names.
 fn same_as_one_by_one(plan: &Path, out: &Path, alone: &Path) -> Vec<String> {
-    let one_by_one = Command::new(env!("CARGO_BIN_EXE_c2f"))
-        .args([
-            "--threads",
-            "1",
-            "--quiet",
-            "run",
-            s(plan),
-            "--out",
-            s(alone),
-        ])
-        .output()
-        .expect("c2f");
-    assert!(
-        one_by_one.status.success(),
-        "{}",
-        String::from_utf8_lossy(&one_by_one.stderr)
-    );
+    stdout_of(Command::new(env!("CARGO_BIN_EXE_c2f")).args([
+        "--threads",
+        "1",
+        "--quiet",
+        "run",
+        s(plan),
+        "--out",
+        s(alone),
+    ]));
     let mut runs: Vec<String> = std::fs::read_dir(alone)
         .expect("runs")
         .filter_map(|e| e.ok().filter(|e| e.path().is_dir()))

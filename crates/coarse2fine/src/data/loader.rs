@@ -87,11 +87,13 @@ pub fn make_augmented_batch(
     let len = c * h * w;
     let mut images = vec![0f32; indices.len() * len];
     let mut labels = Vec::with_capacity(indices.len());
-    let mut scratch = vec![0u8; len];
+    // Allocated only when an image is augmented.
+    let mut scratch = Vec::new();
     for (k, &i) in indices.iter().enumerate() {
         let (px, label) = set.get(i);
         let px = match aug {
             Some((a, seed, first)) if !a.is_none() => {
+                scratch.resize(len, 0);
                 a.apply(
                     px,
                     (c, h, w),
