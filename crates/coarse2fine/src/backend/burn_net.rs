@@ -23,6 +23,22 @@ enum Op {
     },
     Relu,
     Pool(MaxPoolOptions<2>),
+    AvgPool(AvgPoolOptions<2>),
+    /// A dilated average pool, which burn's pooling lacks: a convolution of each channel
+    /// with a constant `1/k²` kernel.
+    DilatedAvgPool {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    },
+    GlobalAvgPool,
+    BatchNorm {
+        /// Index of γ; β, the running mean and the running variance follow it.
+        w: usize,
+        eps: f32,
+        momentum: f32,
+    },
     Lrn {
         size: usize,
         alpha: f32,
@@ -34,6 +50,14 @@ enum Op {
         w: usize,
         shape: [usize; 2],
     },
+}
+
+/// What a training forward pass needs and leaves: the dropout masks' generator, and each
+/// batch norm's batch mean and unbiased variance (with the index of its γ and its
+/// momentum), for the running statistics.
+struct Training {
+    rng: rand_chacha::ChaCha8Rng,
+    stats: Vec<(usize, f32, Vec<f32>, Vec<f32>)>,
 }
 
 enum Act {
@@ -76,7 +100,7 @@ impl BurnNet {
 
     /// Logits `N × classes`, row-major.
     pub(super) fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
-        let out = forward(&self.ops, &self.params, self.input(batch), None, None);
+        let out = forward(&self.ops, &self.params, self.input(batch), None, None)?;
         host_values(out.into_data())
     }
 
@@ -95,7 +119,7 @@ impl BurnNet {
             self.input(batch),
             None,
             Some(&mut record),
-        );
+        )?;
         host_values(out.into_data())?;
         Ok(times)
     }
@@ -134,9 +158,12 @@ impl BurnNet {
             .iter()
             .map(|p| p.clone().autodiff().require_grad())
             .collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
+        let mut training = Training {
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed),
+            stats: Vec::new(),
+        };
         let x = self.input(batch).autodiff();
-        let logits = forward(&self.ops, &tracked, x, Some(&mut rng), None);
+        let logits = forward(&self.ops, &tracked, x, Some(&mut training), None)?;
         let loss = cross_entropy(
             logits,
             (&batch.labels, sgd.label_smoothing),
@@ -145,6 +172,9 @@ impl BurnNet {
         let loss_value = host_values(loss.clone().inner().into_data())?;
         let grads = loss.backward();
         for (i, t) in tracked.iter().enumerate() {
+            if !sgd.trains(i) {
+                continue;
+            }
             let g = t
                 .grad(&grads)
                 .ok_or_else(|| Error::Backend(format!("no gradient for parameter {i}")))?;
@@ -158,6 +188,18 @@ impl BurnNet {
             let v = self.velocity[i].clone().mul_scalar(sgd.momentum) - g.mul_scalar(lr);
             self.params[i] = p + v.clone();
             self.velocity[i] = v;
+        }
+        for (w, momentum, mean, var) in training.stats {
+            for (r, b) in [(w + 2, mean), (w + 3, var)] {
+                let old = download(&self.params[r])?;
+                let new: Vec<f32> = old
+                    .iter()
+                    .zip(&b)
+                    .map(|(o, x)| (1.0 - momentum) * o + momentum * x)
+                    .collect();
+                let n = new.len();
+                self.params[r] = Tensor::from_data(TensorData::new(new, [n]), &self.device);
+            }
         }
         loss_value
             .first()
@@ -202,6 +244,25 @@ fn compile(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
                     .with_dilation([p.dilation; 2])
                     .with_ceil_mode(p.ceil_mode),
             ),
+            Layer::AvgPool(p) if p.dilation == 1 => Op::AvgPool(
+                AvgPoolOptions::new([p.kernel; 2])
+                    .with_stride([p.stride(); 2])
+                    .with_padding([p.padding; 2])
+                    .with_count_include_pad(true),
+            ),
+            Layer::AvgPool(p) => Op::DilatedAvgPool {
+                kernel: p.kernel,
+                stride: p.stride(),
+                padding: p.padding,
+                dilation: p.dilation,
+            },
+            Layer::GlobalAvgPool => Op::GlobalAvgPool,
+            Layer::BatchNorm(b) => Op::BatchNorm {
+                w: index(&param_name(&b.name, Param::Weight))
+                    .ok_or_else(|| Error::invalid(format!("no weights for {}", b.name)))?,
+                eps: b.eps,
+                momentum: b.momentum,
+            },
             Layer::Lrn(n) => Op::Lrn {
                 size: n.size,
                 alpha: n.alpha,
@@ -225,16 +286,17 @@ fn compile(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
 }
 
 /// Logits `N × classes` for input `x` (`N × C × H × W`), using `params` (which may be
-/// autodiff-tracked copies of the network's own). `dropout` draws masks when training.
+/// autodiff-tracked copies of the network's own). `training` draws dropout masks and
+/// collects batch norms' statistics; without it batch norms use their running ones.
 ///
 /// `after_op(i)` is called once layer `i` of the logit layers has been computed.
 fn forward(
     ops: &[Op],
     params: &[Tensor<1>],
     x: Tensor<4>,
-    mut dropout: Option<&mut rand_chacha::ChaCha8Rng>,
+    mut training: Option<&mut Training>,
     mut after_op: Option<&mut dyn FnMut(usize)>,
-) -> Tensor<2> {
+) -> Result<Tensor<2>> {
     let mut a = Act::Map(x);
     for (i, op) in ops.iter().enumerate() {
         a = match (op, a) {
@@ -246,6 +308,31 @@ fn forward(
             (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
             (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
             (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
+            (Op::AvgPool(o), Act::Map(x)) => Act::Map(avg_pool2d(x, o.clone())),
+            (
+                Op::DilatedAvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                },
+                Act::Map(x),
+            ) => {
+                let c = x.dims()[1];
+                let taps = c * kernel * kernel;
+                let value = 1.0 / (kernel * kernel) as f32;
+                let weight: Tensor<4> = Tensor::from_data(
+                    TensorData::new(vec![value; taps], [c, 1, *kernel, *kernel]),
+                    &x.device(),
+                );
+                let opts = ConvOptions::new([*stride; 2], [*padding; 2], [*dilation; 2], c);
+                Act::Map(conv2d(x, weight, None, opts))
+            }
+            (Op::GlobalAvgPool, Act::Map(x)) => Act::Map(x.mean_dims(&[2, 3])),
+            (Op::BatchNorm { w, eps, momentum }, Act::Map(x)) => {
+                let stats = training.as_deref_mut().map(|t| (&mut t.stats, *momentum));
+                Act::Map(batch_norm(x, &params[*w..*w + 4], *eps, (*w, stats))?)
+            }
             (
                 Op::Lrn {
                     size,
@@ -255,7 +342,7 @@ fn forward(
                 },
                 Act::Map(x),
             ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
-            (Op::Dropout(p), a) => match dropout.as_deref_mut() {
+            (Op::Dropout(p), a) => match training.as_deref_mut().map(|t| &mut t.rng) {
                 None => a,
                 Some(rng) => match a {
                     Act::Map(x) => {
@@ -287,13 +374,50 @@ fn forward(
             f(i);
         }
     }
-    match a {
+    Ok(match a {
         Act::Flat(x) => x,
         Act::Map(x) => {
             let [n, c, h, w] = x.dims();
             x.reshape([n, c * h * w])
         }
-    }
+    })
+}
+
+/// Batch norm of `x` (`N × C × H × W`) with `p` = [γ, β, running mean, running variance].
+/// With `stats` (training) it normalises by the batch's statistics and records their
+/// values, under the index of γ, for the running averages.
+#[allow(clippy::type_complexity)]
+fn batch_norm(
+    x: Tensor<4>,
+    p: &[Tensor<1>],
+    eps: f32,
+    (w, stats): (
+        usize,
+        Option<(&mut Vec<(usize, f32, Vec<f32>, Vec<f32>)>, f32)>,
+    ),
+) -> Result<Tensor<4>> {
+    let [n, c, h, ww] = x.dims();
+    let per_channel = |t: &Tensor<1>| t.clone().reshape([1, c, 1, 1]);
+    let (gamma, beta) = (per_channel(&p[0]), per_channel(&p[1]));
+    let (centred, inv) = match stats {
+        Some((sink, momentum)) => {
+            let mean = x.clone().mean_dims(&[0, 2, 3]);
+            let centred = x - mean.clone();
+            let var = (centred.clone() * centred.clone()).mean_dims(&[0, 2, 3]);
+            let m = (n * h * ww) as f32;
+            let unbiased: Vec<f32> = host_values(var.clone().into_data())?
+                .into_iter()
+                .map(|v| v * m / (m - 1.0).max(1.0))
+                .collect();
+            sink.push((w, momentum, host_values(mean.into_data())?, unbiased));
+            (centred, var.add_scalar(eps).sqrt().recip())
+        }
+        None => (
+            x - per_channel(&p[2]),
+            per_channel(&p[3]).add_scalar(eps).sqrt().recip(),
+        ),
+    };
+    Ok(centred * inv * gamma + beta)
 }
 
 fn lrn(x: Tensor<4>, size: usize, alpha: f32, beta: f32, k: f32) -> Tensor<4> {

@@ -585,6 +585,80 @@ fn max_pool_backward_in(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
     }
 }
 
+/// Average pooling of the block `x` into `y`: each window's sum over its input positions
+/// divided by `kernel²`, so padded cells count as zeros.
+pub(crate) fn avg_pool(g: &Window, x: &[f32], y: &mut [f32]) {
+    vectorized(|| avg_pool_in(g, x, y))
+}
+
+#[inline(always)]
+fn avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]) {
+    let (plane, out) = (g.h * g.w, g.out_plane());
+    let scale = 1.0 / (g.kernel * g.kernel) as f32;
+    for (p, yp) in y[..g.channels * g.images * out]
+        .chunks_exact_mut(out)
+        .enumerate()
+    {
+        let src = &x[p * plane..][..plane];
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let mut sum = 0.0;
+                for iy in (0..g.kernel).filter_map(|ky| g.source(oy, ky, g.h)) {
+                    for ix in (0..g.kernel).filter_map(|kx| g.source(ox, kx, g.w)) {
+                        sum += src[iy * g.w + ix];
+                    }
+                }
+                yp[oy * g.ow + ox] = sum * scale;
+            }
+        }
+    }
+}
+
+/// Gradient of [`avg_pool`]: each output's gradient, over `kernel²`, to every input
+/// position of its window.
+pub(crate) fn avg_pool_backward(g: &Window, dy: &[f32], dx: &mut [f32]) {
+    vectorized(|| avg_pool_backward_in(g, dy, dx))
+}
+
+#[inline(always)]
+fn avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]) {
+    let (plane, out) = (g.h * g.w, g.out_plane());
+    let scale = 1.0 / (g.kernel * g.kernel) as f32;
+    for (p, dxp) in dx[..g.channels * g.images * plane]
+        .chunks_exact_mut(plane)
+        .enumerate()
+    {
+        dxp.fill(0.0);
+        let dyp = &dy[p * out..][..out];
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let d = dyp[oy * g.ow + ox] * scale;
+                for iy in (0..g.kernel).filter_map(|ky| g.source(oy, ky, g.h)) {
+                    for ix in (0..g.kernel).filter_map(|kx| g.source(ox, kx, g.w)) {
+                        dxp[iy * g.w + ix] += d;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Global average pooling: the mean of each `plane`-value map of `x` into one value of `y`.
+pub(crate) fn global_avg_pool(plane: usize, x: &[f32], y: &mut [f32]) {
+    let scale = 1.0 / plane as f32;
+    for (o, xp) in y.iter_mut().zip(x.chunks_exact(plane)) {
+        *o = xp.iter().sum::<f32>() * scale;
+    }
+}
+
+/// Gradient of [`global_avg_pool`]: each map's gradient spread evenly over its positions.
+pub(crate) fn global_avg_pool_backward(plane: usize, dy: &[f32], dx: &mut [f32]) {
+    let scale = 1.0 / plane as f32;
+    for (&d, dxp) in dy.iter().zip(dx.chunks_exact_mut(plane)) {
+        dxp.fill(d * scale);
+    }
+}
+
 /// Cross-channel local response normalisation of a block, as in Caffe:
 /// `y = x · s^−β` with `s = k + α/size · Σ x²` over `size` neighbouring channels (zero
 /// beyond the ends). `plane` is the block's values per channel (images × H × W).

@@ -17,6 +17,7 @@
 //! weights' own names, which growth operators transform exactly like the weights. burn's
 //! code is in `burn_net.rs`, the native engine's in `native.rs` and `kernels.rs`.
 
+mod batch_norm;
 mod burn_net;
 mod kernels;
 mod native;
@@ -29,7 +30,7 @@ use burn::tensor::Device;
 
 use crate::data::loader::Batch;
 use crate::error::{Error, Result};
-use crate::net::spec::{NetSpec, Param};
+use crate::net::spec::{NetSpec, TensorKind};
 use crate::net::weights::{Tensor as HostTensor, WeightMap};
 use burn_net::BurnNet;
 #[cfg(feature = "libtorch")]
@@ -177,6 +178,8 @@ pub fn threads() -> usize {
 pub struct Network {
     spec: NetSpec,
     names: Vec<(String, Vec<usize>)>,
+    /// What each of `names` is (trained or not, decayed or not).
+    kinds: Vec<TensorKind>,
     engine: Engine,
     kind: BackendKind,
 }
@@ -241,7 +244,11 @@ fn in_order<'m>(
 impl Network {
     /// Builds the network of a bound spec with the given weights; momentum starts at zero.
     pub fn new(spec: &NetSpec, weights: &WeightMap, compute: &Compute) -> Result<Self> {
-        let names = spec.param_shapes()?;
+        let (names, kinds): (Vec<_>, Vec<_>) = spec
+            .tensors()?
+            .into_iter()
+            .map(|(n, s, k)| ((n, s), k))
+            .unzip();
         weights.check_against(spec, std::path::Path::new("<weights>"))?;
         let host = in_order(weights, &names, "weights")?;
         let engine = if compute.kind == BackendKind::Cpu {
@@ -257,6 +264,7 @@ impl Network {
         Ok(Self {
             spec: spec.clone(),
             names,
+            kinds,
             engine,
             kind: compute.kind,
         })
@@ -351,7 +359,9 @@ impl Network {
 /// SGD with momentum and weight decay in Caffe's form, which the paper used:
 /// `v ← μ·v − lr·(∇L + λ·w)`, `w ← w + v`. The learning rate sits inside the
 /// momentum buffer, so a change of rate takes effect smoothly. Weight decay applies to
-/// weights, not biases. The buffers themselves live in the [`Network`].
+/// the weights of convolutions and fully connected layers, not to biases or batch norms;
+/// a batch norm's running statistics are not the optimizer's. The buffers themselves live
+/// in the [`Network`].
 #[derive(Debug, Clone)]
 pub struct Sgd {
     momentum: f32,
@@ -359,8 +369,8 @@ pub struct Sgd {
     /// Label smoothing ε of the loss (0: plain cross-entropy). The loss is the
     /// optimizer's objective, so it travels with its settings into [`train_step`].
     label_smoothing: f32,
-    /// Per parameter: whether weight decay applies.
-    decay_mask: Vec<bool>,
+    /// What each parameter is, which says whether it is updated and decayed.
+    kinds: Vec<TensorKind>,
 }
 
 impl Sgd {
@@ -370,11 +380,7 @@ impl Sgd {
             momentum,
             weight_decay,
             label_smoothing: 0.0,
-            decay_mask: net
-                .names
-                .iter()
-                .map(|(n, _)| Param::of(n) == Some(Param::Weight))
-                .collect(),
+            kinds: net.kinds.clone(),
         }
     }
 
@@ -386,9 +392,14 @@ impl Sgd {
         }
     }
 
+    /// Whether the optimizer updates parameter `i`.
+    fn trains(&self, i: usize) -> bool {
+        self.kinds.get(i).is_none_or(|k| k.trained())
+    }
+
     /// The weight decay of parameter `i`.
     fn decay(&self, i: usize) -> f32 {
-        if self.decay_mask.get(i).copied().unwrap_or(false) {
+        if self.kinds.get(i).is_some_and(|k| k.decayed()) {
             self.weight_decay
         } else {
             0.0
@@ -432,8 +443,11 @@ pub fn train_step(
                 .zip(grads.iter())
                 .enumerate()
             {
-                native::sgd_update(w, v, g, lr, sgd.momentum, sgd.decay(i));
+                if sgd.trains(i) {
+                    native::sgd_update(w, v, g, lr, sgd.momentum, sgd.decay(i));
+                }
             }
+            n.update_running_statistics();
             Ok(loss)
         }
         Engine::Burn(n) => n.train_step(sgd, batch, lr, dropout_seed),
@@ -509,7 +523,7 @@ pub fn top_class(row: &[f32]) -> usize {
 mod tests {
     use super::*;
     use crate::net::reference;
-    use crate::net::spec::{Conv, Dropout, Fc, InputShape, Layer, Lrn, Pool, Units};
+    use crate::net::spec::{BatchNorm, Conv, Dropout, Fc, InputShape, Layer, Lrn, Pool, Units};
     use crate::net::weights::Init;
     use rand::{Rng, SeedableRng};
 
@@ -739,9 +753,16 @@ mod tests {
     /// and sums in block order, so the thread count does not change a single bit.
     #[test]
     fn native_engine_is_bit_identical_across_thread_counts() -> Result<()> {
-        let spec = crate::net::presets::preset("alexnet-s4")
-            .expect("preset")
-            .bind(InputShape::square(3, 16), 10)?;
+        let alexnet = crate::net::presets::preset("alexnet-s4").expect("preset");
+        for spec in [alexnet, modern_spec()] {
+            let spec = spec.bind(InputShape::square(3, 16), 10)?;
+            same_bits_at_any_thread_count(&spec)?;
+        }
+        Ok(())
+    }
+
+    fn same_bits_at_any_thread_count(spec: &NetSpec) -> Result<()> {
+        let spec = spec.clone();
         let w = WeightMap::init(&spec, Init::Kaiming, 4)?;
         let batch = Batch {
             images: rand_vec(40 * 3 * 16 * 16, 6),
@@ -818,6 +839,9 @@ mod tests {
             let device = Compute::new(kind)?;
             let mixed = mixed_spec().bind(InputShape::square(2, 11), 3)?;
             let mut worst = differences_from(&device, &mixed, 5, 3, (1, 0.0))?;
+            let modern = modern_spec().bind(InputShape::square(2, 10), 3)?;
+            let w = differences_from(&device, &modern, 5, 3, (1, 0.0))?;
+            worst = [worst[0].max(w[0]), worst[1].max(w[1])];
             for p in crate::net::presets::PRESETS
                 .iter()
                 .filter(|p| p.native_size <= 32)
@@ -931,14 +955,141 @@ mod tests {
         }
     }
 
+    /// Batch norms (before a ReLU, before a pool, over 1×1 maps), average pools (padded,
+    /// dilated) and a global average pool.
+    fn modern_spec() -> NetSpec {
+        let conv = |name: &str, filters| {
+            Layer::Conv(Conv {
+                name: name.into(),
+                filters,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                dilation: 1,
+            })
+        };
+        let pool = |kernel, stride, padding, dilation| Pool {
+            kernel,
+            stride: Some(stride),
+            padding,
+            dilation,
+            ceil_mode: false,
+        };
+        NetSpec {
+            name: "modern".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                conv("c1", 6),
+                Layer::BatchNorm(BatchNorm::new("b1")),
+                Layer::Relu,
+                Layer::AvgPool(pool(3, 2, 1, 1)),
+                conv("c2", 5),
+                Layer::BatchNorm(BatchNorm {
+                    name: "b2".into(),
+                    eps: 1e-3,
+                    momentum: 0.3,
+                }),
+                Layer::AvgPool(pool(2, 1, 0, 2)),
+                Layer::Relu,
+                Layer::GlobalAvgPool,
+                Layer::BatchNorm(BatchNorm::new("b3")),
+                Layer::Fc(Fc {
+                    name: "f1".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+    }
+
+    /// Batch norm's training statistics, backward pass and running averages, and the
+    /// average pools, against burn's autodiff; blocks of one and of several images.
+    #[test]
+    fn native_engine_matches_burn_on_batch_norm_and_average_pooling() -> Result<()> {
+        let spec = modern_spec().bind(InputShape::square(2, 10), 3)?;
+        engines_agree(&spec, 5, 3, 1)?;
+        engines_agree(&spec, 37, 2, 2)?;
+        // A batch norm over 1×1 maps has no variance in a batch of one image.
+        let w = WeightMap::init(&spec, Init::Kaiming, 1)?;
+        let mut net = Network::new(&spec, &w, &cpu())?;
+        let sgd = Sgd::new(&net, 0.9, 0.0);
+        let one = Batch {
+            images: rand_vec(2 * 10 * 10, 3),
+            labels: vec![0],
+            shape: [1, 2, 10, 10],
+        };
+        let err = train_step(&mut net, &sgd, &one, 0.01, 0).expect_err("one image");
+        assert!(err.to_string().contains("at least 2 images"), "{err}");
+        Ok(())
+    }
+
+    /// The optimizer leaves running statistics to the forward pass, and decays only the
+    /// weights of convolutions and fully connected layers.
+    #[test]
+    fn batch_norm_parameters_are_not_decayed_and_statistics_not_optimised() -> Result<()> {
+        let spec = modern_spec().bind(InputShape::square(2, 10), 3)?;
+        let w = WeightMap::init(&spec, Init::Kaiming, 1)?;
+        let net = Network::new(&spec, &w, &cpu())?;
+        let sgd = Sgd::new(&net, 0.9, 0.1);
+        for (i, (name, _)) in net.names.iter().enumerate() {
+            let conv_or_fc_weight = name.ends_with(".weight") && !name.starts_with('b');
+            assert_eq!(sgd.decay(i) != 0.0, conv_or_fc_weight, "{name}");
+            assert_eq!(sgd.trains(i), !name.contains("running"), "{name}");
+        }
+        // A batch norm starts as γ = 1, β = 0 with statistics 0 and 1.
+        assert!(
+            w.get("b1.weight")
+                .expect("γ")
+                .data
+                .iter()
+                .all(|&v| v == 1.0)
+        );
+        assert!(
+            w.get("b1.running_var")
+                .expect("var")
+                .data
+                .iter()
+                .all(|&v| v == 1.0)
+        );
+        assert!(
+            w.get("b1.running_mean")
+                .expect("mean")
+                .data
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        Ok(())
+    }
+
     #[test]
     fn backend_matches_reference_forward() -> Result<()> {
-        let spec = mixed_spec().bind(InputShape::square(2, 11), 3)?;
-        let w = WeightMap::init(&spec, Init::Gaussian(0.5), 3)?;
+        for spec in [mixed_spec(), modern_spec()] {
+            let spec = spec.bind(InputShape::square(2, 11), 3)?;
+            let mut w = WeightMap::init(&spec, Init::Gaussian(0.5), 3)?;
+            // Batch norms with statistics and an affine map of their own.
+            let names: Vec<String> = w.iter().map(|(n, _)| n.clone()).collect();
+            for name in names.iter().filter(|n| n.starts_with('b')) {
+                let positive = name.ends_with("running_var");
+                if let Some(t) = w.get_mut(name) {
+                    for (j, v) in t.data.iter_mut().enumerate() {
+                        let r = ((j * 37 + name.len()) % 11) as f32 / 11.0;
+                        *v = if positive { 0.5 + r } else { r - 0.4 };
+                    }
+                }
+            }
+            for backend in [cpu(), flex()] {
+                reference_agrees(&spec, &w, &backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The logits of `backend` against the plain reference forward pass.
+    fn reference_agrees(spec: &NetSpec, w: &WeightMap, backend: &Compute) -> Result<()> {
         let n = 4;
         let x = rand_vec(n * 2 * 11 * 11, 9);
-        let want = reference::forward(&spec, &w, &x, n)?;
-        let net = Network::new(&spec, &w, &cpu())?;
+        let want = reference::forward(spec, w, &x, n)?;
+        let net = Network::new(spec, w, backend)?;
         let got = net.logits(&Batch {
             images: x,
             labels: vec![0; n],
@@ -953,7 +1104,9 @@ mod tests {
         let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
         assert!(
             err <= 1e-4 * scale.max(1.0),
-            "max abs error {err} (scale {scale})"
+            "{} on {}: max abs error {err} (scale {scale})",
+            spec.name,
+            backend.kind()
         );
         Ok(())
     }

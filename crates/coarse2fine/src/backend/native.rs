@@ -25,6 +25,7 @@ use std::sync::{Mutex, PoisonError};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use super::batch_norm::{self as bn, BatchStats};
 use super::kernels::{self, LrnParams, Mat, MatMut, Window};
 use super::winograd::{self, RunScratch};
 use crate::error::{Error, Result};
@@ -49,6 +50,20 @@ enum Step {
         winograd: bool,
     },
     Pool(Window),
+    AvgPool(Window),
+    /// Mean of each map of `plane` values.
+    GlobalAvgPool {
+        plane: usize,
+    },
+    BatchNorm {
+        /// Index of γ; β, the running mean and the running variance follow it.
+        param: usize,
+        channels: usize,
+        plane: usize,
+        eps: f32,
+        momentum: f32,
+        relu: bool,
+    },
     Lrn(LrnParams),
     Relu,
     /// Drop probability, and the channels of the maps it drops from (`None`: flat values).
@@ -117,6 +132,8 @@ struct Workspace {
     lrn_sum: Vec<Vec<f32>>,
     lrn_scale: Vec<Vec<f32>>,
     masks: Vec<Vec<f32>>,
+    /// Per step: a batch norm's statistics of the last training batch.
+    bn: Vec<BatchStats>,
     scratch: Vec<Scratch>,
     grad_out: Vec<f32>,
     grad_in: Vec<f32>,
@@ -236,6 +253,30 @@ impl NativeNet {
                     p.padding,
                     p.dilation,
                 )),
+                Layer::AvgPool(p) => Step::AvgPool(window(
+                    shape,
+                    out,
+                    p.kernel,
+                    p.stride(),
+                    p.padding,
+                    p.dilation,
+                )),
+                Layer::GlobalAvgPool => Step::GlobalAvgPool {
+                    plane: shape.numel() / out.numel().max(1),
+                },
+                Layer::BatchNorm(b) => {
+                    let Shape::Map { c, h, w } = shape else {
+                        return Err(Error::invalid("batch norm needs feature maps"));
+                    };
+                    Step::BatchNorm {
+                        param: index(param_name(&b.name, Param::Weight))?,
+                        channels: c,
+                        plane: h * w,
+                        eps: b.eps,
+                        momentum: b.momentum,
+                        relu: false,
+                    }
+                }
                 Layer::Lrn(l) => {
                     let Shape::Map { c, h, w } = shape else {
                         return Err(Error::invalid("LRN needs feature maps"));
@@ -250,7 +291,11 @@ impl NativeNet {
                     })
                 }
                 Layer::Relu => match steps.last_mut() {
-                    Some(Step::Conv { relu, .. } | Step::Fc { relu, .. }) if !*relu => {
+                    Some(
+                        Step::Conv { relu, .. }
+                        | Step::Fc { relu, .. }
+                        | Step::BatchNorm { relu, .. },
+                    ) if !*relu => {
                         *relu = true;
                         continue;
                     }
@@ -328,6 +373,7 @@ impl NativeNet {
             lrn_sum: vec![Vec::new(); steps],
             lrn_scale: vec![Vec::new(); steps],
             masks: vec![Vec::new(); steps],
+            bn: vec![BatchStats::default(); steps],
             wino_u: vec![Vec::new(); steps],
             ..Default::default()
         };
@@ -389,8 +435,9 @@ impl NativeNet {
     }
 
     /// Runs the forward pass on `images` (`N × C × H × W`); the logits (`N × classes`) end
-    /// up in the last activation. With `dropout`, masks are drawn in the order and layout
-    /// of the burn path, so both engines drop the same units for a seed.
+    /// up in the last activation. `dropout` is given exactly when training: masks are then
+    /// drawn in the order and layout of the burn path, so both engines drop the same units
+    /// for a seed, and batch norms use (and keep) the batch's statistics.
     fn forward(
         &self,
         ws: &mut Workspace,
@@ -444,6 +491,45 @@ impl NativeNet {
                         .for_each(|(((xb, yb), ab), &images)| {
                             kernels::max_pool(&Window { images, ..*geom }, xb, yb, ab);
                         });
+                }
+                Step::AvgPool(geom) => {
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks_mut(y, &starts, sy))
+                        .zip(&counts)
+                        .for_each(|((xb, yb), &images)| {
+                            kernels::avg_pool(&Window { images, ..*geom }, xb, yb);
+                        });
+                }
+                Step::GlobalAvgPool { plane } => {
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks_mut(y, &starts, sy))
+                        .for_each(|(xb, yb)| kernels::global_avg_pool(*plane, xb, yb));
+                }
+                Step::BatchNorm {
+                    param,
+                    channels,
+                    plane,
+                    eps,
+                    relu,
+                    ..
+                } => {
+                    let p = &self.params[*param..*param + 4];
+                    let (scale, shift) = if dropout.is_some() {
+                        let st =
+                            batch_statistics(blocks(x, &starts, sx), *channels, n * plane, *eps);
+                        let ab = bn_affine(&p[0], &p[1], &st.mean, &st.inv_std);
+                        ws.bn[i] = st;
+                        ab
+                    } else {
+                        let inv: Vec<f32> = p[3].iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+                        bn_affine(&p[0], &p[1], &p[2], &inv)
+                    };
+                    blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks_mut(y, &starts, sy))
+                        .for_each(|(xb, yb)| bn::affine(xb, yb, &scale, &shift, *relu));
                 }
                 Step::Lrn(p) => {
                     blocks(x, &starts, sx)
@@ -560,6 +646,41 @@ impl NativeNet {
         Ok(times)
     }
 
+    /// A batch norm in training needs at least two values per channel to have a variance
+    /// (PyTorch refuses the same).
+    fn check_batch_norm_batch(&self, n: usize) -> Result<()> {
+        for s in &self.steps {
+            if let Step::BatchNorm { plane, .. } = s
+                && n * plane < 2
+            {
+                return Err(Error::invalid(format!(
+                    "a batch norm over 1×1 maps needs a batch of at least 2 images to train, not {n}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves each batch norm's running statistics towards those of the last training
+    /// batch: `r ← (1 − momentum)·r + momentum·b`, with the unbiased batch variance.
+    pub(crate) fn update_running_statistics(&mut self) {
+        let ws = self.ws.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (i, step) in self.steps.iter().enumerate() {
+            let Step::BatchNorm {
+                param, momentum, ..
+            } = step
+            else {
+                continue;
+            };
+            let st = &ws.bn[i];
+            for (r, b) in [(*param + 2, &st.mean), (*param + 3, &st.var_unbiased)] {
+                for (v, &x) in self.params[r].iter_mut().zip(b.iter()) {
+                    *v = (1.0 - momentum) * *v + momentum * x;
+                }
+            }
+        }
+    }
+
     /// Forward and backward pass on a batch: returns the mean cross-entropy and writes the
     /// gradient of each parameter into `grads`.
     pub(crate) fn gradients(
@@ -580,6 +701,7 @@ impl NativeNet {
                 labels.len()
             )));
         }
+        self.check_batch_norm_batch(n)?;
         let mut guard = self.workspace();
         let ws = &mut *guard;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(dropout_seed);
@@ -641,6 +763,69 @@ impl NativeNet {
                             .for_each(|(((dyb, ab), dxb), &images)| {
                                 let g = Window { images, ..*geom };
                                 kernels::max_pool_backward(&g, dyb, ab, dxb);
+                            });
+                    }
+                }
+                Step::AvgPool(geom) => {
+                    if need_dx {
+                        blocks(dy, &starts, sy)
+                            .into_par_iter()
+                            .zip(blocks_mut(dx, &starts, sx))
+                            .zip(&counts)
+                            .for_each(|((dyb, dxb), &images)| {
+                                let g = Window { images, ..*geom };
+                                kernels::avg_pool_backward(&g, dyb, dxb);
+                            });
+                    }
+                }
+                Step::GlobalAvgPool { plane } => {
+                    if need_dx {
+                        blocks(dy, &starts, sy)
+                            .into_par_iter()
+                            .zip(blocks_mut(dx, &starts, sx))
+                            .for_each(|(dyb, dxb)| {
+                                kernels::global_avg_pool_backward(*plane, dyb, dxb);
+                            });
+                    }
+                }
+                Step::BatchNorm {
+                    param,
+                    channels,
+                    plane,
+                    relu,
+                    ..
+                } => {
+                    if *relu {
+                        blocks_mut(dy, &starts, sy)
+                            .into_par_iter()
+                            .zip(blocks(y, &starts, sy))
+                            .for_each(|(dyb, yb)| relu_mask(dyb, yb));
+                    }
+                    let st = &ws.bn[i];
+                    let parts: Vec<Vec<f64>> = blocks(x, &starts, sx)
+                        .into_par_iter()
+                        .zip(blocks(dy, &starts, sy))
+                        .map(|(xb, dyb)| bn::gradient_sums(xb, dyb, st))
+                        .collect();
+                    let sums: Vec<f32> = bn::add_blocks(&parts, 2 * channels)
+                        .into_iter()
+                        .map(|v| v as f32)
+                        .collect();
+                    let (sum_dy, sum_dy_xhat) = sums.split_at(*channels);
+                    grads[*param].copy_from_slice(sum_dy_xhat);
+                    grads[*param + 1].copy_from_slice(sum_dy);
+                    // The running statistics have no gradient: training sets them.
+                    grads[*param + 2].fill(0.0);
+                    grads[*param + 3].fill(0.0);
+                    if need_dx {
+                        let gamma = &self.params[*param];
+                        blocks(x, &starts, sx)
+                            .into_par_iter()
+                            .zip(blocks(dy, &starts, sy))
+                            .zip(blocks_mut(dx, &starts, sx))
+                            .for_each(|((xb, dyb), dxb)| {
+                                let sums = (sum_dy, sum_dy_xhat);
+                                bn::input_gradient(xb, dyb, dxb, st, gamma, sums, n * plane);
                             });
                     }
                 }
@@ -878,6 +1063,34 @@ fn conv_block_backward_unfolded(
 }
 
 /// Sums the blocks' partial gradients in block order: `gw` (`C_out × K`) and `gb`.
+/// A batch norm's batch statistics over every block of `x`, summed in block order.
+fn batch_statistics(x: Vec<&[f32]>, channels: usize, count: usize, eps: f32) -> BatchStats {
+    let parts: Vec<Vec<f64>> = x
+        .par_iter()
+        .map(|xb| bn::channel_sums(xb, channels, None))
+        .collect();
+    let sums = bn::add_blocks(&parts, channels);
+    let mean: Vec<f32> = sums.iter().map(|s| (s / count as f64) as f32).collect();
+    let parts: Vec<Vec<f64>> = x
+        .par_iter()
+        .map(|xb| bn::channel_sums(xb, channels, Some(&mean)))
+        .collect();
+    bn::batch_stats(&sums, &bn::add_blocks(&parts, channels), count, eps)
+}
+
+/// A batch norm as one affine map per channel: `scale = γ·inv_std`,
+/// `shift = β − mean·scale`.
+fn bn_affine(gamma: &[f32], beta: &[f32], mean: &[f32], inv_std: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
+    let shift = beta
+        .iter()
+        .zip(mean)
+        .zip(&scale)
+        .map(|((b, m), a)| b - m * a)
+        .collect();
+    (scale, shift)
+}
+
 fn sum_partials(scratch: &[Scratch], filters: usize, k: usize, gw: &mut [f32], gb: &mut [f32]) {
     gw.par_chunks_mut(k)
         .zip(gb.par_iter_mut())

@@ -202,6 +202,69 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
                     int("ceil_mode", i64::from(p.ceil_mode)),
                 ],
             )),
+            Layer::AvgPool(p) if avg_pool_as_conv(p) => {
+                let Shape::Map { c: channels, .. } = summary[i].output else {
+                    return Err(Error::invalid(format!("{name}: pooling after fc")));
+                };
+                let k = format!("{name}.kernel");
+                let taps = channels * p.kernel * p.kernel;
+                let value = 1.0 / (p.kernel * p.kernel) as f32;
+                g.initializer.push(tensor(
+                    &k,
+                    &[channels, 1, p.kernel, p.kernel],
+                    &vec![value; taps],
+                ));
+                g.node.push(node(
+                    "Conv",
+                    &name,
+                    &[&cur, &k],
+                    &out,
+                    vec![
+                        ints("kernel_shape", &[p.kernel, p.kernel]),
+                        ints("strides", &[p.stride(), p.stride()]),
+                        ints("pads", &[p.padding; 4]),
+                        ints("dilations", &[p.dilation, p.dilation]),
+                        int("group", channels as i64),
+                    ],
+                ));
+            }
+            Layer::AvgPool(p) => g.node.push(node(
+                "AveragePool",
+                &name,
+                &[&cur],
+                &out,
+                vec![
+                    ints("kernel_shape", &[p.kernel, p.kernel]),
+                    ints("strides", &[p.stride(), p.stride()]),
+                    ints("pads", &[p.padding; 4]),
+                    int("count_include_pad", 1),
+                ],
+            )),
+            Layer::GlobalAvgPool => {
+                g.node
+                    .push(node("GlobalAveragePool", &name, &[&cur], &out, vec![]))
+            }
+            Layer::BatchNorm(b) => {
+                let names = [
+                    Param::Weight,
+                    Param::Bias,
+                    Param::RunningMean,
+                    Param::RunningVar,
+                ]
+                .map(|p| param_name(&b.name, p));
+                for n in &names {
+                    g.initializer.push(parameter(weights, n)?);
+                }
+                let mut inputs = vec![cur.as_str()];
+                inputs.extend(names.iter().map(String::as_str));
+                g.node.push(node(
+                    "BatchNormalization",
+                    &b.name,
+                    &inputs,
+                    &out,
+                    vec![float("epsilon", b.eps), float("momentum", 1.0 - b.momentum)],
+                ));
+            }
             Layer::Lrn(l) => {
                 // ONNX's window is [c − ⌊(n−1)/2⌋, c + ⌈(n−1)/2⌉], ours symmetric: the same
                 // for the odd sizes that specs allow.
@@ -286,6 +349,12 @@ pub fn write_onnx(
         .write_to_bytes()
         .map_err(|e| Error::format(path, format!("encoding ONNX: {e}")))?;
     fsutil::write_bytes_atomic(path, &bytes)
+}
+
+/// An average pool that PyTorch's and ONNX's pooling cannot express (a dilation, or padding
+/// over half the window) runs as a convolution of each channel with a constant kernel.
+fn avg_pool_as_conv(p: &crate::net::Pool) -> bool {
+    p.dilation != 1 || 2 * p.padding > p.kernel
 }
 
 /// Adds layer `name`'s weight and bias to the graph's initializers; returns their names.
@@ -390,6 +459,41 @@ pub fn pytorch_module(spec: &NetSpec, norm: &ChannelStats) -> Result<String> {
                     if p.ceil_mode { "True" } else { "False" }
                 )
             }
+            Layer::AvgPool(p) if avg_pool_as_conv(p) => {
+                let Shape::Map { c: cin, .. } = shape else {
+                    return Err(Error::invalid(format!("layer {}: pooling after fc", i + 1)));
+                };
+                forward += &format!(
+                    "        x = F.conv2d(x, x.new_full(({cin}, 1, {k}, {k}), 1.0 / {kk}), stride={}, padding={}, dilation={}, groups={cin})\n",
+                    p.stride(),
+                    p.padding,
+                    p.dilation,
+                    k = p.kernel,
+                    kk = p.kernel * p.kernel,
+                )
+            }
+            Layer::AvgPool(p) => {
+                forward += &format!(
+                    "        x = F.avg_pool2d(x, {}, stride={}, padding={})\n",
+                    p.kernel,
+                    p.stride(),
+                    p.padding
+                )
+            }
+            Layer::GlobalAvgPool => forward += "        x = x.mean((2, 3), keepdim=True)\n",
+            Layer::BatchNorm(b) => {
+                let Shape::Map { c: cin, .. } = shape else {
+                    return Err(Error::invalid(format!(
+                        "layer {}: batch norm after fc",
+                        i + 1
+                    )));
+                };
+                init += &format!(
+                    "        self.{} = BatchNorm({cin}, eps={:?}, momentum={:?})\n",
+                    b.name, b.eps, b.momentum
+                );
+                forward += &format!("        x = self.{}(x)\n", b.name);
+            }
             Layer::Lrn(l) => {
                 forward += &format!(
                     "        x = F.local_response_norm(x, {}, alpha={:?}, beta={:?}, k={:?})\n",
@@ -443,6 +547,25 @@ from torch import nn
 INPUT_SHAPE = ({c}, {h}, {w})
 MEAN = [{mean}]
 STD = [{std}]
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm2d without its num_batches_tracked counter, so that state_dict() holds
+    exactly the weight file's tensors."""
+
+    def __init__(self, channels, eps, momentum):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x):
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias,
+            self.training, self.momentum, self.eps,
+        )
 
 
 class Net(nn.Module):

@@ -5,5 +5,7 @@ pub mod reference;
 pub mod spec;
 pub mod weights;
 
-pub use spec::{Conv, Dropout, Fc, InputShape, Layer, Lrn, NetSpec, Pool, Shape, Units};
+pub use spec::{
+    BatchNorm, Conv, Dropout, Fc, InputShape, Layer, Lrn, NetSpec, Pool, Shape, TensorKind, Units,
+};
 pub use weights::{Tensor, WeightMap};

@@ -112,6 +112,48 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
                 }
                 y
             }
+            (Layer::AvgPool(p), Shape::Map { c, h, w }, Shape::Map { h: oh, w: ow, .. }) => {
+                let mut y = vec![0f64; n * c * oh * ow];
+                let area = (p.kernel * p.kernel) as f64;
+                for i in 0..n * c {
+                    for yy in 0..oh {
+                        for xx in 0..ow {
+                            let mut s = 0.0;
+                            for ky in 0..p.kernel {
+                                for kx in 0..p.kernel {
+                                    let iy = (yy * p.stride() + ky * p.dilation) as isize
+                                        - p.padding as isize;
+                                    let ix = (xx * p.stride() + kx * p.dilation) as isize
+                                        - p.padding as isize;
+                                    if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                        s += a[(i * h + iy as usize) * w + ix as usize];
+                                    }
+                                }
+                            }
+                            y[(i * oh + yy) * ow + xx] = s / area;
+                        }
+                    }
+                }
+                y
+            }
+            (Layer::GlobalAvgPool, Shape::Map { h, w, .. }, _) => a
+                .chunks_exact(h * w)
+                .map(|m| m.iter().sum::<f64>() / (h * w) as f64)
+                .collect(),
+            // Evaluation: the running statistics stand in for the batch's.
+            (Layer::BatchNorm(b), Shape::Map { c, h, w }, _) => {
+                let t = |p| tensor(weights, &param_name(&b.name, p));
+                let (g, beta) = (t(Param::Weight)?, t(Param::Bias)?);
+                let (mean, var) = (t(Param::RunningMean)?, t(Param::RunningVar)?);
+                let plane = h * w;
+                a.iter()
+                    .enumerate()
+                    .map(|(j, &v)| {
+                        let q = j / plane % c;
+                        g[q] * (v - mean[q]) / (var[q] + f64::from(b.eps)).sqrt() + beta[q]
+                    })
+                    .collect()
+            }
             (Layer::Lrn(l), Shape::Map { c, h, w }, _) => {
                 let half = (l.size - 1) / 2;
                 let plane = h * w;

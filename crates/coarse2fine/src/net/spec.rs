@@ -94,6 +94,21 @@ impl Pool {
     pub fn stride(&self) -> usize {
         self.stride.unwrap_or(self.kernel)
     }
+
+    /// Window, stride and the options that differ from their defaults: `3/2 p1 d2 ceil`.
+    fn describe(&self) -> String {
+        let mut s = format!("{}/{}", self.kernel, self.stride());
+        if self.padding != 0 {
+            s += &format!(" p{}", self.padding);
+        }
+        if self.dilation != 1 {
+            s += &format!(" d{}", self.dilation);
+        }
+        if self.ceil_mode {
+            s += " ceil";
+        }
+        s
+    }
 }
 
 /// Local response normalisation across channels (Caffe's `ACROSS_CHANNELS`):
@@ -147,6 +162,43 @@ impl Default for Lrn {
 pub struct Dropout {
     /// Probability of zeroing a unit.
     pub p: f32,
+}
+
+/// Batch normalisation of each channel of a feature map, as PyTorch's `BatchNorm2d`:
+/// in training `y = γ·(x − μ_B)/√(σ²_B + ε) + β` with the batch's mean and (biased)
+/// variance over images and positions, and running averages
+/// `r ← (1 − momentum)·r + momentum·b` of the mean and the unbiased variance; in
+/// evaluation the running averages stand in for the batch's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNorm {
+    /// Unique name; tensors `<name>.weight` (γ), `<name>.bias` (β), `<name>.running_mean`
+    /// and `<name>.running_var`, each one value per channel.
+    pub name: String,
+    /// ε, added to the variance.
+    #[serde(default = "BatchNorm::default_eps")]
+    pub eps: f32,
+    /// Weight of the newest batch in the running averages.
+    #[serde(default = "BatchNorm::default_momentum")]
+    pub momentum: f32,
+}
+
+impl BatchNorm {
+    fn default_eps() -> f32 {
+        1e-5
+    }
+    fn default_momentum() -> f32 {
+        0.1
+    }
+
+    /// A batch norm with PyTorch's defaults (ε = 10⁻⁵, momentum 0.1).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            eps: Self::default_eps(),
+            momentum: Self::default_momentum(),
+        }
+    }
 }
 
 /// Number of outputs of a fully connected layer: a count, or `"classes"`.
@@ -205,6 +257,13 @@ pub enum Layer {
     Relu,
     /// Max pooling.
     MaxPool(Pool),
+    /// Average pooling: every window's sum divided by `kernel²`, padded cells counting as
+    /// zeros (PyTorch's and ONNX's `count_include_pad`). No `ceil_mode`.
+    AvgPool(Pool),
+    /// The mean of each channel's map: `C × H × W` → `C × 1 × 1`, whatever the input size.
+    GlobalAvgPool,
+    /// Batch normalisation.
+    BatchNorm(BatchNorm),
     /// Local response normalisation.
     Lrn(Lrn),
     /// Dropout.
@@ -233,19 +292,10 @@ impl Layer {
                 s
             }
             Layer::Relu => "relu".into(),
-            Layer::MaxPool(p) => {
-                let mut s = format!("max-pool {}/{}", p.kernel, p.stride());
-                if p.padding != 0 {
-                    s += &format!(" p{}", p.padding);
-                }
-                if p.dilation != 1 {
-                    s += &format!(" d{}", p.dilation);
-                }
-                if p.ceil_mode {
-                    s += " ceil";
-                }
-                s
-            }
+            Layer::MaxPool(p) => format!("max-pool {}", p.describe()),
+            Layer::AvgPool(p) => format!("avg-pool {}", p.describe()),
+            Layer::GlobalAvgPool => "global-avg-pool".into(),
+            Layer::BatchNorm(b) => format!("{} batch-norm", b.name),
             Layer::Lrn(l) => format!("lrn n{}", l.size),
             Layer::Dropout(d) => format!("dropout {}", d.p),
             Layer::Fc(f) => match f.outputs {
@@ -261,18 +311,25 @@ impl Layer {
         match self {
             Layer::Conv(c) => Some(&c.name),
             Layer::Fc(f) => Some(&f.name),
+            Layer::BatchNorm(b) => Some(&b.name),
             _ => None,
         }
     }
 }
 
-/// The two parameter tensors of a convolution or fully connected layer.
+/// The tensors of a layer: weight and bias of a convolution or fully connected layer, and
+/// those four of a batch norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param {
-    /// `NAME.weight`: `[filters, channels, k, k]` or `[outputs, inputs]`.
+    /// `NAME.weight`: `[filters, channels, k, k]`, `[outputs, inputs]`, or a batch norm's
+    /// scale γ `[channels]`.
     Weight,
-    /// `NAME.bias`: `[filters]` or `[outputs]`.
+    /// `NAME.bias`: `[filters]`, `[outputs]`, or a batch norm's shift β `[channels]`.
     Bias,
+    /// `NAME.running_mean` of a batch norm: a statistic, not trained by gradients.
+    RunningMean,
+    /// `NAME.running_var` of a batch norm.
+    RunningVar,
 }
 
 impl Param {
@@ -281,17 +338,50 @@ impl Param {
         match name.rsplit_once('.') {
             Some((_, "weight")) => Some(Param::Weight),
             Some((_, "bias")) => Some(Param::Bias),
+            Some((_, "running_mean")) => Some(Param::RunningMean),
+            Some((_, "running_var")) => Some(Param::RunningVar),
             _ => None,
         }
     }
 }
 
 /// The tensor name of parameter `p` of the layer called `layer`, as in PyTorch's
-/// `state_dict`: `conv1.weight`, `conv1.bias`. Every tensor name is made here.
+/// `state_dict`: `conv1.weight`, `bn1.running_var`. Every tensor name is made here.
 pub fn param_name(layer: &str, p: Param) -> String {
     match p {
         Param::Weight => format!("{layer}.weight"),
         Param::Bias => format!("{layer}.bias"),
+        Param::RunningMean => format!("{layer}.running_mean"),
+        Param::RunningVar => format!("{layer}.running_var"),
+    }
+}
+
+/// What a tensor of a net is for, which decides how it starts and how training treats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    /// A convolution's filters or a fully connected layer's matrix: drawn at random,
+    /// trained, weight-decayed.
+    Weight,
+    /// A convolution's or fully connected layer's bias: zero, trained, not decayed.
+    Bias,
+    /// A batch norm's γ: one, trained, not decayed (as is usual for normalisation layers).
+    Scale,
+    /// A batch norm's β: zero, trained, not decayed.
+    Shift,
+    /// A batch norm's running mean (zero) or variance (one): updated by the forward pass
+    /// in training, never by the optimizer.
+    Statistic,
+}
+
+impl TensorKind {
+    /// Whether the optimizer updates it.
+    pub fn trained(self) -> bool {
+        self != TensorKind::Statistic
+    }
+
+    /// Whether weight decay applies to it.
+    pub fn decayed(self) -> bool {
+        self == TensorKind::Weight
     }
 }
 
@@ -488,7 +578,7 @@ impl NetSpec {
                         at()
                     )));
                 }
-                Layer::MaxPool(p)
+                Layer::MaxPool(p) | Layer::AvgPool(p)
                     if [p.kernel, p.stride(), p.dilation, p.padding]
                         .iter()
                         .any(|&v| v > MAX_WINDOW) =>
@@ -521,9 +611,26 @@ impl NetSpec {
                         at()
                     )));
                 }
-                Layer::MaxPool(p) if p.kernel == 0 || p.stride() == 0 || p.dilation == 0 => {
+                Layer::MaxPool(p) | Layer::AvgPool(p)
+                    if p.kernel == 0 || p.stride() == 0 || p.dilation == 0 =>
+                {
                     return Err(Error::invalid(format!(
                         "{}: kernel, stride and dilation must be ≥ 1",
+                        at()
+                    )));
+                }
+                Layer::AvgPool(p) if p.ceil_mode => {
+                    return Err(Error::invalid(format!(
+                        "{}: average pooling has no ceil_mode (its divisor at the edge would be ambiguous)",
+                        at()
+                    )));
+                }
+                Layer::BatchNorm(b) if !(b.eps.is_finite() && b.eps > 0.0) => {
+                    return Err(Error::invalid(format!("{}: eps must be > 0", at())));
+                }
+                Layer::BatchNorm(b) if !(0.0..=1.0).contains(&b.momentum) => {
+                    return Err(Error::invalid(format!(
+                        "{}: momentum must be in [0, 1]",
                         at()
                     )));
                 }
@@ -696,7 +803,32 @@ impl NetSpec {
                     }
                     (Shape::Map { c, h: oh, w: ow }, 0, 0)
                 }
-                (Layer::Conv(_) | Layer::MaxPool(_) | Layer::Lrn(_), Shape::Flat(_)) => {
+                (Layer::AvgPool(p), Shape::Map { c, h, w }) => {
+                    let oh = window_out(h, p.kernel, p.stride(), p.padding, p.dilation, false)
+                        .ok_or_else(|| too_small("the pooling window"))?;
+                    let ow = window_out(w, p.kernel, p.stride(), p.padding, p.dilation, false)
+                        .ok_or_else(|| too_small("the pooling window"))?;
+                    let flops = [c, oh, ow, p.kernel, p.kernel]
+                        .iter()
+                        .try_fold(1usize, |a, &b| a.checked_mul(b))
+                        .ok_or_else(too_big)? as u64;
+                    (Shape::Map { c, h: oh, w: ow }, 0, flops)
+                }
+                (Layer::GlobalAvgPool, Shape::Map { c, h, w }) => {
+                    (Shape::Map { c, h: 1, w: 1 }, 0, (c * h * w) as u64)
+                }
+                (Layer::BatchNorm(_), Shape::Map { c, h, w }) => {
+                    (Shape::Map { c, h, w }, 2 * c, (2 * c * h * w) as u64)
+                }
+                (
+                    Layer::Conv(_)
+                    | Layer::MaxPool(_)
+                    | Layer::AvgPool(_)
+                    | Layer::GlobalAvgPool
+                    | Layer::BatchNorm(_)
+                    | Layer::Lrn(_),
+                    Shape::Flat(_),
+                ) => {
                     return Err(Error::invalid(format!(
                         "net {:?}, layer {} ({}): needs feature maps but follows a fully connected layer",
                         self.name,
@@ -730,6 +862,16 @@ impl NetSpec {
 
     /// Names and shapes of every tensor, in layer order (`.weight` before `.bias`).
     pub fn param_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        Ok(self
+            .tensors()?
+            .into_iter()
+            .map(|(name, shape, _)| (name, shape))
+            .collect())
+    }
+
+    /// Names, shapes and kinds of every tensor, in layer order: `.weight` before `.bias`,
+    /// then a batch norm's `.running_mean` and `.running_var`.
+    pub fn tensors(&self) -> Result<Vec<(String, Vec<usize>, TensorKind)>> {
         let (input, _) = self.bound_input()?;
         let mut shape = Shape::Map {
             c: input.channels,
@@ -748,13 +890,36 @@ impl NetSpec {
                     out.push((
                         param_name(&c.name, Param::Weight),
                         vec![c.filters, ci, c.kernel, c.kernel],
+                        TensorKind::Weight,
                     ));
-                    out.push((param_name(&c.name, Param::Bias), vec![c.filters]));
+                    out.push((
+                        param_name(&c.name, Param::Bias),
+                        vec![c.filters],
+                        TensorKind::Bias,
+                    ));
                 }
                 Layer::Fc(f) => {
                     let n = self.units(f.outputs)?;
-                    out.push((param_name(&f.name, Param::Weight), vec![n, shape.numel()]));
-                    out.push((param_name(&f.name, Param::Bias), vec![n]));
+                    out.push((
+                        param_name(&f.name, Param::Weight),
+                        vec![n, shape.numel()],
+                        TensorKind::Weight,
+                    ));
+                    out.push((param_name(&f.name, Param::Bias), vec![n], TensorKind::Bias));
+                }
+                Layer::BatchNorm(b) => {
+                    let c = match shape {
+                        Shape::Map { c, .. } => c,
+                        Shape::Flat(n) => n,
+                    };
+                    for (p, kind) in [
+                        (Param::Weight, TensorKind::Scale),
+                        (Param::Bias, TensorKind::Shift),
+                        (Param::RunningMean, TensorKind::Statistic),
+                        (Param::RunningVar, TensorKind::Statistic),
+                    ] {
+                        out.push((param_name(&b.name, p), vec![c], kind));
+                    }
                 }
                 _ => {}
             }
@@ -763,7 +928,7 @@ impl NetSpec {
         Ok(out)
     }
 
-    /// Total parameter count.
+    /// Total count of trained parameters (a batch norm's running statistics are not).
     pub fn num_params(&self) -> Result<usize> {
         Ok(self.summary()?.iter().map(|r| r.params).sum())
     }

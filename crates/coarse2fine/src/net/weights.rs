@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::spec::{NetSpec, Param};
+use super::spec::{NetSpec, Param, TensorKind};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -83,9 +83,14 @@ impl WeightMap {
     pub fn init(spec: &NetSpec, init: Init, seed: u64) -> Result<Self> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut map = Self::new();
-        for (name, shape) in spec.param_shapes()? {
+        for (name, shape, kind) in spec.tensors()? {
             let mut t = Tensor::zeros(&shape);
-            if Param::of(&name) == Some(Param::Weight) {
+            // A batch norm starts as the identity on unit-variance input: γ = 1, and a
+            // running variance of 1.
+            if kind == TensorKind::Scale || Param::of(&name) == Some(Param::RunningVar) {
+                t.data.fill(1.0);
+            }
+            if kind == TensorKind::Weight {
                 let fan_in: usize = shape[1..].iter().product();
                 let fan_out = shape[0] * shape[2..].iter().product::<usize>();
                 let std = match init {
