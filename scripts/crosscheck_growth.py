@@ -79,6 +79,27 @@ def max_pool(x, layer):
     return out
 
 
+def avg_pool(x, layer):
+    """Window sums over input positions divided by kernel² (padding counts as zeros)."""
+    k = layer["kernel"]
+    s = layer.get("stride") or k
+    p, d = layer.get("padding", 0), layer.get("dilation", 1)
+    n, c, h, wd = x.shape
+    oh, ow = window_out(h, k, s, p, d, False), window_out(wd, k, s, p, d, False)
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    out = np.zeros((n, c, oh, ow))
+    for _, _, patch in taps(xp, k, s, d, oh, ow):
+        out += patch
+    return out / (k * k)
+
+
+def batch_norm(x, w, layer):
+    """Evaluation: the running statistics stand in for the batch's."""
+    name, eps = layer["name"], layer.get("eps", 1e-5)
+    per = lambda t: w[f"{name}.{t}"][None, :, None, None]  # noqa: E731
+    return per("weight") * (x - per("running_mean")) / np.sqrt(per("running_var") + eps) + per("bias")
+
+
 def lrn(x, layer):
     size, alpha = layer.get("size", 5), layer.get("alpha", 1e-4)
     beta, kk = layer.get("beta", 0.75), layer.get("k", 1.0)
@@ -99,6 +120,12 @@ def forward(spec, w, x):
             x = max_pool(x, layer)
         elif t == "lrn":
             x = lrn(x, layer)
+        elif t == "avg_pool":
+            x = avg_pool(x, layer)
+        elif t == "global_avg_pool":
+            x = x.mean(axis=(2, 3), keepdims=True)
+        elif t == "batch_norm":
+            x = batch_norm(x, w, layer)
         elif t == "fc":
             x = x.reshape(x.shape[0], -1) @ w[layer["name"] + ".weight"].T + w[layer["name"] + ".bias"]
         elif t in ("dropout", "softmax"):

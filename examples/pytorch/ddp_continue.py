@@ -10,8 +10,8 @@
 
 It reads the prepared shards (`.c2fs`) of the data folder the checkpoint was trained on
 directly (memory-mapped; their checksums are `c2f`'s to check), trains with coarse2fine's
-optimizer (SGD with momentum and weight decay in Caffe's form, no decay on biases, the fixed
-rate --lr) and writes, into --out:
+optimizer (SGD with momentum and weight decay in Caffe's form, no decay on biases or batch
+norms, the fixed rate --lr) and writes, into --out:
 
     weights.safetensors  the net's state_dict, the keys of model.safetensors
     curve.jsonl          train and eval events in `c2f train`'s format, counted from the
@@ -22,7 +22,9 @@ Every process takes its slice of each global batch (--batch images, split evenly
 processes compute the gradient of the same global batch as one: the weights after a step
 differ from a one-process run only by the order of float sums. The order of the data is
 one seeded permutation per epoch (NumPy's, not c2f's), read as a continuous stream.
-Dropout masks are drawn per process and differ from a one-process run's. Label smoothing
+Dropout masks are drawn per process and differ from a one-process run's. Batch norms
+normalise by each process's slice of the batch (DDP without SyncBatchNorm) and keep rank
+0's running statistics, so a net with batch norms does not match a one-process run. Label smoothing
 is the export's (--label-smoothing); augmentation (`c2f train --augment`) is not applied.
 
 Backend: gloo on the CPU, NCCL on CUDA (--device, default cuda when available). Started
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 SHARD_MAGIC = b"C2FSHARD"
@@ -186,12 +189,13 @@ class Run:
         return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n}
 
 
-def sgd_step(params, velocity, lr, momentum, weight_decay):
-    """coarse2fine's update: v ← μ·v − lr·(∇L + λ·w), w ← w + v; no decay on biases."""
+def sgd_step(params, velocity, lr, momentum, weight_decay, decayed):
+    """coarse2fine's update: v ← μ·v − lr·(∇L + λ·w), w ← w + v; decay only on `decayed`
+    (the weights of convolutions and fully connected layers)."""
     with torch.no_grad():
         for name, p in params:
             g = p.grad
-            if not name.endswith("bias"):
+            if name in decayed:
                 g = g + weight_decay * p
             v = velocity[name]
             v.mul_(momentum).sub_(lr * g)
@@ -223,6 +227,10 @@ def main():
     net.train()
     ddp = torch.nn.parallel.DistributedDataParallel(net) if run.world > 1 else net
     params = list(net.named_parameters())
+    # Batch norms' γ and β are not decayed, as in coarse2fine.
+    decayed = {
+        f"{m}.weight" for m, mod in net.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))
+    }
     velocity = {n: torch.zeros_like(p) for n, p in params}
     out = Path(args.out)
     if run.rank == 0:
@@ -251,7 +259,7 @@ def main():
         loss = F.cross_entropy(ddp(x), y, label_smoothing=args.label_smoothing)
         ddp.zero_grad(set_to_none=False)
         loss.backward()
-        sgd_step(params, velocity, args.lr, args.momentum, args.weight_decay)
+        sgd_step(params, velocity, args.lr, args.momentum, args.weight_decay, decayed)
         losses.append(loss.item())
         clock["train_s"] += time.perf_counter() - t0
         done = t + 1

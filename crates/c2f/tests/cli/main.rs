@@ -953,6 +953,101 @@ fn onnx_export_matches_c2f_logits() {
     onnx_matches_c2f(&up, &data16, tmp.path());
 }
 
+/// A net of batch norms, an average pool and a global average pool (the `bn-cnn` preset)
+/// end to end: training moves the running statistics; exact growth through every one of
+/// those layers keeps the function (c2f's own check, and the NumPy cross-check);
+/// progressive resizing keeps every weight; both ONNX exports match c2f's logits.
+#[test]
+fn batch_norm_net_trains_grows_and_exports() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 256, 300, 16, 5).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8,16"]);
+    let small = tmp.path().join("small");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--net",
+        "bn-cnn",
+        "--iterations",
+        "20",
+        "--batch",
+        "16",
+        "--out",
+        s(&small),
+    ]);
+    let w = WeightMap::load(&small.join("checkpoint/weights.safetensors")).expect("weights");
+    let var = w.get("bn2.running_var").expect("running variance");
+    assert!(
+        var.data.iter().all(|&v| v > 0.0 && v != 1.0),
+        "{:?}",
+        var.data
+    );
+
+    let grown = tmp.path().join("grown");
+    ok(&[
+        "grow",
+        s(&small),
+        "--widen",
+        "conv2=+4",
+        "--init",
+        "net2wider",
+        "--upscale",
+        "--out",
+        s(&grown),
+    ]);
+    let meta = json_of(&grown.join("meta.json"));
+    for r in meta["growth"].as_array().expect("growth records") {
+        assert_eq!(r["exact"], true, "{r}");
+        assert!(r["data"]["rel"].as_f64().expect("rel") <= 1e-5, "{r}");
+    }
+    let spec = json_of(&grown.join("spec.json"));
+    let layers = spec["layers"].as_array().expect("layers");
+    assert!(
+        layers.iter().all(|l| l["type"] != "global_avg_pool"),
+        "{spec}"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/crosscheck_growth.py");
+    let py = Command::new("python3")
+        .arg(&script)
+        .arg(&small)
+        .arg(&grown)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "NumPy cross-check failed:\n{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    // Progressive resizing: the same layers and weights, read at 16×16.
+    let resized = tmp.path().join("resized");
+    ok(&[
+        "grow",
+        s(&small),
+        "--upscale",
+        "resize",
+        "--out",
+        s(&resized),
+    ]);
+    let rw = WeightMap::load(&resized.join("weights.safetensors")).expect("weights");
+    for (name, t) in w.iter() {
+        assert_eq!(rw.get(name), Some(t), "{name}");
+    }
+
+    let data8 = tmp.path().join("data8");
+    ok(&["prepare", s(&src), "--out", s(&data8), "--sizes", "8"]);
+    onnx_matches_c2f(&small, &data8, tmp.path());
+    let data16 = tmp.path().join("data16");
+    ok(&["prepare", s(&src), "--out", s(&data16), "--sizes", "16"]);
+    onnx_matches_c2f(&grown, &data16, tmp.path());
+}
+
 /// `c2f report --tensorboard` writes event files that TensorBoard's own loader reads, with
 /// every evaluation of the run (`evals` in all, over its curves).
 #[cfg(feature = "tensorboard")]
@@ -991,6 +1086,11 @@ fn tensorboard_files_parse(runs: &[&Path], tmp: &Path, evals: usize) {
 
 /// A small trained net with LRN and dropout, and its data, for the export tests.
 fn trained_alexnet_s5(tmp: &Path) -> (PathBuf, PathBuf) {
+    trained_8x8(tmp, "alexnet-s5")
+}
+
+/// `net` trained for 20 steps on an 8×8 fixture in `tmp`: the run and the data folder.
+fn trained_8x8(tmp: &Path, net: &str) -> (PathBuf, PathBuf) {
     let src = tmp.join("src");
     write_quadrant_idx(&src, 256, 300, 8, 4).expect("fixture");
     let data = tmp.join("data");
@@ -1003,7 +1103,7 @@ fn trained_alexnet_s5(tmp: &Path) -> (PathBuf, PathBuf) {
         "--size",
         "8",
         "--net",
-        "alexnet-s5",
+        net,
         "--iterations",
         "20",
         "--batch",
@@ -1080,8 +1180,15 @@ fn pytorch_export_and_import_round_trip() {
 #[test]
 #[ignore = "needs PyTorch: pip install torch safetensors, then cargo test -- --ignored pytorch"]
 fn pytorch_round_trip_matches_logits() {
+    // AlexNet's layers, and batch norms with average pools.
+    for net in ["alexnet-s5", "bn-cnn"] {
+        pytorch_round_trip(net);
+    }
+}
+
+fn pytorch_round_trip(net: &str) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (run, data) = trained_alexnet_s5(tmp.path());
+    let (run, data) = trained_8x8(tmp.path(), net);
     let dir = tmp.path().join("torch");
     ok(&["export", s(&run), "--pytorch", s(&dir)]);
     let dump = tmp.path().join("dump.safetensors");
@@ -1118,8 +1225,8 @@ fn pytorch_round_trip_matches_logits() {
         .zip(&o.data)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    eprintln!("after one SGD step in PyTorch and c2f import: max |c2f − torch| = {max:.3e}");
-    assert!(max <= 1e-4, "max |c2f − torch| after import = {max}");
+    eprintln!("{net}: after one SGD step in PyTorch and c2f import: max |c2f − torch| = {max:.3e}");
+    assert!(max <= 1e-4, "{net}: max |c2f − torch| after import = {max}");
 }
 
 /// `c2f bench` measures every requested net and the loader and writes its tables; the

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::verify::{compare, random_batch, upsample};
 use super::*;
 use crate::net::reference;
-use crate::net::spec::{Conv, Fc, InputShape, Layer, Lrn, Pool, Units};
+use crate::net::spec::{BatchNorm, Conv, Fc, InputShape, Layer, Lrn, Pool, Units};
 use crate::net::weights::Init;
 
 #[derive(Debug, Clone)]
@@ -21,6 +21,18 @@ struct Arch {
     conv2: Option<(usize, usize, usize, usize)>,
     hidden: usize,
     seed: u64,
+    /// Batch norms after the convolutions, an average pool instead of the max pool, a
+    /// global average pool before the first fully connected layer.
+    bn: bool,
+    avg: bool,
+    gap: bool,
+}
+
+impl Arch {
+    /// The layer a ReLU follows in the first block: conv1, or its batch norm.
+    fn before_relu(&self) -> &'static str {
+        if self.bn { "bn1" } else { "conv1" }
+    }
 }
 
 fn arch() -> impl Strategy<Value = Arch> {
@@ -31,9 +43,18 @@ fn arch() -> impl Strategy<Value = Arch> {
         proptest::option::of((1usize..=3, 1usize..=2, 0usize..=1)),
         proptest::option::of((1usize..=4, 1usize..=3, 0usize..=1, 1usize..=2)),
         (2usize..=6, any::<u64>()),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |((channels, side, classes), conv1, lrn, pool, conv2, (hidden, seed))| Arch {
+            |(
+                (channels, side, classes),
+                conv1,
+                lrn,
+                pool,
+                conv2,
+                (hidden, seed),
+                (bn, avg, gap),
+            )| Arch {
                 channels,
                 side,
                 classes,
@@ -43,6 +64,9 @@ fn arch() -> impl Strategy<Value = Arch> {
                 conv2,
                 hidden,
                 seed,
+                bn,
+                avg,
+                gap,
             },
         )
 }
@@ -50,17 +74,18 @@ fn arch() -> impl Strategy<Value = Arch> {
 /// A bound spec with random weights, or `None` if the layers do not fit the input.
 fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
     let (f, k, s, p) = a.conv1;
-    let mut layers = vec![
-        Layer::Conv(Conv {
-            name: "conv1".into(),
-            filters: f,
-            kernel: k,
-            stride: s,
-            padding: p.min(k / 2),
-            dilation: 1,
-        }),
-        Layer::Relu,
-    ];
+    let mut layers = vec![Layer::Conv(Conv {
+        name: "conv1".into(),
+        filters: f,
+        kernel: k,
+        stride: s,
+        padding: p.min(k / 2),
+        dilation: 1,
+    })];
+    if a.bn {
+        layers.push(Layer::BatchNorm(BatchNorm::new("bn1")));
+    }
+    layers.push(Layer::Relu);
     if a.lrn {
         layers.push(Layer::Lrn(Lrn {
             size: 3,
@@ -70,13 +95,18 @@ fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
         }));
     }
     if let Some((pk, ps, pp)) = a.pool {
-        layers.push(Layer::MaxPool(Pool {
+        let pool = Pool {
             kernel: pk,
             stride: Some(ps),
             padding: pp.min(pk / 2),
             dilation: 1,
             ceil_mode: false,
-        }));
+        };
+        layers.push(if a.avg {
+            Layer::AvgPool(pool)
+        } else {
+            Layer::MaxPool(pool)
+        });
     }
     if let Some((f2, k2, p2, d2)) = a.conv2 {
         layers.push(Layer::Conv(Conv {
@@ -87,7 +117,13 @@ fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
             padding: p2,
             dilation: d2,
         }));
+        if a.bn {
+            layers.push(Layer::BatchNorm(BatchNorm::new("bn2")));
+        }
         layers.push(Layer::Relu);
+    }
+    if a.gap {
+        layers.push(Layer::GlobalAvgPool);
     }
     layers.extend([
         Layer::Fc(Fc {
@@ -124,6 +160,25 @@ fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
             .unwrap_or_default();
         if let Some(t) = w.get_mut(&n) {
             t.data = vals;
+        }
+    }
+    // Batch norms with an affine map and statistics of their own (variances positive).
+    let names: Vec<String> = w
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| n.starts_with("bn"))
+        .collect();
+    for n in names {
+        let positive = n.ends_with("running_var");
+        if let Some(t) = w.get_mut(&n) {
+            for (j, v) in t.data.iter_mut().enumerate() {
+                let r = ((a.seed as usize % 97 + 13 * j + n.len()) % 17) as f32 / 17.0;
+                *v = if positive {
+                    0.3 + 2.0 * r
+                } else {
+                    2.0 * r - 0.8
+                };
+            }
         }
     }
     Some((spec, w))
@@ -220,7 +275,7 @@ proptest! {
     #[test]
     fn deepening_preserves_function(a in arch(), kernel in prop_oneof![Just(1usize), Just(3)], after_fc in any::<bool>()) {
         let Some((spec, w)) = build(&a) else { return Ok(()) };
-        let after = if after_fc { "fc1" } else { "conv1" };
+        let after = if after_fc { "fc1" } else { a.before_relu() };
         let (g, gw, _) = grow_all(&spec, &w, &[GrowOp::Deepen { after: after.into(), kernel, noise: 0.0 }]);
         prop_assert_eq!(g.layers.len(), spec.layers.len() + 2);
         let e = rel_error(&spec, &w, &g, &gw, a.seed);
@@ -233,7 +288,7 @@ proptest! {
         let Some((spec, w)) = build(&a) else { return Ok(()) };
         let ops = [
             GrowOp::Widen { layer: "conv1".into(), add: 2, init: NewFilters::Net2Wider, next_sigma: 0.0, bias: 0.0, noise: 0.0, force: false },
-            GrowOp::Deepen { after: "conv1".into(), kernel: 3, noise: 0.0 },
+            GrowOp::Deepen { after: a.before_relu().into(), kernel: 3, noise: 0.0 },
             UP_EXACT,
             GrowOp::Widen { layer: "fc1".into(), add: 3, init: NewFilters::Gauss(0.5), next_sigma: 0.0, bias: 0.0, noise: 0.0, force: false },
             GrowOp::Deepen { after: "fc1".into(), kernel: 1, noise: 0.0 },
@@ -268,7 +323,8 @@ proptest! {
 fn backends_run_grown_nets_like_the_reference() -> crate::Result<()> {
     use crate::backend::{BackendKind, Compute, Network};
     use crate::data::loader::Batch;
-    // Padded, strided, dilated pooling and convs after an exact upscale.
+    // Padded, strided, dilated pooling and convs after an exact upscale, batch norms, and
+    // the dilated average pools that replace a global one.
     let a = Arch {
         channels: 2,
         side: 9,
@@ -279,6 +335,9 @@ fn backends_run_grown_nets_like_the_reference() -> crate::Result<()> {
         conv2: Some((4, 3, 1, 1)),
         hidden: 5,
         seed: 4,
+        bn: true,
+        avg: true,
+        gap: true,
     };
     let (spec, w) = build(&a).expect("fits");
     let (g, gw, _) = grow_all(
@@ -287,7 +346,7 @@ fn backends_run_grown_nets_like_the_reference() -> crate::Result<()> {
         &[
             UP_EXACT,
             GrowOp::Deepen {
-                after: "conv2".into(),
+                after: "bn2".into(),
                 kernel: 3,
                 noise: 0.1,
             },
@@ -320,6 +379,9 @@ fn one_conv_net(seed: u64) -> (NetSpec, WeightMap) {
         conv2: None,
         hidden: 3,
         seed,
+        bn: false,
+        avg: false,
+        gap: false,
     };
     build(&a).expect("fits")
 }
@@ -424,5 +486,55 @@ fn oversized_growth_is_refused_up_front() -> Result<()> {
         grown.num_params()?,
         spec.num_params()? + 4 * (3 * 7 * 7 + 1) + 4 * 10
     );
+    Ok(())
+}
+
+/// Progressive resizing of a net that ends its maps in a global average pool changes no
+/// weight and no layer, only the input size; the exact upscale of the same net instead
+/// averages over the small map's lattice and keeps the function.
+#[test]
+fn a_global_average_pool_net_resizes_without_a_weight_change() -> Result<()> {
+    let a = Arch {
+        channels: 2,
+        side: 8,
+        classes: 3,
+        conv1: (4, 3, 1, 1),
+        lrn: false,
+        pool: Some((2, 2, 0)),
+        conv2: Some((5, 3, 1, 1)),
+        hidden: 6,
+        seed: 9,
+        bn: true,
+        avg: true,
+        gap: true,
+    };
+    let (spec, w) = build(&a).expect("fits");
+    let resize = GrowOp::Upscale {
+        mode: UpscaleMode::Resize,
+        sigma: 0.0,
+    };
+    let (g, gw, _) = grow_all(&spec, &w, &[resize]);
+    assert_eq!(g.layers, spec.layers);
+    assert_eq!(g.input.map(|i| i.height), Some(16));
+    for (name, t) in w.iter() {
+        assert_eq!(gw.get(name), Some(t), "{name} changed");
+    }
+    let (e, ew, _) = grow_all(&spec, &w, &[UP_EXACT]);
+    assert!(e.layers.iter().any(|l| matches!(
+        l,
+        Layer::AvgPool(Pool {
+            kernel: 4,
+            dilation: 2,
+            ..
+        })
+    )));
+    let (exact_err, resize_err) = (
+        rel_error(&spec, &w, &e, &ew, 3),
+        rel_error(&spec, &w, &g, &gw, 3),
+    );
+    assert!(exact_err <= 1e-5, "exact upscale: {exact_err}");
+    // Resizing is not exact: average pools over 2×2 replicated blocks see one pixel's
+    // value only where the block aligns, and the convolutions' receptive fields shrink.
+    assert!(resize_err > 1e-4, "resize error {resize_err}");
     Ok(())
 }

@@ -14,10 +14,21 @@
 //! * The first fully connected layer after the maps takes its old weights at lattice
 //!   positions; the others are zero (exact) or noise (paper). Later layers are unchanged.
 //!
+//! * Batch norms keep their values: per channel they are an affine map in evaluation, so
+//!   the lattice argument holds for them. In training their statistics are taken over the
+//!   whole larger map, lattice and in-between positions alike, so the training-mode
+//!   function changes; exactness here is that of evaluation (what the growth check
+//!   measures).
+//! * An average pool is dilated like a max pool. A global average pool becomes an average
+//!   pool over the lattice of the small map (its side, dilation 2): averaging the whole
+//!   larger map would mix in the in-between values.
+//!
 //! In resize mode (progressive resizing) the layers are kept and read the larger image; the
 //! first fully connected layer's weights are resampled over the larger map, divided by the
 //! ratio of the maps' areas, so that a map that is constant in each block still gives that
 //! layer the same inputs. Nothing is dilated, and the function is kept only approximately.
+//! A net whose maps end in a global average pool needs no weight change at all: it is
+//! trained on with the larger images as it is.
 //!
 //! Output sides follow: a stride-s layer of output side m becomes one whose side is at
 //! least 2m − 1 (exactly 2m − 1 for stride 1 and floor-mode pools); the check below refuses
@@ -47,7 +58,8 @@ pub fn upscale(
         return Err(Error::invalid(format!("upscale σ {sigma} must be ≥ 0")));
     }
     let small_rows = spec.summary()?;
-    let (layers, rules): (Vec<Layer>, Vec<Rule>) = grown_layers(spec, mode).into_iter().unzip();
+    let (layers, rules): (Vec<Layer>, Vec<Rule>) =
+        grown_layers(spec, &small_rows, mode)?.into_iter().unzip();
     let grown = NetSpec {
         name: spec.name.clone(),
         input: Some(InputShape {
@@ -79,6 +91,19 @@ pub fn upscale(
     let mut out = WeightMap::new();
     for (i, (l, rule)) in spec.layers.iter().zip(&rules).enumerate() {
         let Some(name) = l.name() else { continue };
+        if let Layer::BatchNorm(_) = l {
+            // Per-channel values: the same channels, the same values.
+            for p in [
+                Param::Weight,
+                Param::Bias,
+                Param::RunningMean,
+                Param::RunningVar,
+            ] {
+                let n = param_name(name, p);
+                out.insert(n.clone(), tensor(map, &n)?.clone());
+            }
+            continue;
+        }
         let (wn, bn) = (
             param_name(name, Param::Weight),
             param_name(name, Param::Bias),
@@ -115,18 +140,24 @@ enum Rule {
     FcFromMap,
 }
 
-/// Each layer of the upscaled net, and how its weights derive from the old.
-fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
+/// Each layer of the upscaled net, and how its weights derive from the old; `rows` is the
+/// small net's summary.
+fn grown_layers(
+    spec: &NetSpec,
+    rows: &[crate::net::spec::LayerSummary],
+    mode: UpscaleMode,
+) -> Result<Vec<(Layer, Rule)>> {
     let mut replicated = true;
     let mut seen_fc = false;
     spec.layers
         .iter()
-        .map(|l| match l {
+        .enumerate()
+        .map(|(i, l)| match l {
             Layer::Fc(_) if !seen_fc => {
                 seen_fc = true;
-                (l.clone(), Rule::FcFromMap)
+                Ok((l.clone(), Rule::FcFromMap))
             }
-            other if mode == UpscaleMode::Resize => (other.clone(), Rule::Copy),
+            other if mode == UpscaleMode::Resize => Ok((other.clone(), Rule::Copy)),
             Layer::Conv(c) if replicated && c.dilation == 1 => {
                 replicated = false;
                 let conv = Conv {
@@ -134,7 +165,7 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
                     padding: 2 * c.padding,
                     ..c.clone()
                 };
-                (Layer::Conv(conv), Rule::Replicate)
+                Ok((Layer::Conv(conv), Rule::Replicate))
             }
             Layer::Conv(c) => {
                 replicated = false;
@@ -145,7 +176,7 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
                             padding: 2 * c.padding,
                             ..c.clone()
                         };
-                        (Layer::Conv(conv), Rule::Copy)
+                        Ok((Layer::Conv(conv), Rule::Copy))
                     }
                     UpscaleMode::Paper | UpscaleMode::Resize => {
                         let conv = Conv {
@@ -153,7 +184,7 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
                             padding: 2 * c.padding,
                             ..c.clone()
                         };
-                        (Layer::Conv(conv), Rule::Spread)
+                        Ok((Layer::Conv(conv), Rule::Spread))
                     }
                 }
             }
@@ -172,9 +203,50 @@ fn grown_layers(spec: &NetSpec, mode: UpscaleMode) -> Vec<(Layer, Rule)> {
                         ..p.clone()
                     },
                 };
-                (Layer::MaxPool(grown), Rule::Copy)
+                Ok((Layer::MaxPool(grown), Rule::Copy))
             }
-            other => (other.clone(), Rule::Copy),
+            // An average over the lattice: the mean of the small net's window (paper mode
+            // has no rule of its own for it, and takes this exact one).
+            Layer::AvgPool(p) => {
+                replicated = false;
+                let grown = Pool {
+                    dilation: 2 * p.dilation,
+                    padding: 2 * p.padding,
+                    ..p.clone()
+                };
+                Ok((Layer::AvgPool(grown), Rule::Copy))
+            }
+            // The mean over the lattice of the small map, not over the whole larger map:
+            // an average pool of the small map's side, dilated ×2.
+            Layer::GlobalAvgPool => {
+                replicated = false;
+                let input = if i == 0 {
+                    spec.input.map(|s| (s.height, s.width))
+                } else {
+                    match rows[i - 1].output {
+                        Shape::Map { h, w, .. } => Some((h, w)),
+                        Shape::Flat(_) => None,
+                    }
+                };
+                match input {
+                    Some((h, w)) if h == w => Ok((
+                        Layer::AvgPool(Pool {
+                            kernel: h,
+                            stride: Some(1),
+                            padding: 0,
+                            dilation: 2,
+                            ceil_mode: false,
+                        }),
+                        Rule::Copy,
+                    )),
+                    _ => Err(Error::invalid(format!(
+                        "net {:?}, layer {} (global-avg-pool): an exact upscale needs a square map before it; upscale with mode resize instead",
+                        spec.name,
+                        i + 1
+                    ))),
+                }
+            }
+            other => Ok((other.clone(), Rule::Copy)),
         })
         .collect()
 }

@@ -7,6 +7,10 @@
 //! splits N's weights of each copied unit evenly among its copies, which also keeps the
 //! function. Layers between L and N that mix channels (LRN) see the new channels, so with
 //! non-zero new filters the guarantee there is approximate; the verification reports it.
+//! Batch norms between L and N get the new channels too: copies of their source channel's
+//! values for Net2Wider and flips (so a copied filter is normalised like its original),
+//! a fresh batch norm's (γ = 1, β = 0, mean 0, variance 1) otherwise. N's zero (or split)
+//! weights keep the function either way.
 
 use rand::{Rng, SeedableRng};
 
@@ -92,7 +96,39 @@ pub fn widen(
     };
     let (nwn, next) = next_cols.widen(map, units, &mut fresh)?;
     out.insert(nwn, next);
+    for l in &mut grown.layers[i + 1..j] {
+        if let Layer::BatchNorm(b) = l {
+            widen_batch_norm(&mut out, &b.name, &sources, units.init, &fresh)?;
+        }
+    }
     Ok((grown, out))
+}
+
+/// Adds one channel per source to the batch norm `name`'s four tensors in `map`.
+fn widen_batch_norm(
+    map: &mut WeightMap,
+    name: &str,
+    sources: &[usize],
+    init: NewFilters,
+    fresh: &Fresh,
+) -> Result<()> {
+    let copy = !matches!(init, NewFilters::Gauss(_) | NewFilters::Zeros);
+    for (p, start) in [
+        (Param::Weight, 1.0),
+        (Param::Bias, 0.0),
+        (Param::RunningMean, 0.0),
+        (Param::RunningVar, 1.0),
+    ] {
+        let n = param_name(name, p);
+        let mut t = tensor(map, &n)?.clone();
+        for &s in sources {
+            let v = if copy { t.data[s] } else { start };
+            t.data.push(fresh.constant(v));
+        }
+        t.shape[0] = t.data.len();
+        map.insert(n, t);
+    }
+    Ok(())
 }
 
 /// Checks that `layer` can be widened by `add` with `units`; returns its index and the
@@ -124,7 +160,7 @@ fn check_widen(
         )));
     }
     let j = (i + 1..spec.layers.len())
-        .find(|&j| spec.layers[j].name().is_some())
+        .find(|&j| matches!(spec.layers[j], Layer::Conv(_) | Layer::Fc(_)))
         .ok_or_else(|| Error::invalid(format!("widen {layer}: no later layer with weights")))?;
     let relu_between = spec.layers[i + 1..j]
         .iter()

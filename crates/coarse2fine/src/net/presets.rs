@@ -16,8 +16,12 @@
 //!   net-1…net-4, which the table gives as plain conv–pool–fc nets, have neither.
 //! * The classifier L8 has as many outputs as the data set has classes.
 //! * Max pooling rounds down (PyTorch's convention); set `ceil_mode` for Caffe's.
+//!
+//! One preset is not the paper's: `bn-cnn`, a small net of today's layers (batch norms, an
+//! average pool, a global average pool before the classifier), whose weights fit every
+//! input size.
 
-use super::spec::{Conv, Dropout, Fc, Layer, Lrn, NetSpec, Pool, Units};
+use super::spec::{BatchNorm, Conv, Dropout, Fc, Layer, Lrn, NetSpec, Pool, Units};
 
 /// A named preset.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +35,7 @@ pub struct Preset {
 }
 
 /// All presets, smallest first.
-pub const PRESETS: [Preset; 8] = [
+pub const PRESETS: [Preset; 9] = [
     Preset {
         name: "net-1",
         native_size: 8,
@@ -71,6 +75,11 @@ pub const PRESETS: [Preset; 8] = [
         name: "alexnet",
         native_size: 227,
         about: "Krizhevsky et al.'s AlexNet (227×227, no groups)",
+    },
+    Preset {
+        name: "bn-cnn",
+        native_size: 8,
+        about: "conv 16(3)-BN, conv 32(3)-BN, avg-pool 2/2, conv 64(3)-BN, global avg-pool, fc (any size)",
     },
 ];
 
@@ -115,6 +124,31 @@ fn lrn() -> Layer {
 
 fn dropout() -> Layer {
     Layer::Dropout(Dropout { p: 0.5 })
+}
+
+/// Three 3×3 convolutions, each followed by a batch norm and a ReLU, an average pool after
+/// the second, and a global average pool before the classifier.
+fn bn_cnn() -> Vec<Layer> {
+    let block = |i: usize, filters| {
+        [
+            conv(&format!("conv{i}"), filters, 3, 1, 1),
+            Layer::BatchNorm(BatchNorm::new(&format!("bn{i}"))),
+            Layer::Relu,
+        ]
+    };
+    let mut layers = Vec::new();
+    layers.extend(block(1, 16));
+    layers.extend(block(2, 32));
+    layers.push(Layer::AvgPool(Pool {
+        kernel: 2,
+        stride: Some(2),
+        padding: 0,
+        dilation: 1,
+        ceil_mode: false,
+    }));
+    layers.extend(block(3, 64));
+    layers.extend([Layer::GlobalAvgPool, classifier(), Layer::Softmax]);
+    layers
 }
 
 fn small_net(filters: usize, fc6: usize) -> Vec<Layer> {
@@ -251,6 +285,7 @@ pub fn preset(name: &str) -> Option<NetSpec> {
             },
             true,
         ),
+        "bn-cnn" => bn_cnn(),
         _ => return None,
     };
     Some(NetSpec {
