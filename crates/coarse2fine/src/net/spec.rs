@@ -1058,6 +1058,60 @@ type = "softmax"
         Ok(())
     }
 
+    /// Batch norms and average pools: their settings are checked, they need feature maps,
+    /// and their tensors are named like PyTorch's.
+    #[test]
+    fn batch_norm_and_average_pool_settings_are_checked() -> Result<()> {
+        let net = |layer: &str| {
+            format!(
+                "name=\"x\"\n[[layers]]\ntype=\"conv\"\nname=\"c\"\nfilters=2\nkernel=1\n[[layers]]\n{layer}\n[[layers]]\ntype=\"fc\"\nname=\"f\"\noutputs=\"classes\"\n"
+            )
+        };
+        let parse = |layer: &str| NetSpec::parse(Path::new("x.toml"), &net(layer));
+        for (layer, needle) in [
+            (
+                "type=\"batch_norm\"\nname=\"b\"\neps=0.0",
+                "eps must be > 0",
+            ),
+            (
+                "type=\"batch_norm\"\nname=\"b\"\nmomentum=1.5",
+                "momentum must be in [0, 1]",
+            ),
+            ("type=\"batch_norm\"\nname=\"c\"", "duplicate layer name"),
+            (
+                "type=\"avg_pool\"\nkernel=2\nceil_mode=true",
+                "no ceil_mode",
+            ),
+            ("type=\"avg_pool\"\nkernel=0", "must be ≥ 1"),
+        ] {
+            let err = parse(layer)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("x.toml") && err.contains(needle),
+                "{layer}: {err}"
+            );
+        }
+        let spec = parse("type=\"batch_norm\"\nname=\"b\"")?.bind(InputShape::square(1, 4), 3)?;
+        let names: Vec<String> = spec.param_shapes()?.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names[2..6],
+            ["b.weight", "b.bias", "b.running_mean", "b.running_var"]
+        );
+        assert_eq!(spec.num_params()?, 2 * 2 + 2 * 2 + (2 * 16 * 3 + 3));
+        // A batch norm or pool after the maps are flattened is refused at binding.
+        let flat = "name=\"x\"\n[[layers]]\ntype=\"fc\"\nname=\"f\"\noutputs=4\n[[layers]]\ntype=\"global_avg_pool\"\n[[layers]]\ntype=\"fc\"\nname=\"g\"\noutputs=\"classes\"\n";
+        let err = NetSpec::parse(Path::new("x.toml"), flat)?
+            .bind(InputShape::square(1, 4), 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs feature maps"), "{err}");
+        let gap = parse("type=\"global_avg_pool\"")?.bind(InputShape::square(1, 5), 3)?;
+        assert_eq!(gap.summary()?[1].output, Shape::Map { c: 2, h: 1, w: 1 });
+        Ok(())
+    }
+
     #[test]
     fn window_sizes_match_caffe_and_pytorch() {
         assert_eq!(window_out(55, 3, 2, 0, 1, false), Some(27));
