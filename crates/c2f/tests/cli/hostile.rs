@@ -657,6 +657,39 @@ fn bad_import_mismatched_shapes_or_nan() {
     assert!(!out.exists());
 }
 
+#[test]
+fn bad_import_negative_batch_norm_variance() {
+    let fx = Fx::new();
+    let run = fx.path("bn");
+    ok(&[
+        "train",
+        "--data",
+        s(&fx.data),
+        "--size",
+        "8",
+        "--net",
+        "bn-cnn",
+        "--iterations",
+        "4",
+        "--batch",
+        "16",
+        "--out",
+        s(&run),
+    ]);
+    let torch = fx.path("torch");
+    ok(&["export", s(&run), "--pytorch", s(&torch)]);
+    let f = torch.join("model.safetensors");
+    let mut w = WeightMap::load(&f).expect("weights");
+    w.get_mut("bn2.running_var").expect("variance").data[1] = -0.5;
+    w.save(&f, None).expect("save");
+    let out = fx.path("imported");
+    fails(
+        &["import", s(&torch), "--out", s(&out)],
+        &["model.safetensors", "bn2.running_var", "negative variance"],
+    );
+    assert!(!out.exists());
+}
+
 // ------------------------------------------------------------ plans
 
 #[test]

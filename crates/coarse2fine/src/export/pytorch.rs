@@ -110,6 +110,16 @@ pub fn checkpoint_from(
             format!("tensor {name:?} holds values that are not finite (NaN or infinite)"),
         ));
     }
+    // A variance below zero would make a batch norm's output NaN in evaluation.
+    if let Some((name, _)) = w
+        .iter()
+        .find(|(n, t)| n.ends_with(".running_var") && t.data.iter().any(|&v| v < 0.0))
+    {
+        return Err(Error::format(
+            weights,
+            format!("tensor {name:?} holds a negative variance"),
+        ));
+    }
     let mut meta = e.meta;
     // Trained elsewhere: what the old checkpoint measured no longer holds.
     meta.last_eval = None;
