@@ -322,6 +322,28 @@ fn fashion_mnist_prepare_and_short_training() {
     onnx_matches_c2f(&run, &data, tmp.path());
 }
 
+/// Runs the independent NumPy check (scripts/crosscheck_growth.py) on two checkpoints.
+fn numpy_crosscheck(small: &Path, grown: &Path) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/crosscheck_growth.py");
+    Command::new("python3")
+        .arg(&script)
+        .arg(small)
+        .arg(grown)
+        .output()
+        .expect("python3 runs")
+}
+
+/// [`numpy_crosscheck`] must find that the grown net computes the small one's function.
+fn numpy_crosscheck_passes(small: &Path, grown: &Path) {
+    let py = numpy_crosscheck(small, grown);
+    assert!(
+        py.status.success(),
+        "NumPy cross-check failed (needs `python3 -m pip install numpy`):\n{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+}
+
 fn json_of(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("readable")).expect("json")
 }
@@ -395,19 +417,7 @@ fn grow_verify_crosscheck_and_continue_training() {
     assert_eq!(v["data"]["top1_agreement"], 1.0);
 
     // An independent NumPy implementation agrees that g(upsample(x)) = f(x).
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/crosscheck_growth.py");
-    let py = Command::new("python3")
-        .arg(&script)
-        .arg(&small)
-        .arg(&grown)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        py.status.success(),
-        "NumPy cross-check failed (needs `python3 -m pip install numpy`):\n{}{}",
-        String::from_utf8_lossy(&py.stdout),
-        String::from_utf8_lossy(&py.stderr)
-    );
+    numpy_crosscheck_passes(&small, &grown);
 
     // Momentum buffers: carried by default (moved with the weights), zeros with --momentum reset.
     let carried = WeightMap::load(&grown.join("optimizer.safetensors")).expect("optimizer");
@@ -446,12 +456,7 @@ fn grow_verify_crosscheck_and_continue_training() {
         .as_f64()
         .expect("rel");
     assert!(rel > 1e-5, "paper mode adds noise: {rel}");
-    let py = Command::new("python3")
-        .arg(&script)
-        .arg(&small)
-        .arg(&paper)
-        .output()
-        .expect("python3 runs");
+    let py = numpy_crosscheck(&small, &paper);
     assert!(
         !py.status.success(),
         "the cross-check must notice a non-preserving growth"
@@ -1011,19 +1016,7 @@ fn batch_norm_net_trains_grows_and_exports() {
         layers.iter().all(|l| l["type"] != "global_avg_pool"),
         "{spec}"
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/crosscheck_growth.py");
-    let py = Command::new("python3")
-        .arg(&script)
-        .arg(&small)
-        .arg(&grown)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        py.status.success(),
-        "NumPy cross-check failed:\n{}{}",
-        String::from_utf8_lossy(&py.stdout),
-        String::from_utf8_lossy(&py.stderr)
-    );
+    numpy_crosscheck_passes(&small, &grown);
 
     // Progressive resizing: the same layers and weights, read at 16×16.
     let resized = tmp.path().join("resized");

@@ -220,35 +220,43 @@ fn grown_layers(
             // an average pool of the small map's side, dilated ×2.
             Layer::GlobalAvgPool => {
                 replicated = false;
-                let input = if i == 0 {
-                    spec.input.map(|s| (s.height, s.width))
-                } else {
-                    match rows[i - 1].output {
-                        Shape::Map { h, w, .. } => Some((h, w)),
-                        Shape::Flat(_) => None,
-                    }
-                };
-                match input {
-                    Some((h, w)) if h == w => Ok((
-                        Layer::AvgPool(Pool {
-                            kernel: h,
-                            stride: Some(1),
-                            padding: 0,
-                            dilation: 2,
-                            ceil_mode: false,
-                        }),
-                        Rule::Copy,
-                    )),
-                    _ => Err(Error::invalid(format!(
-                        "net {:?}, layer {} (global-avg-pool): an exact upscale needs a square map before it; upscale with mode resize instead",
-                        spec.name,
-                        i + 1
-                    ))),
-                }
+                Ok((lattice_mean(spec, rows, i)?, Rule::Copy))
             }
             other => Ok((other.clone(), Rule::Copy)),
         })
         .collect()
+}
+
+/// The upscaled form of the global average pool at layer `i`: the mean over the lattice of
+/// the small map (window its side, dilation 2), not over the whole larger map, which would
+/// mix in the in-between values.
+fn lattice_mean(
+    spec: &NetSpec,
+    rows: &[crate::net::spec::LayerSummary],
+    i: usize,
+) -> Result<Layer> {
+    let input = if i == 0 {
+        spec.input.map(|s| (s.height, s.width))
+    } else {
+        match rows[i - 1].output {
+            Shape::Map { h, w, .. } => Some((h, w)),
+            Shape::Flat(_) => None,
+        }
+    };
+    match input {
+        Some((h, w)) if h == w => Ok(Layer::AvgPool(Pool {
+            kernel: h,
+            stride: Some(1),
+            padding: 0,
+            dilation: 2,
+            ceil_mode: false,
+        })),
+        _ => Err(Error::invalid(format!(
+            "net {:?}, layer {} (global-avg-pool): an exact upscale needs a square map before it; upscale with mode resize instead",
+            spec.name,
+            i + 1
+        ))),
+    }
 }
 
 /// Every map of the upscaled net must still hold the lattice of the small net's positions.

@@ -736,6 +736,8 @@ impl NetSpec {
     /// Per-layer output shapes, parameter and FLOP counts; fails naming the first layer
     /// that does not fit its input.
     pub fn summary(&self) -> Result<Vec<LayerSummary>> {
+        // Long by design: one arm per layer type, each reading beside the others; split, the
+        // cases of one layer would be scattered over several functions.
         let (input, _) = self.bound_input()?;
         let mut shape = Shape::Map {
             c: input.channels,
