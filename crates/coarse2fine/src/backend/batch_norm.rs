@@ -46,15 +46,22 @@ pub(crate) fn add_blocks(parts: &[Vec<f64>], channels: usize) -> Vec<f64> {
     total
 }
 
-/// The batch statistics of `count` values per channel from their sums and the sums of
-/// squared deviations.
-pub(crate) fn batch_stats(sums: &[f64], squares: &[f64], count: usize, eps: f32) -> BatchStats {
+/// Per-channel means of `count` values from their sums.
+pub(crate) fn means(sums: &[f64], count: usize) -> Vec<f32> {
+    sums.iter().map(|s| (s / count as f64) as f32).collect()
+}
+
+/// The batch statistics of `count` values per channel from their means and the sums of
+/// squared deviations from them.
+pub(crate) fn batch_stats(mean: Vec<f32>, squares: &[f64], count: usize, eps: f32) -> BatchStats {
     let m = count as f64;
-    let mut s = BatchStats::default();
-    for (&sum, &sq) in sums.iter().zip(squares) {
-        let var = sq / m;
-        s.mean.push((sum / m) as f32);
-        s.inv_std.push((1.0 / (var + f64::from(eps)).sqrt()) as f32);
+    let mut s = BatchStats {
+        mean,
+        ..BatchStats::default()
+    };
+    for &sq in squares {
+        s.inv_std
+            .push((1.0 / (sq / m + f64::from(eps)).sqrt()) as f32);
         s.var_unbiased.push((sq / (m - 1.0).max(1.0)) as f32);
     }
     s
@@ -143,9 +150,9 @@ mod tests {
         let beta = [0.2f32, 0.1];
         let eps = 1e-5;
         let sums = channel_sums(&x, c, None);
-        let mean: Vec<f32> = sums.iter().map(|s| (s / m as f64) as f32).collect();
+        let mean = means(&sums, m);
         let sq = channel_sums(&x, c, Some(&mean));
-        let st = batch_stats(&sums, &sq, m, eps);
+        let st = batch_stats(mean, &sq, m, eps);
         let scale: Vec<f32> = (0..c).map(|i| gamma[i] * st.inv_std[i]).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - st.mean[i] * scale[i]).collect();
         let mut y = vec![0.0; c * m];

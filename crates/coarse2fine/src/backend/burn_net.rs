@@ -53,11 +53,19 @@ enum Op {
 }
 
 /// What a training forward pass needs and leaves: the dropout masks' generator, and each
-/// batch norm's batch mean and unbiased variance (with the index of its γ and its
-/// momentum), for the running statistics.
+/// batch norm's batch statistics for its running averages.
 struct Training {
     rng: rand_chacha::ChaCha8Rng,
-    stats: Vec<(usize, f32, Vec<f32>, Vec<f32>)>,
+    stats: Vec<BatchStats>,
+}
+
+/// One batch norm's statistics of a training batch, on the device, outside the autodiff
+/// graph: the mean and the unbiased variance, with the index of its γ and its momentum.
+struct BatchStats {
+    w: usize,
+    momentum: f32,
+    mean: Tensor<1>,
+    var: Tensor<1>,
 }
 
 enum Act {
@@ -100,7 +108,7 @@ impl BurnNet {
 
     /// Logits `N × classes`, row-major.
     pub(super) fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
-        let out = forward(&self.ops, &self.params, self.input(batch), None, None)?;
+        let out = forward(&self.ops, &self.params, self.input(batch), None, None);
         host_values(out.into_data())
     }
 
@@ -119,7 +127,7 @@ impl BurnNet {
             self.input(batch),
             None,
             Some(&mut record),
-        )?;
+        );
         host_values(out.into_data())?;
         Ok(times)
     }
@@ -163,7 +171,7 @@ impl BurnNet {
             stats: Vec::new(),
         };
         let x = self.input(batch).autodiff();
-        let logits = forward(&self.ops, &tracked, x, Some(&mut training), None)?;
+        let logits = forward(&self.ops, &tracked, x, Some(&mut training), None);
         let loss = cross_entropy(
             logits,
             (&batch.labels, sgd.label_smoothing),
@@ -189,16 +197,10 @@ impl BurnNet {
             self.params[i] = p + v.clone();
             self.velocity[i] = v;
         }
-        for (w, momentum, mean, var) in training.stats {
-            for (r, b) in [(w + 2, mean), (w + 3, var)] {
-                let old = download(&self.params[r])?;
-                let new: Vec<f32> = old
-                    .iter()
-                    .zip(&b)
-                    .map(|(o, x)| (1.0 - momentum) * o + momentum * x)
-                    .collect();
-                let n = new.len();
-                self.params[r] = Tensor::from_data(TensorData::new(new, [n]), &self.device);
+        for s in training.stats {
+            for (r, b) in [(s.w + 2, s.mean), (s.w + 3, s.var)] {
+                let old = self.params[r].clone().mul_scalar(1.0 - s.momentum);
+                self.params[r] = old + b.mul_scalar(s.momentum);
             }
         }
         loss_value
@@ -296,7 +298,7 @@ fn forward(
     x: Tensor<4>,
     mut training: Option<&mut Training>,
     mut after_op: Option<&mut dyn FnMut(usize)>,
-) -> Result<Tensor<2>> {
+) -> Tensor<2> {
     let mut a = Act::Map(x);
     for (i, op) in ops.iter().enumerate() {
         a = match (op, a) {
@@ -331,7 +333,7 @@ fn forward(
             (Op::GlobalAvgPool, Act::Map(x)) => Act::Map(x.mean_dims(&[2, 3])),
             (Op::BatchNorm { w, eps, momentum }, Act::Map(x)) => {
                 let stats = training.as_deref_mut().map(|t| (&mut t.stats, *momentum));
-                Act::Map(batch_norm(x, &params[*w..*w + 4], *eps, (*w, stats))?)
+                Act::Map(batch_norm(x, &params[*w..*w + 4], *eps, (*w, stats)))
             }
             (
                 Op::Lrn {
@@ -374,28 +376,24 @@ fn forward(
             f(i);
         }
     }
-    Ok(match a {
+    match a {
         Act::Flat(x) => x,
         Act::Map(x) => {
             let [n, c, h, w] = x.dims();
             x.reshape([n, c * h * w])
         }
-    })
+    }
 }
 
 /// Batch norm of `x` (`N × C × H × W`) with `p` = [γ, β, running mean, running variance].
 /// With `stats` (training) it normalises by the batch's statistics and records their
 /// values, under the index of γ, for the running averages.
-#[allow(clippy::type_complexity)]
 fn batch_norm(
     x: Tensor<4>,
     p: &[Tensor<1>],
     eps: f32,
-    (w, stats): (
-        usize,
-        Option<(&mut Vec<(usize, f32, Vec<f32>, Vec<f32>)>, f32)>,
-    ),
-) -> Result<Tensor<4>> {
+    (w, stats): (usize, Option<(&mut Vec<BatchStats>, f32)>),
+) -> Tensor<4> {
     let [n, c, h, ww] = x.dims();
     let per_channel = |t: &Tensor<1>| t.clone().reshape([1, c, 1, 1]);
     let (gamma, beta) = (per_channel(&p[0]), per_channel(&p[1]));
@@ -405,11 +403,16 @@ fn batch_norm(
             let centred = x - mean.clone();
             let var = (centred.clone() * centred.clone()).mean_dims(&[0, 2, 3]);
             let m = (n * h * ww) as f32;
-            let unbiased: Vec<f32> = host_values(var.clone().into_data())?
-                .into_iter()
-                .map(|v| v * m / (m - 1.0).max(1.0))
-                .collect();
-            sink.push((w, momentum, host_values(mean.into_data())?, unbiased));
+            sink.push(BatchStats {
+                w,
+                momentum,
+                mean: mean.inner().reshape([c]),
+                var: var
+                    .clone()
+                    .inner()
+                    .mul_scalar(m / (m - 1.0).max(1.0))
+                    .reshape([c]),
+            });
             (centred, var.add_scalar(eps).sqrt().recip())
         }
         None => (
@@ -417,7 +420,7 @@ fn batch_norm(
             per_channel(&p[3]).add_scalar(eps).sqrt().recip(),
         ),
     };
-    Ok(centred * inv * gamma + beta)
+    centred * inv * gamma + beta
 }
 
 fn lrn(x: Tensor<4>, size: usize, alpha: f32, beta: f32, k: f32) -> Tensor<4> {

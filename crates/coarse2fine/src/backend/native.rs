@@ -1069,13 +1069,12 @@ fn batch_statistics(x: Vec<&[f32]>, channels: usize, count: usize, eps: f32) -> 
         .par_iter()
         .map(|xb| bn::channel_sums(xb, channels, None))
         .collect();
-    let sums = bn::add_blocks(&parts, channels);
-    let mean: Vec<f32> = sums.iter().map(|s| (s / count as f64) as f32).collect();
+    let mean = bn::means(&bn::add_blocks(&parts, channels), count);
     let parts: Vec<Vec<f64>> = x
         .par_iter()
         .map(|xb| bn::channel_sums(xb, channels, Some(&mean)))
         .collect();
-    bn::batch_stats(&sums, &bn::add_blocks(&parts, channels), count, eps)
+    bn::batch_stats(mean, &bn::add_blocks(&parts, channels), count, eps)
 }
 
 /// A batch norm as one affine map per channel: `scale = γ·inv_std`,
