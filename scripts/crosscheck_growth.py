@@ -110,7 +110,11 @@ def lrn(x, layer):
 
 
 def forward(spec, w, x):
-    for layer in spec["layers"]:
+    return run(spec["layers"], w, x)
+
+
+def run(layers, w, x):
+    for layer in layers:
         t = layer["type"]
         if t == "conv":
             x = conv(x, w[layer["name"] + ".weight"], w[layer["name"] + ".bias"], layer)
@@ -130,6 +134,8 @@ def forward(spec, w, x):
             x = x.reshape(x.shape[0], -1) @ w[layer["name"] + ".weight"].T + w[layer["name"] + ".bias"]
         elif t in ("dropout", "softmax"):
             pass
+        elif t == "residual":
+            x = run(layer["body"], w, x) + run(layer.get("shortcut", []), w, x)
         else:
             raise SystemExit(f"unknown layer type {t!r}")
     return x

@@ -11,7 +11,7 @@ use coarse2fine::data::loader::{Batch, Normalizer, make_batch};
 use coarse2fine::data::prepare::DatasetManifest;
 use coarse2fine::fsutil::{self, OutputLock, Ownership};
 use coarse2fine::grow::verify::{self, Agreement, Growth, Verification};
-use coarse2fine::grow::{GrowOp, NewFilters, UpscaleMode};
+use coarse2fine::grow::{DeepenBlock, GrowOp, NewFilters, UpscaleMode};
 use coarse2fine::net::WeightMap;
 use coarse2fine::progress::Progress;
 use coarse2fine::train;
@@ -33,6 +33,12 @@ pub enum ModeArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BlockArg {
+    Identity,
+    Residual,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MomentumArg {
     /// Move momentum buffers with the weights (scaled as they are), zeros for new weights.
     Carry,
@@ -45,7 +51,8 @@ pub enum MomentumArg {
 /// Operators apply in the order given: --upscale doubles the input side (the first conv's
 /// weights spread over 2×2 blocks ÷4, later layers on the lattice of the small net's
 /// positions); --widen LAYER=+N adds N filters or units; --deepen after=LAYER inserts an
-/// identity layer with ReLU after LAYER's ReLU. Each step is checked numerically (logits of
+/// identity layer with ReLU after LAYER's ReLU (--block residual: a residual block that
+/// starts as the identity). Each step is checked numerically (logits of
 /// the small net on real and random images against the grown net on the same images,
 /// pixel-replicated) and the figures are stored in the new checkpoint's meta.json; an exact
 /// operator that misses 1e-5 relative error is an error.
@@ -55,6 +62,7 @@ pub enum MomentumArg {
 ///   c2f grow runs/net2-8 --upscale --mode paper --sigma 0.01 --out grown/paper
 ///   c2f grow runs/net2-8 --widen conv1=+6 --init flip-h --upscale --out grown/net3-16
 ///   c2f grow runs/net4-8 --deepen after=conv2 --kernel 3 --out grown/deeper
+///   c2f grow runs/resnet-8 --deepen after=s3b1_bn2 --block residual --out grown/resnet-10
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct GrowArgs {
@@ -92,6 +100,11 @@ pub struct GrowArgs {
     /// Insert an identity layer: after=LAYER (repeatable).
     #[arg(long, value_name = "after=LAYER")]
     pub deepen: Vec<String>,
+    /// What --deepen inserts: identity (a conv or fc layer holding the identity, and a
+    /// ReLU) or residual (a conv–BN–ReLU–conv–BN block whose last γ is zero, and a ReLU;
+    /// LAYER may then be a layer inside a block, to insert after that block).
+    #[arg(long, value_enum, default_value = "identity")]
+    pub block: BlockArg,
     /// Kernel side of inserted conv layers (odd).
     #[arg(long, default_value_t = 3)]
     pub kernel: usize,
@@ -206,6 +219,10 @@ fn ops_in_order(a: &GrowArgs, m: &ArgMatches) -> Result<Vec<GrowOp>> {
                 i,
                 GrowOp::Deepen {
                     after: parse_deepen(s)?,
+                    block: match a.block {
+                        BlockArg::Identity => DeepenBlock::Identity,
+                        BlockArg::Residual => DeepenBlock::Residual,
+                    },
                     kernel: a.kernel,
                     noise: a.noise,
                 },

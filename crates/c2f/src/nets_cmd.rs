@@ -7,7 +7,7 @@ use clap::Args;
 use coarse2fine::checkpoint::Checkpoint;
 use coarse2fine::net::NetSpec;
 use coarse2fine::net::presets::{self, PRESETS};
-use coarse2fine::net::spec::InputShape;
+use coarse2fine::net::spec::{InputShape, Layer, Shape};
 use coarse2fine::train;
 
 /// List the preset networks, or show one network's layers.
@@ -49,27 +49,44 @@ fn print_layers(spec: &NetSpec) -> Result<()> {
         spec.classes.unwrap_or(0)
     );
     println!(
-        "{:<4} {:<32} {:>14} {:>12} {:>12}",
+        "{:<6} {:<34} {:>14} {:>12} {:>12}",
         "#", "layer", "output", "params", "MFLOP"
     );
-    for (i, r) in spec.summary()?.iter().enumerate() {
-        println!(
-            "{:<4} {:<32} {:>14} {:>12} {:>12.3}",
-            i + 1,
-            r.layer,
-            r.output.to_string(),
-            r.params,
-            r.flops as f64 / 1e6
-        );
-    }
+    let input_map = coarse2fine::net::spec::input_map(input);
+    print_rows(spec, &spec.layers, input_map, "")?;
     println!(
-        "{:<4} {:<32} {:>14} {:>12} {:>12.3}",
+        "{:<6} {:<34} {:>14} {:>12} {:>12.3}",
         "",
         "total",
         "",
         spec.num_params()?,
         spec.flops()? as f64 / 1e6
     );
+    Ok(())
+}
+
+/// One row per layer of `layers`, numbered after `prefix`; a residual block's layers follow
+/// it, indented, body first (`4.1`, `4.2`, …) and then the shortcut (`4.s1`, …).
+fn print_rows(spec: &NetSpec, layers: &[Layer], shape: Shape, prefix: &str) -> Result<()> {
+    let rows = spec.rows(layers, shape, "")?;
+    let mut input = shape;
+    for (i, (l, r)) in layers.iter().zip(&rows).enumerate() {
+        let number = format!("{prefix}{}", i + 1);
+        let indent = if prefix.is_empty() { "" } else { "  " };
+        println!(
+            "{:<6} {:<34} {:>14} {:>12} {:>12.3}",
+            number,
+            format!("{indent}{}", r.layer),
+            r.output.to_string(),
+            r.params,
+            r.flops as f64 / 1e6
+        );
+        if let Layer::Residual(block) = l {
+            print_rows(spec, &block.body, input, &format!("{number}."))?;
+            print_rows(spec, &block.shortcut, input, &format!("{number}.s"))?;
+        }
+        input = r.output;
+    }
     Ok(())
 }
 

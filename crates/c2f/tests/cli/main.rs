@@ -1041,6 +1041,85 @@ fn batch_norm_net_trains_grows_and_exports() {
     onnx_matches_c2f(&grown, &data16, tmp.path());
 }
 
+/// A residual net (the `resnet-8` preset: identity and projection shortcuts) end to end:
+/// it trains, `nets --show` lists each block's layers, exact growth through the blocks
+/// keeps the function (c2f's check and the NumPy cross-check), a zero-initialised residual
+/// block deepens it exactly, widening into a block is refused in one line, and the ONNX
+/// exports match c2f's logits.
+#[test]
+fn residual_net_trains_grows_and_exports() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    write_quadrant_idx(&src, 256, 300, 16, 5).expect("fixture");
+    let data = tmp.path().join("data");
+    ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8,16"]);
+    let show = ok(&["nets", "--show", "resnet-8", "--size", "8", "--classes", "4"]);
+    for row in ["4.4      s1b1_conv2", "6.s1     s2b1_proj conv 32×1×1 s2", "64×2×2"] {
+        assert!(show.contains(row), "{row}: {show}");
+    }
+    let small = tmp.path().join("small");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--size",
+        "8",
+        "--net",
+        "resnet-8",
+        "--iterations",
+        "12",
+        "--batch",
+        "16",
+        "--out",
+        s(&small),
+    ]);
+    let grown = tmp.path().join("grown");
+    ok(&[
+        "grow",
+        s(&small),
+        "--upscale",
+        "--deepen",
+        "after=s3b1_bn2",
+        "--block",
+        "residual",
+        "--out",
+        s(&grown),
+    ]);
+    let meta = json_of(&grown.join("meta.json"));
+    let records = meta["growth"].as_array().expect("growth records");
+    assert_eq!(records.len(), 2, "{meta}");
+    for r in records {
+        assert_eq!(r["exact"], true, "{r}");
+        assert!(r["data"]["rel"].as_f64().expect("rel") <= 1e-5, "{r}");
+    }
+    let spec = json_of(&grown.join("spec.json"));
+    let blocks = spec["layers"].as_array().expect("layers");
+    assert_eq!(
+        blocks.iter().filter(|l| l["type"] == "residual").count(),
+        4,
+        "{spec}"
+    );
+    numpy_crosscheck_passes(&small, &grown);
+
+    let wide = tmp.path().join("wide");
+    fails(
+        &["grow", s(&small), "--widen", "conv1=+2", "--out", s(&wide)],
+        &["widen conv1", "residual block (layer 4)"],
+    );
+    fails(
+        &["grow", s(&small), "--widen", "s1b1_conv1=+2", "--out", s(&wide)],
+        &["inside a residual block"],
+    );
+    assert!(!tmp.path().join("wide").exists());
+
+    let data8 = tmp.path().join("data8");
+    ok(&["prepare", s(&src), "--out", s(&data8), "--sizes", "8"]);
+    onnx_matches_c2f(&small, &data8, tmp.path());
+    let data16 = tmp.path().join("data16");
+    ok(&["prepare", s(&src), "--out", s(&data16), "--sizes", "16"]);
+    onnx_matches_c2f(&grown, &data16, tmp.path());
+}
+
 /// `c2f report --tensorboard` writes event files that TensorBoard's own loader reads, with
 /// every evaluation of the run (`evals` in all, over its curves).
 #[cfg(feature = "tensorboard")]
@@ -1173,8 +1252,8 @@ fn pytorch_export_and_import_round_trip() {
 #[test]
 #[ignore = "needs PyTorch: pip install torch safetensors, then cargo test -- --ignored pytorch"]
 fn pytorch_round_trip_matches_logits() {
-    // AlexNet's layers, and batch norms with average pools.
-    for net in ["alexnet-s5", "bn-cnn"] {
+    // AlexNet's layers, batch norms with average pools, and residual blocks.
+    for net in ["alexnet-s5", "bn-cnn", "resnet-8"] {
         pytorch_round_trip(net);
     }
 }

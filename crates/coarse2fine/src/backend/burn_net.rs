@@ -50,6 +50,11 @@ enum Op {
         w: usize,
         shape: [usize; 2],
     },
+    /// `body(x) + shortcut(x)`; an empty shortcut is the identity.
+    Residual {
+        body: Vec<Op>,
+        shortcut: Vec<Op>,
+    },
 }
 
 /// What a training forward pass needs and leaves: the dropout masks' generator, and each
@@ -224,9 +229,13 @@ fn download(t: &Tensor<1>) -> Result<Vec<f32>> {
 }
 
 fn compile(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
+    compile_layers(spec.logit_layers(), names)
+}
+
+fn compile_layers(layers: &[Layer], names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
     let index = |n: &str| names.iter().position(|(k, _)| k == n);
     let mut ops = Vec::new();
-    for l in spec.logit_layers() {
+    for l in layers {
         ops.push(match l {
             Layer::Conv(c) => {
                 let w = index(&param_name(&c.name, Param::Weight))
@@ -282,6 +291,10 @@ fn compile(spec: &NetSpec, names: &[(String, Vec<usize>)]) -> Result<Vec<Op>> {
                 }
             }
             Layer::Softmax => continue,
+            Layer::Residual(r) => Op::Residual {
+                body: compile_layers(&r.body, names)?,
+                shortcut: compile_layers(&r.shortcut, names)?,
+            },
         });
     }
     Ok(ops)
@@ -296,92 +309,125 @@ fn forward(
     ops: &[Op],
     params: &[Tensor<1>],
     x: Tensor<4>,
-    mut training: Option<&mut Training>,
-    mut after_op: Option<&mut dyn FnMut(usize)>,
+    training: Option<&mut Training>,
+    after_op: Option<&mut dyn FnMut(usize)>,
 ) -> Tensor<2> {
-    let mut a = Act::Map(x);
-    for (i, op) in ops.iter().enumerate() {
-        a = match (op, a) {
-            (Op::Conv { w, shape, opts }, Act::Map(x)) => {
-                let weight = params[*w].clone().reshape(*shape);
-                let bias = params[*w + 1].clone();
-                Act::Map(conv2d(x, weight, Some(bias), opts.clone()))
-            }
-            (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
-            (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
-            (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
-            (Op::AvgPool(o), Act::Map(x)) => Act::Map(avg_pool2d(x, o.clone())),
-            (
-                Op::DilatedAvgPool {
-                    kernel,
-                    stride,
-                    padding,
-                    dilation,
-                },
-                Act::Map(x),
-            ) => {
-                let c = x.dims()[1];
-                let taps = c * kernel * kernel;
-                let value = 1.0 / (kernel * kernel) as f32;
-                let weight: Tensor<4> = Tensor::from_data(
-                    TensorData::new(vec![value; taps], [c, 1, *kernel, *kernel]),
-                    &x.device(),
-                );
-                let opts = ConvOptions::new([*stride; 2], [*padding; 2], [*dilation; 2], c);
-                Act::Map(conv2d(x, weight, None, opts))
-            }
-            (Op::GlobalAvgPool, Act::Map(x)) => Act::Map(x.mean_dims(&[2, 3])),
-            (Op::BatchNorm { w, eps, momentum }, Act::Map(x)) => {
-                let stats = training.as_deref_mut().map(|t| (&mut t.stats, *momentum));
-                Act::Map(batch_norm(x, &params[*w..*w + 4], *eps, (*w, stats)))
-            }
-            (
-                Op::Lrn {
-                    size,
-                    alpha,
-                    beta,
-                    k,
-                },
-                Act::Map(x),
-            ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
-            (Op::Dropout(p), a) => match training.as_deref_mut().map(|t| &mut t.rng) {
-                None => a,
-                Some(rng) => match a {
-                    Act::Map(x) => {
-                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
-                        Act::Map(x * m)
-                    }
-                    Act::Flat(x) => {
-                        let m = dropout_mask(x.dims(), *p, rng, &x.device());
-                        Act::Flat(x * m)
-                    }
-                },
-            },
-            (Op::Fc { w, shape }, a) => {
-                let x = match a {
-                    Act::Map(x) => {
-                        let [n, c, h, ww] = x.dims();
-                        x.reshape([n, c * h * ww])
-                    }
-                    Act::Flat(x) => x,
-                };
-                let weight = params[*w].clone().reshape(*shape);
-                let bias = params[*w + 1].clone().reshape([1, shape[0]]);
-                Act::Flat(x.matmul(weight.transpose()) + bias)
-            }
-            // Shape inference in `NetSpec::summary` rules these out.
-            (_, a) => a,
-        };
-        if let Some(f) = after_op.as_deref_mut() {
-            f(i);
-        }
-    }
-    match a {
+    match run(ops, params, Act::Map(x), training, after_op) {
         Act::Flat(x) => x,
         Act::Map(x) => {
             let [n, c, h, w] = x.dims();
             x.reshape([n, c * h * w])
         }
+    }
+}
+
+/// `ops` applied in turn to `a`; `after_op(i)` is called after op `i`.
+fn run(
+    ops: &[Op],
+    params: &[Tensor<1>],
+    mut a: Act,
+    mut training: Option<&mut Training>,
+    mut after_op: Option<&mut dyn FnMut(usize)>,
+) -> Act {
+    for (i, op) in ops.iter().enumerate() {
+        a = apply(op, params, a, training.as_deref_mut());
+        if let Some(f) = after_op.as_deref_mut() {
+            f(i);
+        }
+    }
+    a
+}
+
+/// One op applied to `a`.
+fn apply(op: &Op, params: &[Tensor<1>], a: Act, mut training: Option<&mut Training>) -> Act {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
+    match (op, a) {
+        (Op::Conv { w, shape, opts }, Act::Map(x)) => {
+            let weight = params[*w].clone().reshape(*shape);
+            let bias = params[*w + 1].clone();
+            Act::Map(conv2d(x, weight, Some(bias), opts.clone()))
+        }
+        (Op::Relu, Act::Map(x)) => Act::Map(relu(x)),
+        (Op::Relu, Act::Flat(x)) => Act::Flat(relu(x)),
+        (Op::Pool(o), Act::Map(x)) => Act::Map(max_pool2d(x, o.clone())),
+        (Op::AvgPool(o), Act::Map(x)) => Act::Map(avg_pool2d(x, o.clone())),
+        (
+            Op::DilatedAvgPool {
+                kernel,
+                stride,
+                padding,
+                dilation,
+            },
+            Act::Map(x),
+        ) => {
+            let c = x.dims()[1];
+            let taps = c * kernel * kernel;
+            let value = 1.0 / (kernel * kernel) as f32;
+            let weight: Tensor<4> = Tensor::from_data(
+                TensorData::new(vec![value; taps], [c, 1, *kernel, *kernel]),
+                &x.device(),
+            );
+            let opts = ConvOptions::new([*stride; 2], [*padding; 2], [*dilation; 2], c);
+            Act::Map(conv2d(x, weight, None, opts))
+        }
+        (Op::GlobalAvgPool, Act::Map(x)) => Act::Map(x.mean_dims(&[2, 3])),
+        (Op::BatchNorm { w, eps, momentum }, Act::Map(x)) => {
+            let stats = training.as_deref_mut().map(|t| (&mut t.stats, *momentum));
+            Act::Map(batch_norm(x, &params[*w..*w + 4], *eps, (*w, stats)))
+        }
+        (
+            Op::Lrn {
+                size,
+                alpha,
+                beta,
+                k,
+            },
+            Act::Map(x),
+        ) => Act::Map(lrn(x, *size, *alpha, *beta, *k)),
+        (Op::Dropout(p), a) => match training.as_deref_mut().map(|t| &mut t.rng) {
+            None => a,
+            Some(rng) => match a {
+                Act::Map(x) => {
+                    let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                    Act::Map(x * m)
+                }
+                Act::Flat(x) => {
+                    let m = dropout_mask(x.dims(), *p, rng, &x.device());
+                    Act::Flat(x * m)
+                }
+            },
+        },
+        (Op::Fc { w, shape }, a) => {
+            let x = match a {
+                Act::Map(x) => {
+                    let [n, c, h, ww] = x.dims();
+                    x.reshape([n, c * h * ww])
+                }
+                Act::Flat(x) => x,
+            };
+            let weight = params[*w].clone().reshape(*shape);
+            let bias = params[*w + 1].clone().reshape([1, shape[0]]);
+            Act::Flat(x.matmul(weight.transpose()) + bias)
+        }
+        // The body first, then the shortcut: the order of the native engine's steps,
+        // so that both draw the same dropout masks.
+        (Op::Residual { body, shortcut }, Act::Map(x)) => {
+            let b = run(
+                body,
+                params,
+                Act::Map(x.clone()),
+                training.as_deref_mut(),
+                None,
+            );
+            let s = run(shortcut, params, Act::Map(x), training, None);
+            match (b, s) {
+                (Act::Map(b), Act::Map(s)) => Act::Map(b + s),
+                (b, _) => b,
+            }
+        }
+        // Shape inference in `NetSpec::summary` rules these out.
+        (_, a) => a,
     }
 }
 

@@ -523,7 +523,9 @@ pub fn top_class(row: &[f32]) -> usize {
 mod tests {
     use super::*;
     use crate::net::reference;
-    use crate::net::spec::{BatchNorm, Conv, Dropout, Fc, InputShape, Layer, Lrn, Pool, Units};
+    use crate::net::spec::{
+        BatchNorm, Conv, Dropout, Fc, InputShape, Layer, Lrn, Pool, Residual, Units,
+    };
     use crate::net::weights::Init;
     use rand::{Rng, SeedableRng};
 
@@ -754,7 +756,7 @@ mod tests {
     #[test]
     fn native_engine_is_bit_identical_across_thread_counts() -> Result<()> {
         let alexnet = crate::net::presets::preset("alexnet-s4").expect("preset");
-        for spec in [alexnet, modern_spec()] {
+        for spec in [alexnet, modern_spec(), residual_spec()] {
             let spec = spec.bind(InputShape::square(3, 16), 10)?;
             same_bits_at_any_thread_count(&spec)?;
         }
@@ -1002,6 +1004,88 @@ mod tests {
         }
     }
 
+    /// Residual blocks: an identity block with a dropout in its body, a projection block
+    /// (strided, with a batch norm in the shortcut), and a pre-activation block whose body
+    /// starts with a ReLU (which must not be fused into the layer before: the shortcut
+    /// reads that layer's output too).
+    fn residual_spec() -> NetSpec {
+        let conv = |name: &str, filters, kernel, stride| {
+            Layer::Conv(Conv {
+                name: name.into(),
+                filters,
+                kernel,
+                stride,
+                padding: kernel / 2,
+                dilation: 1,
+            })
+        };
+        let bn = |name: &str| Layer::BatchNorm(BatchNorm::new(name));
+        NetSpec {
+            name: "residual".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                conv("c1", 6, 3, 1),
+                bn("b1"),
+                Layer::Relu,
+                Layer::Residual(Residual {
+                    body: vec![
+                        conv("r1a", 6, 3, 1),
+                        bn("b1a"),
+                        Layer::Relu,
+                        Layer::Dropout(Dropout { p: 0.3 }),
+                        conv("r1b", 6, 3, 1),
+                        bn("b1b"),
+                    ],
+                    shortcut: vec![],
+                }),
+                Layer::Relu,
+                Layer::Residual(Residual {
+                    body: vec![
+                        conv("r2a", 8, 3, 2),
+                        bn("b2a"),
+                        Layer::Relu,
+                        conv("r2b", 8, 3, 1),
+                        bn("b2b"),
+                    ],
+                    shortcut: vec![conv("p2", 8, 1, 2), bn("bp2")],
+                }),
+                Layer::Residual(Residual {
+                    body: vec![Layer::Relu, conv("r3", 8, 3, 1)],
+                    shortcut: vec![],
+                }),
+                Layer::GlobalAvgPool,
+                Layer::Fc(Fc {
+                    name: "f1".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+    }
+
+    /// Residual blocks train like burn's autodiff, which sums the gradient of a value read
+    /// twice by itself; also a block straight on the input images.
+    #[test]
+    fn native_engine_matches_burn_on_residual_blocks() -> Result<()> {
+        let spec = residual_spec().bind(InputShape::square(2, 9), 3)?;
+        engines_agree(&spec, 5, 3, 1)?;
+        engines_agree(&spec, 23, 2, 2)?;
+        let mut first = residual_spec();
+        first.layers.drain(..3);
+        first.name = "residual-first".into();
+        if let Some(Layer::Residual(r)) = first.layers.first_mut() {
+            r.shortcut = vec![Layer::Conv(Conv {
+                name: "p1".into(),
+                filters: 6,
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+                dilation: 1,
+            })];
+        }
+        engines_agree(&first.bind(InputShape::square(2, 9), 3)?, 7, 2, 3)
+    }
+
     /// Batch norm's training statistics, backward pass and running averages, and the
     /// average pools, against burn's autodiff; blocks of one and of several images.
     #[test]
@@ -1063,7 +1147,7 @@ mod tests {
 
     #[test]
     fn backend_matches_reference_forward() -> Result<()> {
-        for spec in [mixed_spec(), modern_spec()] {
+        for spec in [mixed_spec(), modern_spec(), residual_spec()] {
             let spec = spec.bind(InputShape::square(2, 11), 3)?;
             let mut w = WeightMap::init(&spec, Init::Gaussian(0.5), 3)?;
             // Batch norms with statistics and an affine map of their own.

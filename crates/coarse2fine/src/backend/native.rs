@@ -29,7 +29,7 @@ use super::batch_norm::{self as bn, BatchStats};
 use super::kernels::{self, LrnParams, Mat, MatMut, Window};
 use super::winograd::{self, RunScratch};
 use crate::error::{Error, Result};
-use crate::net::spec::{Layer, NetSpec, Param, Shape, param_name};
+use crate::net::spec::{Layer, NetSpec, Param, Shape, input_map, param_name};
 
 /// Most blocks a batch is split into: enough to keep 16 threads busy.
 const MAX_BLOCKS: usize = 16;
@@ -77,6 +77,11 @@ enum Step {
         param: usize,
         inputs: usize,
         outputs: usize,
+        relu: bool,
+    },
+    /// The end of a residual block: the activation it reads plus activation `other`.
+    Add {
+        other: usize,
         relu: bool,
     },
 }
@@ -141,6 +146,8 @@ struct Workspace {
     lrn_tmp: Vec<f32>,
     /// Per step: a Winograd convolution's transformed filters (`16 × C_out × C_in`).
     wino_u: Vec<Vec<f32>>,
+    /// Per activation off the chain: the sum of its gradient over its readers so far.
+    stash: Vec<Vec<f32>>,
 }
 
 /// A network compiled for the native engine.
@@ -149,8 +156,16 @@ pub(crate) struct NativeNet {
     steps: Vec<Step>,
     /// Index of the spec's logit layer each step computes (a fused ReLU has none).
     layer_of: Vec<usize>,
-    /// Values per image entering step `i` (`sizes[i]`) and leaving it (`sizes[i + 1]`).
+    /// Values per image of each activation: the input (`sizes[0]`), then the output of
+    /// each step (`sizes[i + 1]`).
     sizes: Vec<usize>,
+    /// The activation each step reads: the previous step's output, except where a
+    /// residual block's shortcut starts from the block's input.
+    src: Vec<usize>,
+    /// Per activation: read by exactly one step, the next one. The gradient of any other
+    /// (a residual block's input, or its body's output when the shortcut is a projection)
+    /// is summed in its own buffer over the steps that read it.
+    chain: Vec<bool>,
     input: [usize; 3],
     pub(crate) params: Vec<Vec<f32>>,
     ws: Mutex<Workspace>,
@@ -204,35 +219,55 @@ fn block_images(starts: &[usize]) -> Vec<usize> {
     starts.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
-impl NativeNet {
-    /// Compiles a bound spec; `names` are its parameters in order, `params` their values.
-    pub(crate) fn new(
+/// The steps of a spec as they are compiled: each step reads activation `src[i]` and
+/// writes activation `i + 1`.
+#[derive(Default)]
+struct Compiler {
+    steps: Vec<Step>,
+    layer_of: Vec<usize>,
+    sizes: Vec<usize>,
+    src: Vec<usize>,
+    /// The activation the next step reads.
+    cur: usize,
+    /// Whether a ReLU may be fused into the last step: its output is `cur` and nothing else
+    /// reads it (a residual block's input is also read by its shortcut).
+    fusable: bool,
+}
+
+impl Compiler {
+    fn push(&mut self, step: Step, top: usize, out: Shape) {
+        self.fusable = matches!(
+            step,
+            Step::Conv { .. } | Step::Fc { .. } | Step::BatchNorm { .. } | Step::Add { .. }
+        );
+        self.steps.push(step);
+        self.layer_of.push(top);
+        self.src.push(self.cur);
+        self.sizes.push(out.numel());
+        self.cur = self.steps.len();
+    }
+
+    /// Compiles `layers` reading maps of `shape`; `top` is the spec layer they belong to
+    /// (`None`: each is one).
+    fn layers(
+        &mut self,
         spec: &NetSpec,
         names: &[(String, Vec<usize>)],
-        params: Vec<Vec<f32>>,
-    ) -> Result<Self> {
+        layers: &[Layer],
+        mut shape: Shape,
+        top: Option<usize>,
+    ) -> Result<Shape> {
         // Long by design: one arm per layer type, each reading beside the others; split, the
         // cases of one layer would be scattered over several functions.
-        let input = spec
-            .input
-            .ok_or_else(|| Error::invalid("network spec is not bound to an input size"))?;
-        let rows = spec.summary()?;
+        let rows = spec.rows(layers, shape, "")?;
         let index = |n: String| {
             names
                 .iter()
                 .position(|(k, _)| *k == n)
                 .ok_or_else(|| Error::invalid(format!("no tensor {n:?}")))
         };
-        let mut shape = Shape::Map {
-            c: input.channels,
-            h: input.height,
-            w: input.width,
-        };
-        let mut steps = Vec::new();
-        let mut layer_of = Vec::new();
-        let mut sizes = vec![shape.numel()];
-        let layers = spec.logit_layers();
         for (li, (layer, row)) in layers.iter().zip(&rows).enumerate() {
+            let li = top.unwrap_or(li);
             let out = row.output;
             let step = match layer {
                 Layer::Conv(c) => {
@@ -290,13 +325,15 @@ impl NativeNet {
                         k: l.k,
                     })
                 }
-                Layer::Relu => match steps.last_mut() {
+                Layer::Relu => match self.steps.last_mut() {
                     Some(
                         Step::Conv { relu, .. }
                         | Step::Fc { relu, .. }
-                        | Step::BatchNorm { relu, .. },
-                    ) if !*relu => {
+                        | Step::BatchNorm { relu, .. }
+                        | Step::Add { relu, .. },
+                    ) if self.fusable && !*relu => {
                         *relu = true;
+                        self.fusable = false;
                         continue;
                     }
                     _ => Step::Relu,
@@ -310,12 +347,11 @@ impl NativeNet {
                 ),
                 Layer::Fc(f) => {
                     if let Shape::Map { c, h, w } = shape {
-                        steps.push(Step::Flatten {
+                        let flatten = Step::Flatten {
                             channels: c,
                             plane: h * w,
-                        });
-                        layer_of.push(li);
-                        sizes.push(shape.numel());
+                        };
+                        self.push(flatten, li, Shape::Flat(shape.numel()));
                     }
                     Step::Fc {
                         param: index(param_name(&f.name, Param::Weight))?,
@@ -325,24 +361,79 @@ impl NativeNet {
                     }
                 }
                 Layer::Softmax => continue,
+                Layer::Residual(r) => {
+                    let input = self.cur;
+                    self.fusable = false;
+                    self.layers(spec, names, &r.body, shape, Some(li))?;
+                    let body = self.cur;
+                    if r.shortcut.is_empty() {
+                        Step::Add {
+                            other: input,
+                            relu: false,
+                        }
+                    } else {
+                        self.cur = input;
+                        self.fusable = false;
+                        self.layers(spec, names, &r.shortcut, shape, Some(li))?;
+                        Step::Add {
+                            other: body,
+                            relu: false,
+                        }
+                    }
+                }
             };
-            steps.push(step);
-            layer_of.push(li);
-            sizes.push(out.numel());
+            self.push(step, li, out);
             shape = out;
         }
-        if let Shape::Map { c, h, w } = shape {
-            steps.push(Step::Flatten {
-                channels: c,
+        Ok(shape)
+    }
+}
+
+impl NativeNet {
+    /// Compiles a bound spec; `names` are its parameters in order, `params` their values.
+    pub(crate) fn new(
+        spec: &NetSpec,
+        names: &[(String, Vec<usize>)],
+        params: Vec<Vec<f32>>,
+    ) -> Result<Self> {
+        let input = spec
+            .input
+            .ok_or_else(|| Error::invalid("network spec is not bound to an input size"))?;
+        let shape = input_map(input);
+        let mut c = Compiler {
+            sizes: vec![shape.numel()],
+            ..Compiler::default()
+        };
+        let layers = spec.logit_layers();
+        let shape = c.layers(spec, names, layers, shape, None)?;
+        if let Shape::Map { c: ch, h, w } = shape {
+            let flatten = Step::Flatten {
+                channels: ch,
                 plane: h * w,
-            });
-            layer_of.push(layers.len().saturating_sub(1));
-            sizes.push(shape.numel());
+            };
+            c.push(
+                flatten,
+                layers.len().saturating_sub(1),
+                Shape::Flat(shape.numel()),
+            );
         }
+        // An activation is on the chain when exactly one step reads it, as the next step.
+        let mut readers = vec![0usize; c.sizes.len()];
+        for (i, s) in c.steps.iter().enumerate() {
+            readers[c.src[i]] += 1;
+            if let Step::Add { other, .. } = s {
+                readers[*other] += 1;
+            }
+        }
+        let chain = (0..c.sizes.len())
+            .map(|a| a == c.steps.len() || (readers[a] == 1 && c.src[a] == a))
+            .collect();
         Ok(Self {
-            steps,
-            layer_of,
-            sizes,
+            steps: c.steps,
+            layer_of: c.layer_of,
+            sizes: c.sizes,
+            src: c.src,
+            chain,
             input: [input.channels, input.height, input.width],
             params,
             ws: Mutex::new(Workspace::default()),
@@ -375,6 +466,12 @@ impl NativeNet {
             masks: vec![Vec::new(); steps],
             bn: vec![BatchStats::default(); steps],
             wino_u: vec![Vec::new(); steps],
+            stash: self
+                .chain
+                .iter()
+                .zip(&self.sizes)
+                .map(|(&on, &size)| if on { Vec::new() } else { vec![0.0; size * n] })
+                .collect(),
             ..Default::default()
         };
         let (mut col, mut partial, mut lrn, mut padded) = (0, 0, 0, 0);
@@ -455,8 +552,9 @@ impl NativeNet {
         to_blocks(images, &mut ws.acts[0], &starts, c, h * w);
         for (i, step) in self.steps.iter().enumerate() {
             let (before, after) = ws.acts.split_at_mut(i + 1);
-            let (x, y) = (&before[i], &mut after[0]);
-            let (sx, sy) = (self.sizes[i], self.sizes[i + 1]);
+            let src = self.src[i];
+            let (x, y) = (&before[src], &mut after[0]);
+            let (sx, sy) = (self.sizes[src], self.sizes[i + 1]);
             match step {
                 Step::Conv {
                     param,
@@ -587,6 +685,15 @@ impl NativeNet {
                     );
                     add_bias_cols(y, &self.params[*param + 1], *relu);
                 }
+                Step::Add { other, relu } => {
+                    y.par_iter_mut()
+                        .zip(x.par_iter())
+                        .zip(before[*other].par_iter())
+                        .with_min_len(4096)
+                        .for_each(|((o, &a), &b)| {
+                            *o = if *relu { (a + b).max(0.0) } else { a + b };
+                        });
+                }
             }
             if let Some(f) = after_step.as_deref_mut() {
                 f(i);
@@ -712,14 +819,22 @@ impl NativeNet {
         let starts = ws.starts.clone();
         let counts = block_images(&starts);
 
+        for s in &mut ws.stash {
+            s.fill(0.0);
+        }
         for (i, step) in self.steps.iter().enumerate().rev() {
-            let (sx, sy) = (self.sizes[i], self.sizes[i + 1]);
-            let x = &ws.acts[i][..];
+            let src = self.src[i];
+            let (sx, sy) = (self.sizes[src], self.sizes[i + 1]);
+            if !self.chain[i + 1] {
+                // Every reader of this activation came later, so its sum is complete.
+                ws.grad_out[..sy * n].copy_from_slice(&ws.stash[i + 1]);
+            }
+            let x = &ws.acts[src][..];
             let y = &ws.acts[i + 1][..];
             let dy = &mut ws.grad_out[..sy * n];
             let dx = &mut ws.grad_in[..sx * n];
-            // The input gradient of the first step is never used.
-            let need_dx = i > 0;
+            // The gradient of the input images is never used.
+            let need_dx = src > 0;
             match step {
                 Step::Conv {
                     param,
@@ -899,11 +1014,36 @@ impl NativeNet {
                         );
                     }
                 }
+                Step::Add { other, relu } => {
+                    if *relu {
+                        relu_mask(dy, y);
+                    }
+                    add_into(&mut ws.stash[*other], dy);
+                    // The gradient of the main input is `dy` itself, left where it is.
+                    if !self.chain[src] {
+                        add_into(&mut ws.stash[src], dy);
+                    }
+                    continue;
+                }
             }
-            std::mem::swap(&mut ws.grad_out, &mut ws.grad_in);
+            if need_dx {
+                if self.chain[src] {
+                    std::mem::swap(&mut ws.grad_out, &mut ws.grad_in);
+                } else {
+                    add_into(&mut ws.stash[src], dx);
+                }
+            }
         }
         Ok(loss)
     }
+}
+
+/// `acc += g`, element by element.
+fn add_into(acc: &mut [f32], g: &[f32]) {
+    acc.par_iter_mut()
+        .zip(g.par_iter())
+        .with_min_len(4096)
+        .for_each(|(a, &v)| *a += v);
 }
 
 /// A convolution's parameters: the weights (`C_out × C_in·k·k`), their Winograd transform

@@ -16,7 +16,7 @@ use onnx_protobuf::{
 use crate::data::prepare::ChannelStats;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::net::spec::{Layer, Param, Shape, param_name};
+use crate::net::spec::{Layer, Param, Shape, input_map, param_name};
 use crate::net::{NetSpec, WeightMap};
 
 pub use pytorch::{
@@ -172,146 +172,21 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
             format!("x{}", i + 1)
         };
         let name = format!("layer{}", i + 1);
-        match layer {
-            Layer::Conv(cv) => {
-                let (w, b) = initializers(&mut g, weights, &cv.name)?;
-                g.node.push(node(
-                    "Conv",
-                    &cv.name,
-                    &[&cur, &w, &b],
-                    &out,
-                    vec![
-                        ints("kernel_shape", &[cv.kernel, cv.kernel]),
-                        ints("strides", &[cv.stride, cv.stride]),
-                        ints("pads", &[cv.padding; 4]),
-                        ints("dilations", &[cv.dilation, cv.dilation]),
-                    ],
-                ));
-            }
-            Layer::Relu => g.node.push(node("Relu", &name, &[&cur], &out, vec![])),
-            Layer::MaxPool(p) => g.node.push(node(
-                "MaxPool",
-                &name,
-                &[&cur],
-                &out,
-                vec![
-                    ints("kernel_shape", &[p.kernel, p.kernel]),
-                    ints("strides", &[p.stride(), p.stride()]),
-                    ints("pads", &[p.padding; 4]),
-                    ints("dilations", &[p.dilation, p.dilation]),
-                    int("ceil_mode", i64::from(p.ceil_mode)),
-                ],
-            )),
-            Layer::AvgPool(p) if avg_pool_as_conv(p) => {
-                let Shape::Map { c: channels, .. } = summary[i].output else {
-                    return Err(Error::invalid(format!("{name}: pooling after fc")));
-                };
-                let k = format!("{name}.kernel");
-                let taps = channels * p.kernel * p.kernel;
-                let value = 1.0 / (p.kernel * p.kernel) as f32;
-                g.initializer.push(tensor(
-                    &k,
-                    &[channels, 1, p.kernel, p.kernel],
-                    &vec![value; taps],
-                ));
-                g.node.push(node(
-                    "Conv",
-                    &name,
-                    &[&cur, &k],
-                    &out,
-                    vec![
-                        ints("kernel_shape", &[p.kernel, p.kernel]),
-                        ints("strides", &[p.stride(), p.stride()]),
-                        ints("pads", &[p.padding; 4]),
-                        ints("dilations", &[p.dilation, p.dilation]),
-                        int("group", channels as i64),
-                    ],
-                ));
-            }
-            Layer::AvgPool(p) => g.node.push(node(
-                "AveragePool",
-                &name,
-                &[&cur],
-                &out,
-                vec![
-                    ints("kernel_shape", &[p.kernel, p.kernel]),
-                    ints("strides", &[p.stride(), p.stride()]),
-                    ints("pads", &[p.padding; 4]),
-                    int("count_include_pad", 1),
-                ],
-            )),
-            Layer::GlobalAvgPool => {
-                g.node
-                    .push(node("GlobalAveragePool", &name, &[&cur], &out, vec![]))
-            }
-            Layer::BatchNorm(b) => {
-                let names = [
-                    Param::Weight,
-                    Param::Bias,
-                    Param::RunningMean,
-                    Param::RunningVar,
-                ]
-                .map(|p| param_name(&b.name, p));
-                for n in &names {
-                    g.initializer.push(parameter(weights, n)?);
-                }
-                let mut inputs = vec![cur.as_str()];
-                inputs.extend(names.iter().map(String::as_str));
-                g.node.push(node(
-                    "BatchNormalization",
-                    &b.name,
-                    &inputs,
-                    &out,
-                    vec![float("epsilon", b.eps), float("momentum", 1.0 - b.momentum)],
-                ));
-            }
-            Layer::Lrn(l) => {
-                // ONNX's window is [c − ⌊(n−1)/2⌋, c + ⌈(n−1)/2⌉], ours symmetric: the same
-                // for the odd sizes that specs allow.
-                g.node.push(node(
-                    "LRN",
-                    &name,
-                    &[&cur],
-                    &out,
-                    vec![
-                        int("size", l.size as i64),
-                        float("alpha", l.alpha),
-                        float("beta", l.beta),
-                        float("bias", l.k),
-                    ],
-                ));
-            }
-            // Inference: dropout is the identity.
-            Layer::Dropout(_) => g.node.push(node("Identity", &name, &[&cur], &out, vec![])),
-            Layer::Fc(f) => {
-                let src = if flat {
-                    cur.clone()
-                } else {
-                    let flat_name = format!("{cur}_flat");
-                    g.node.push(node(
-                        "Flatten",
-                        &format!("{name}_flatten"),
-                        &[&cur],
-                        &flat_name,
-                        vec![int("axis", 1)],
-                    ));
-                    flat = true;
-                    flat_name
-                };
-                let (w, b) = initializers(&mut g, weights, &f.name)?;
-                g.node.push(node(
-                    "Gemm",
-                    &f.name,
-                    &[&src, &w, &b],
-                    &out,
-                    vec![int("transB", 1)],
-                ));
-            }
-            Layer::Softmax => {
-                g.node
-                    .push(node("Softmax", &name, &[&cur], &out, vec![int("axis", 1)]))
-            }
-        }
+        let in_shape = if i == 0 {
+            input_map(input)
+        } else {
+            summary[i - 1].output
+        };
+        onnx_layer(
+            &mut g,
+            spec,
+            weights,
+            layer,
+            &name,
+            (&cur, in_shape),
+            (&out, summary[i].output),
+            &mut flat,
+        )?;
         cur = out;
     }
     let classes = match summary.last().map(|s| s.output) {
@@ -335,6 +210,218 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
     m.opset_import.push(opset);
     m.graph = Some(g).into();
     Ok(m)
+}
+
+/// The nodes of `layer` (named `name` where it has no name of its own), reading the value
+/// `cur` of shape `in_shape` and writing `out`, of shape `out_shape`. `flat` tells whether
+/// the maps have been flattened yet.
+#[allow(clippy::too_many_arguments)]
+fn onnx_layer(
+    g: &mut GraphProto,
+    spec: &NetSpec,
+    weights: &WeightMap,
+    layer: &Layer,
+    name: &str,
+    (cur, in_shape): (&str, Shape),
+    (out, out_shape): (&str, Shape),
+    flat: &mut bool,
+) -> Result<()> {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
+    match layer {
+        Layer::Conv(cv) => {
+            let (w, b) = initializers(g, weights, &cv.name)?;
+            g.node.push(node(
+                "Conv",
+                &cv.name,
+                &[cur, &w, &b],
+                out,
+                vec![
+                    ints("kernel_shape", &[cv.kernel, cv.kernel]),
+                    ints("strides", &[cv.stride, cv.stride]),
+                    ints("pads", &[cv.padding; 4]),
+                    ints("dilations", &[cv.dilation, cv.dilation]),
+                ],
+            ));
+        }
+        Layer::Relu => g.node.push(node("Relu", name, &[cur], out, vec![])),
+        Layer::MaxPool(p) => g.node.push(node(
+            "MaxPool",
+            name,
+            &[cur],
+            out,
+            vec![
+                ints("kernel_shape", &[p.kernel, p.kernel]),
+                ints("strides", &[p.stride(), p.stride()]),
+                ints("pads", &[p.padding; 4]),
+                ints("dilations", &[p.dilation, p.dilation]),
+                int("ceil_mode", i64::from(p.ceil_mode)),
+            ],
+        )),
+        Layer::AvgPool(p) if avg_pool_as_conv(p) => {
+            let Shape::Map { c: channels, .. } = out_shape else {
+                return Err(Error::invalid(format!("{name}: pooling after fc")));
+            };
+            let k = format!("{name}.kernel");
+            let taps = channels * p.kernel * p.kernel;
+            let value = 1.0 / (p.kernel * p.kernel) as f32;
+            g.initializer.push(tensor(
+                &k,
+                &[channels, 1, p.kernel, p.kernel],
+                &vec![value; taps],
+            ));
+            g.node.push(node(
+                "Conv",
+                name,
+                &[cur, &k],
+                out,
+                vec![
+                    ints("kernel_shape", &[p.kernel, p.kernel]),
+                    ints("strides", &[p.stride(), p.stride()]),
+                    ints("pads", &[p.padding; 4]),
+                    ints("dilations", &[p.dilation, p.dilation]),
+                    int("group", channels as i64),
+                ],
+            ));
+        }
+        Layer::AvgPool(p) => g.node.push(node(
+            "AveragePool",
+            name,
+            &[cur],
+            out,
+            vec![
+                ints("kernel_shape", &[p.kernel, p.kernel]),
+                ints("strides", &[p.stride(), p.stride()]),
+                ints("pads", &[p.padding; 4]),
+                int("count_include_pad", 1),
+            ],
+        )),
+        Layer::GlobalAvgPool => g
+            .node
+            .push(node("GlobalAveragePool", name, &[cur], out, vec![])),
+        Layer::BatchNorm(b) => {
+            let names = [
+                Param::Weight,
+                Param::Bias,
+                Param::RunningMean,
+                Param::RunningVar,
+            ]
+            .map(|p| param_name(&b.name, p));
+            for n in &names {
+                g.initializer.push(parameter(weights, n)?);
+            }
+            let mut inputs = vec![cur];
+            inputs.extend(names.iter().map(String::as_str));
+            g.node.push(node(
+                "BatchNormalization",
+                &b.name,
+                &inputs,
+                out,
+                vec![float("epsilon", b.eps), float("momentum", 1.0 - b.momentum)],
+            ));
+        }
+        Layer::Lrn(l) => {
+            // ONNX's window is [c − ⌊(n−1)/2⌋, c + ⌈(n−1)/2⌉], ours symmetric: the same
+            // for the odd sizes that specs allow.
+            g.node.push(node(
+                "LRN",
+                name,
+                &[cur],
+                out,
+                vec![
+                    int("size", l.size as i64),
+                    float("alpha", l.alpha),
+                    float("beta", l.beta),
+                    float("bias", l.k),
+                ],
+            ));
+        }
+        // Inference: dropout is the identity.
+        Layer::Dropout(_) => g.node.push(node("Identity", name, &[cur], out, vec![])),
+        Layer::Fc(f) => {
+            let src = if *flat {
+                cur.to_string()
+            } else {
+                let flat_name = format!("{cur}_flat");
+                g.node.push(node(
+                    "Flatten",
+                    &format!("{name}_flatten"),
+                    &[cur],
+                    &flat_name,
+                    vec![int("axis", 1)],
+                ));
+                *flat = true;
+                flat_name
+            };
+            let (w, b) = initializers(g, weights, &f.name)?;
+            g.node.push(node(
+                "Gemm",
+                &f.name,
+                &[&src, &w, &b],
+                out,
+                vec![int("transB", 1)],
+            ));
+        }
+        Layer::Residual(r) => {
+            let body = onnx_branch(
+                g,
+                spec,
+                weights,
+                &r.body,
+                in_shape,
+                cur,
+                &format!("{name}_body"),
+            )?;
+            let shortcut = onnx_branch(
+                g,
+                spec,
+                weights,
+                &r.shortcut,
+                in_shape,
+                cur,
+                &format!("{name}_shortcut"),
+            )?;
+            g.node
+                .push(node("Add", name, &[&body, &shortcut], out, vec![]));
+        }
+        Layer::Softmax => g
+            .node
+            .push(node("Softmax", name, &[cur], out, vec![int("axis", 1)])),
+    }
+    Ok(())
+}
+
+/// The nodes of a residual block's branch, named after `prefix`, reading `cur`; returns
+/// the name of the branch's output (`cur` itself for an empty shortcut).
+fn onnx_branch(
+    g: &mut GraphProto,
+    spec: &NetSpec,
+    weights: &WeightMap,
+    layers: &[Layer],
+    mut shape: Shape,
+    cur: &str,
+    prefix: &str,
+) -> Result<String> {
+    let rows = spec.rows(layers, shape, "")?;
+    let mut cur = cur.to_string();
+    for (j, (l, row)) in layers.iter().zip(&rows).enumerate() {
+        let name = format!("{prefix}{}", j + 1);
+        let out = format!("{name}_out");
+        let mut flat = false;
+        onnx_layer(
+            g,
+            spec,
+            weights,
+            l,
+            &name,
+            (&cur, shape),
+            (&out, row.output),
+            &mut flat,
+        )?;
+        cur = out;
+        shape = row.output;
+    }
+    Ok(cur)
 }
 
 /// Writes the ONNX model of `spec` to `path` (atomically).
@@ -410,6 +497,138 @@ pub fn is_own_onnx(path: &Path) -> bool {
         .is_some_and(|m| m.producer_name == "coarse2fine")
 }
 
+/// The `__init__` and `forward` lines of `layer` (layer `i + 1`, or of a block's branch),
+/// reading maps of `shape` and giving `out_shape`; `flat` tells whether the maps have been
+/// flattened yet.
+fn torch_layer(
+    spec: &NetSpec,
+    (layer, i): (&Layer, usize),
+    (shape, out_shape): (Shape, Shape),
+    flat: &mut bool,
+    init: &mut String,
+    forward: &mut String,
+) -> Result<()> {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
+    match layer {
+        Layer::Conv(c) => {
+            let Shape::Map { c: cin, .. } = shape else {
+                return Err(Error::invalid(format!("layer {}: conv after fc", i + 1)));
+            };
+            *init += &format!(
+                "        self.{} = nn.Conv2d({cin}, {}, {}, stride={}, padding={}, dilation={})\n",
+                c.name, c.filters, c.kernel, c.stride, c.padding, c.dilation
+            );
+            *forward += &format!("        x = self.{}(x)\n", c.name);
+        }
+        Layer::Relu => *forward += "        x = F.relu(x)\n",
+        Layer::MaxPool(p) => {
+            *forward += &format!(
+                "        x = F.max_pool2d(x, {}, stride={}, padding={}, dilation={}, ceil_mode={})\n",
+                p.kernel,
+                p.stride(),
+                p.padding,
+                p.dilation,
+                if p.ceil_mode { "True" } else { "False" }
+            )
+        }
+        Layer::AvgPool(p) if avg_pool_as_conv(p) => {
+            let Shape::Map { c: cin, .. } = shape else {
+                return Err(Error::invalid(format!("layer {}: pooling after fc", i + 1)));
+            };
+            *forward += &format!(
+                "        x = F.conv2d(x, x.new_full(({cin}, 1, {k}, {k}), 1.0 / {kk}), stride={}, padding={}, dilation={}, groups={cin})\n",
+                p.stride(),
+                p.padding,
+                p.dilation,
+                k = p.kernel,
+                kk = p.kernel * p.kernel,
+            )
+        }
+        Layer::AvgPool(p) => {
+            *forward += &format!(
+                "        x = F.avg_pool2d(x, {}, stride={}, padding={})\n",
+                p.kernel,
+                p.stride(),
+                p.padding
+            )
+        }
+        Layer::GlobalAvgPool => *forward += "        x = x.mean((2, 3), keepdim=True)\n",
+        Layer::BatchNorm(b) => {
+            let Shape::Map { c: cin, .. } = shape else {
+                return Err(Error::invalid(format!(
+                    "layer {}: batch norm after fc",
+                    i + 1
+                )));
+            };
+            *init += &format!(
+                "        self.{} = BatchNorm({cin}, eps={:?}, momentum={:?})\n",
+                b.name, b.eps, b.momentum
+            );
+            *forward += &format!("        x = self.{}(x)\n", b.name);
+        }
+        Layer::Lrn(l) => {
+            *forward += &format!(
+                "        x = F.local_response_norm(x, {}, alpha={:?}, beta={:?}, k={:?})\n",
+                l.size, l.alpha, l.beta, l.k
+            )
+        }
+        Layer::Dropout(d) => {
+            *forward += &format!("        x = F.dropout(x, {:?}, self.training)\n", d.p)
+        }
+        Layer::Fc(f) => {
+            if !*flat {
+                *forward += "        x = torch.flatten(x, 1)\n";
+                *flat = true;
+            }
+            let outputs = match out_shape {
+                Shape::Flat(n) => n,
+                Shape::Map { .. } => {
+                    return Err(Error::invalid(format!(
+                        "layer {}: fc without a flat output",
+                        i + 1
+                    )));
+                }
+            };
+            *init += &format!(
+                "        self.{} = nn.Linear({}, {outputs})\n",
+                f.name,
+                shape.numel()
+            );
+            *forward += &format!("        x = self.{}(x)\n", f.name);
+        }
+        // Python has no block scope: the shortcut's value is kept in `shortcut`, and a
+        // projection swaps it with the body's output to run on the block's input.
+        Layer::Residual(r) => {
+            *forward += "        shortcut = x\n";
+            torch_branch(spec, &r.body, shape, init, forward)?;
+            if !r.shortcut.is_empty() {
+                *forward += "        x, shortcut = shortcut, x\n";
+                torch_branch(spec, &r.shortcut, shape, init, forward)?;
+            }
+            *forward += "        x = x + shortcut\n";
+        }
+        Layer::Softmax => *forward += "        x = F.softmax(x, 1)\n",
+    }
+    Ok(())
+}
+
+/// The lines of a residual block's branch, reading maps of `shape`.
+fn torch_branch(
+    spec: &NetSpec,
+    layers: &[Layer],
+    mut shape: Shape,
+    init: &mut String,
+    forward: &mut String,
+) -> Result<()> {
+    let rows = spec.rows(layers, shape, "")?;
+    for (j, (l, row)) in layers.iter().zip(&rows).enumerate() {
+        torch_layer(spec, (l, j), (shape, row.output), &mut false, init, forward)?;
+        shape = row.output;
+    }
+    Ok(())
+}
+
 /// Python source of a self-contained PyTorch module for `spec`: `Net()` has the spec's
 /// layers as attributes named like the weights (so `state_dict()` keys are the weight map's
 /// names), takes pixels 0–255 and normalises them with `norm` as training did, and returns
@@ -437,95 +656,15 @@ pub fn pytorch_module(spec: &NetSpec, norm: &ChannelStats) -> Result<String> {
     };
     let mut flat = false;
     for (i, layer) in spec.logit_layers().iter().enumerate() {
-        match layer {
-            Layer::Conv(c) => {
-                let Shape::Map { c: cin, .. } = shape else {
-                    return Err(Error::invalid(format!("layer {}: conv after fc", i + 1)));
-                };
-                init += &format!(
-                    "        self.{} = nn.Conv2d({cin}, {}, {}, stride={}, padding={}, dilation={})\n",
-                    c.name, c.filters, c.kernel, c.stride, c.padding, c.dilation
-                );
-                forward += &format!("        x = self.{}(x)\n", c.name);
-            }
-            Layer::Relu => forward += "        x = F.relu(x)\n",
-            Layer::MaxPool(p) => {
-                forward += &format!(
-                    "        x = F.max_pool2d(x, {}, stride={}, padding={}, dilation={}, ceil_mode={})\n",
-                    p.kernel,
-                    p.stride(),
-                    p.padding,
-                    p.dilation,
-                    if p.ceil_mode { "True" } else { "False" }
-                )
-            }
-            Layer::AvgPool(p) if avg_pool_as_conv(p) => {
-                let Shape::Map { c: cin, .. } = shape else {
-                    return Err(Error::invalid(format!("layer {}: pooling after fc", i + 1)));
-                };
-                forward += &format!(
-                    "        x = F.conv2d(x, x.new_full(({cin}, 1, {k}, {k}), 1.0 / {kk}), stride={}, padding={}, dilation={}, groups={cin})\n",
-                    p.stride(),
-                    p.padding,
-                    p.dilation,
-                    k = p.kernel,
-                    kk = p.kernel * p.kernel,
-                )
-            }
-            Layer::AvgPool(p) => {
-                forward += &format!(
-                    "        x = F.avg_pool2d(x, {}, stride={}, padding={})\n",
-                    p.kernel,
-                    p.stride(),
-                    p.padding
-                )
-            }
-            Layer::GlobalAvgPool => forward += "        x = x.mean((2, 3), keepdim=True)\n",
-            Layer::BatchNorm(b) => {
-                let Shape::Map { c: cin, .. } = shape else {
-                    return Err(Error::invalid(format!(
-                        "layer {}: batch norm after fc",
-                        i + 1
-                    )));
-                };
-                init += &format!(
-                    "        self.{} = BatchNorm({cin}, eps={:?}, momentum={:?})\n",
-                    b.name, b.eps, b.momentum
-                );
-                forward += &format!("        x = self.{}(x)\n", b.name);
-            }
-            Layer::Lrn(l) => {
-                forward += &format!(
-                    "        x = F.local_response_norm(x, {}, alpha={:?}, beta={:?}, k={:?})\n",
-                    l.size, l.alpha, l.beta, l.k
-                )
-            }
-            Layer::Dropout(d) => {
-                forward += &format!("        x = F.dropout(x, {:?}, self.training)\n", d.p)
-            }
-            Layer::Fc(f) => {
-                if !flat {
-                    forward += "        x = torch.flatten(x, 1)\n";
-                    flat = true;
-                }
-                let outputs = match summary[i].output {
-                    Shape::Flat(n) => n,
-                    Shape::Map { .. } => {
-                        return Err(Error::invalid(format!(
-                            "layer {}: fc without a flat output",
-                            i + 1
-                        )));
-                    }
-                };
-                init += &format!(
-                    "        self.{} = nn.Linear({}, {outputs})\n",
-                    f.name,
-                    shape.numel()
-                );
-                forward += &format!("        x = self.{}(x)\n", f.name);
-            }
-            Layer::Softmax => forward += "        x = F.softmax(x, 1)\n",
-        }
+        let out_shape = summary[i].output;
+        torch_layer(
+            spec,
+            (layer, i),
+            (shape, out_shape),
+            &mut flat,
+            &mut init,
+            &mut forward,
+        )?;
         shape = summary[i].output;
     }
     Ok(format!(

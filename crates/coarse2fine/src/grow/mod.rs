@@ -7,7 +7,8 @@
 //!
 //! * [`upscale`]: the input side doubles (Eq. 5–8).
 //! * [`widen`]: a layer gets more filters or units (Net2WiderNet, the paper's new filters).
-//! * [`deepen`]: an identity layer is inserted (Net2DeeperNet).
+//! * [`deepen`]: an identity layer is inserted (Net2DeeperNet), or [`deepen_residual`]: a
+//!   residual block that adds zero.
 //!
 //! See docs/growth.md for the equations and guarantees, and [`verify`] for the numerical
 //! check that each guarantee holds.
@@ -21,7 +22,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-pub use deepen::deepen;
+pub use deepen::{deepen, deepen_residual};
 pub use upscale::upscale;
 pub use widen::widen;
 
@@ -175,10 +176,15 @@ pub enum GrowOp {
         #[serde(default)]
         force: bool,
     },
-    /// Insert an identity layer (with ReLU) after the ReLU that follows layer `after`.
+    /// Insert an identity layer (with ReLU) after the ReLU that follows layer `after`; or,
+    /// with `block = "residual"`, a residual block whose last batch norm's scale is zero.
     Deepen {
-        /// Layer after which to insert.
+        /// Layer after which to insert (for a residual block: a layer of the net, or one
+        /// inside the block after which to insert).
         after: String,
+        /// What to insert.
+        #[serde(default, skip_serializing_if = "DeepenBlock::is_identity")]
+        block: DeepenBlock,
         /// Kernel side of an inserted conv (odd).
         #[serde(default = "default_kernel")]
         kernel: usize,
@@ -186,6 +192,25 @@ pub enum GrowOp {
         #[serde(default)]
         noise: f32,
     },
+}
+
+/// What `deepen` inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeepenBlock {
+    /// An identity convolution or fully connected layer, and a ReLU (Net2DeeperNet).
+    #[default]
+    Identity,
+    /// A residual block (conv–BN–ReLU–conv–BN, identity shortcut) whose last batch norm
+    /// has γ = β = 0, so that it adds zero, and a ReLU (the zero-init trick of Goyal et
+    /// al. 2017).
+    Residual,
+}
+
+impl DeepenBlock {
+    fn is_identity(&self) -> bool {
+        *self == DeepenBlock::Identity
+    }
 }
 
 fn default_sigma() -> f32 {
@@ -301,7 +326,18 @@ impl GrowOp {
             GrowOp::Widen {
                 layer, add, init, ..
             } => format!("widen {layer} +{add} ({init})"),
-            GrowOp::Deepen { after, kernel, .. } => format!("deepen after {after} (k={kernel})"),
+            GrowOp::Deepen {
+                after,
+                kernel,
+                block: DeepenBlock::Identity,
+                ..
+            } => format!("deepen after {after} (k={kernel})"),
+            GrowOp::Deepen {
+                after,
+                kernel,
+                block: DeepenBlock::Residual,
+                ..
+            } => format!("deepen after {after} (residual block, k={kernel})"),
         }
     }
 }
@@ -371,9 +407,16 @@ pub fn apply(
             }
             GrowOp::Deepen {
                 after,
+                block: DeepenBlock::Identity,
                 kernel,
                 noise,
             } => deepen(spec, map, after, *kernel, *noise, role, seed),
+            GrowOp::Deepen {
+                after,
+                block: DeepenBlock::Residual,
+                kernel,
+                noise,
+            } => deepen_residual(spec, map, after, *kernel, *noise, role, seed),
         }
     };
     op.validate()?;
@@ -393,6 +436,7 @@ fn refuse_oversized(spec: &NetSpec, op: &GrowOp) -> Result<()> {
     match op {
         GrowOp::Widen { layer, add, .. } => {
             let i = find_layer(spec, layer)?;
+            widen::next_weighted(spec, i, layer)?;
             let mut grown = spec.clone();
             let too_many = || Error::invalid(format!("widen {layer}: adding {add} is too many"));
             match &mut grown.layers[i] {
@@ -415,13 +459,32 @@ fn refuse_oversized(spec: &NetSpec, op: &GrowOp) -> Result<()> {
     }
 }
 
-/// Index of the layer whose parameters are called `name`.
+/// Index of the layer whose parameters are called `name`; a layer inside a residual block
+/// is refused (see [`find_top`]).
 pub(crate) fn find_layer(spec: &NetSpec, name: &str) -> Result<usize> {
+    let i = find_top(spec, name)?;
+    if spec.layers[i].name() != Some(name) {
+        return Err(Error::invalid(format!(
+            "layer {name:?} is inside a residual block (layer {} of net {:?}); widening and identity deepening apply to the layers outside blocks",
+            i + 1,
+            spec.name
+        )));
+    }
+    Ok(i)
+}
+
+/// Index of the layer called `name`, or of the residual block that holds it.
+pub(crate) fn find_top(spec: &NetSpec, name: &str) -> Result<usize> {
     spec.layers
         .iter()
-        .position(|l| l.name() == Some(name))
+        .position(|l| l.leaves().any(|leaf| leaf.name() == Some(name)))
         .ok_or_else(|| {
-            let names: Vec<&str> = spec.layers.iter().filter_map(|l| l.name()).collect();
+            let names: Vec<&str> = spec
+                .layers
+                .iter()
+                .flat_map(|l| l.leaves())
+                .filter_map(|l| l.name())
+                .collect();
             Error::invalid(format!(
                 "net {:?} has no layer {name:?} (layers: {})",
                 spec.name,

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::verify::{compare, random_batch, upsample};
 use super::*;
 use crate::net::reference;
-use crate::net::spec::{BatchNorm, Conv, Fc, InputShape, Layer, Lrn, Pool, Units};
+use crate::net::spec::{BatchNorm, Conv, Fc, InputShape, Layer, Lrn, Pool, Residual, Units};
 use crate::net::weights::Init;
 
 #[derive(Debug, Clone)]
@@ -26,6 +26,9 @@ struct Arch {
     bn: bool,
     avg: bool,
     gap: bool,
+    /// A residual block after the first ReLU: none (0), with the identity as shortcut (1),
+    /// or strided with a projection shortcut of one more channel (2).
+    res: usize,
 }
 
 impl Arch {
@@ -43,7 +46,7 @@ fn arch() -> impl Strategy<Value = Arch> {
         proptest::option::of((1usize..=3, 1usize..=2, 0usize..=1)),
         proptest::option::of((1usize..=4, 1usize..=3, 0usize..=1, 1usize..=2)),
         (2usize..=6, any::<u64>()),
-        (any::<bool>(), any::<bool>(), any::<bool>()),
+        (any::<bool>(), any::<bool>(), any::<bool>(), 0usize..=2),
     )
         .prop_map(
             |(
@@ -53,7 +56,7 @@ fn arch() -> impl Strategy<Value = Arch> {
                 pool,
                 conv2,
                 (hidden, seed),
-                (bn, avg, gap),
+                (bn, avg, gap, res),
             )| Arch {
                 channels,
                 side,
@@ -67,6 +70,7 @@ fn arch() -> impl Strategy<Value = Arch> {
                 bn,
                 avg,
                 gap,
+                res,
             },
         )
 }
@@ -86,6 +90,9 @@ fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
         layers.push(Layer::BatchNorm(BatchNorm::new("bn1")));
     }
     layers.push(Layer::Relu);
+    if a.res > 0 {
+        layers.extend([residual_block(a), Layer::Relu]);
+    }
     if a.lrn {
         layers.push(Layer::Lrn(Lrn {
             size: 3,
@@ -164,6 +171,37 @@ fn build(a: &Arch) -> Option<(NetSpec, WeightMap)> {
     }
     randomise_batch_norms(&mut w, a.seed);
     Some((spec, w))
+}
+
+/// The residual block of `a`: conv–(BN)–ReLU–conv–(BN) on conv1's filters, and for
+/// `res = 2` a stride of 2 and one more filter, with a 1×1 projection (and BN) shortcut.
+fn residual_block(a: &Arch) -> Layer {
+    let (f, stride) = if a.res == 2 {
+        (a.conv1.0 + 1, 2)
+    } else {
+        (a.conv1.0, 1)
+    };
+    let conv = |name: &str, kernel, stride| {
+        Layer::Conv(Conv {
+            name: name.into(),
+            filters: f,
+            kernel,
+            stride,
+            padding: kernel / 2,
+            dilation: 1,
+        })
+    };
+    let bn = |name: &str| a.bn.then(|| Layer::BatchNorm(BatchNorm::new(name)));
+    let mut body = vec![conv("r1", 3, stride)];
+    body.extend(bn("bnr1"));
+    body.extend([Layer::Relu, conv("r2", 3, 1)]);
+    body.extend(bn("bnr2"));
+    let mut shortcut = Vec::new();
+    if a.res == 2 {
+        shortcut.push(conv("proj", 1, stride));
+        shortcut.extend(bn("bnproj"));
+    }
+    Layer::Residual(Residual { body, shortcut })
 }
 
 /// Gives every batch norm an affine map and statistics of its own (variances positive), so
@@ -266,6 +304,11 @@ proptest! {
                     NewFilters::FlipDiag, NewFilters::FlipCentral, NewFilters::Net2Wider][which];
         let layer = if fc { "fc1" } else { "conv1" };
         let op = GrowOp::Widen { layer: layer.into(), add, init, next_sigma: 0.0, bias: 0.1, noise: 0.0, force: false };
+        if layer == "conv1" && a.res > 0 {
+            let err = apply(&spec, &w, None, &op, 0).map(|_| ()).unwrap_err().to_string();
+            prop_assert!(err.contains("residual block"), "widening into a block is refused: {err}");
+            return Ok(());
+        }
         if layer == "fc1" && matches!(init, NewFilters::FlipH | NewFilters::FlipV | NewFilters::FlipDiag | NewFilters::FlipCentral) {
             prop_assert!(apply(&spec, &w, None, &op, 0).is_err(), "flips of fc units are refused");
             return Ok(());
@@ -281,22 +324,41 @@ proptest! {
     fn deepening_preserves_function(a in arch(), kernel in prop_oneof![Just(1usize), Just(3)], after_fc in any::<bool>()) {
         let Some((spec, w)) = build(&a) else { return Ok(()) };
         let after = if after_fc { "fc1" } else { a.before_relu() };
-        let (g, gw, _) = grow_all(&spec, &w, &[GrowOp::Deepen { after: after.into(), kernel, noise: 0.0 }]);
+        let (g, gw, _) = grow_all(&spec, &w, &[GrowOp::Deepen { after: after.into(), block: DeepenBlock::Identity, kernel, noise: 0.0 }]);
         prop_assert_eq!(g.layers.len(), spec.layers.len() + 2);
         let e = rel_error(&spec, &w, &g, &gw, a.seed);
         prop_assert!(e <= 1e-5, "relative error {e}");
     }
 
     #[test]
+    fn residual_deepening_preserves_function(a in arch(), kernel in prop_oneof![Just(1usize), Just(3)]) {
+        let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let op = GrowOp::Deepen { after: a.before_relu().into(), block: DeepenBlock::Residual, kernel, noise: 0.0 };
+        let (g, gw, m) = grow_all(&spec, &w, &[op.clone(), op]);
+        prop_assert_eq!(g.layers.len(), spec.layers.len() + 4);
+        prop_assert!(m.iter().all(|(_, t)| t.data.iter().all(|&v| v == 0.0)), "new momentum is zero");
+        let e = rel_error(&spec, &w, &g, &gw, a.seed);
+        prop_assert!(e <= 1e-5, "relative error {e}");
+        // The new blocks' convolutions are not zero: the block adds zero through γ alone.
+        let conv = gw.get(&format!("{}_res_conv1.weight", a.before_relu())).expect("new conv");
+        prop_assert!(conv.data.iter().any(|&v| v != 0.0));
+    }
+
+    #[test]
     fn compositions_preserve_function(a in arch()) {
         prop_assume!(!a.lrn);
         let Some((spec, w)) = build(&a) else { return Ok(()) };
+        let first = if a.res > 0 {
+            GrowOp::Deepen { after: "r2".into(), block: DeepenBlock::Residual, kernel: 3, noise: 0.0 }
+        } else {
+            GrowOp::Widen { layer: "conv1".into(), add: 2, init: NewFilters::Net2Wider, next_sigma: 0.0, bias: 0.0, noise: 0.0, force: false }
+        };
         let ops = [
-            GrowOp::Widen { layer: "conv1".into(), add: 2, init: NewFilters::Net2Wider, next_sigma: 0.0, bias: 0.0, noise: 0.0, force: false },
-            GrowOp::Deepen { after: a.before_relu().into(), kernel: 3, noise: 0.0 },
+            first,
+            GrowOp::Deepen { after: a.before_relu().into(), block: DeepenBlock::Identity, kernel: 3, noise: 0.0 },
             UP_EXACT,
             GrowOp::Widen { layer: "fc1".into(), add: 3, init: NewFilters::Gauss(0.5), next_sigma: 0.0, bias: 0.0, noise: 0.0, force: false },
-            GrowOp::Deepen { after: "fc1".into(), kernel: 1, noise: 0.0 },
+            GrowOp::Deepen { after: "fc1".into(), block: DeepenBlock::Identity, kernel: 1, noise: 0.0 },
         ];
         let (g, gw, _) = grow_all(&spec, &w, &ops);
         let e = rel_error(&spec, &w, &g, &gw, a.seed);
@@ -343,6 +405,7 @@ fn backends_run_grown_nets_like_the_reference() -> crate::Result<()> {
         bn: true,
         avg: true,
         gap: true,
+        res: 2,
     };
     let (spec, w) = build(&a).expect("fits");
     let (g, gw, _) = grow_all(
@@ -351,6 +414,7 @@ fn backends_run_grown_nets_like_the_reference() -> crate::Result<()> {
         &[
             UP_EXACT,
             GrowOp::Deepen {
+                block: DeepenBlock::Identity,
                 after: "bn2".into(),
                 kernel: 3,
                 noise: 0.1,
@@ -387,6 +451,7 @@ fn one_conv_net(seed: u64) -> (NetSpec, WeightMap) {
         bn: false,
         avg: false,
         gap: false,
+        res: 0,
     };
     build(&a).expect("fits")
 }
@@ -472,6 +537,7 @@ fn oversized_growth_is_refused_up_front() -> Result<()> {
         (widen(1 << 40), "at most"),
         (
             GrowOp::Deepen {
+                block: DeepenBlock::Identity,
                 after: "conv1".into(),
                 kernel: 1_000_001,
                 noise: 0.0,
@@ -512,6 +578,7 @@ fn a_global_average_pool_net_resizes_without_a_weight_change() -> Result<()> {
         bn: true,
         avg: true,
         gap: true,
+        res: 0,
     };
     let (spec, w) = build(&a).expect("fits");
     let resize = GrowOp::Upscale {

@@ -36,7 +36,11 @@
 
 use super::{Fresh, Role, UpscaleMode, tensor};
 use crate::error::{Error, Result};
-use crate::net::spec::{Conv, InputShape, Layer, NetSpec, Param, Pool, Shape, param_name};
+use std::collections::BTreeMap;
+
+use crate::net::spec::{
+    Conv, InputShape, Layer, NetSpec, Param, Pool, Residual, Shape, param_name,
+};
 use crate::net::{Tensor, WeightMap};
 
 /// Doubles the input side of a bound spec; see the module documentation.
@@ -58,8 +62,11 @@ pub fn upscale(
         return Err(Error::invalid(format!("upscale σ {sigma} must be ≥ 0")));
     }
     let small_rows = spec.summary()?;
+    let mut nested = BTreeMap::new();
     let (layers, rules): (Vec<Layer>, Vec<Rule>) =
-        grown_layers(spec, &small_rows, mode)?.into_iter().unzip();
+        grown_layers(spec, &small_rows, mode, &mut nested)?
+            .into_iter()
+            .unzip();
     let grown = NetSpec {
         name: spec.name.clone(),
         input: Some(InputShape {
@@ -89,7 +96,28 @@ pub fn upscale(
     };
     let mut fresh = Fresh::new(role, seed);
     let mut out = WeightMap::new();
-    for (i, (l, rule)) in spec.layers.iter().zip(&rules).enumerate() {
+    // Every layer with weights, with its index in the net (a block's layers share the
+    // block's) and its rule.
+    let nested = &nested;
+    let leaves = spec
+        .layers
+        .iter()
+        .zip(&rules)
+        .enumerate()
+        .flat_map(|(i, (l, &rule))| {
+            l.leaves().map(move |leaf| match l {
+                Layer::Residual(_) => (
+                    i,
+                    leaf,
+                    leaf.name()
+                        .and_then(|n| nested.get(n))
+                        .copied()
+                        .unwrap_or(Rule::Copy),
+                ),
+                _ => (i, leaf, rule),
+            })
+        });
+    for (i, l, rule) in leaves {
         let Some(name) = l.name() else { continue };
         if let Layer::BatchNorm(_) = l {
             // Per-channel values: the same channels, the same values.
@@ -146,85 +174,133 @@ fn grown_layers(
     spec: &NetSpec,
     rows: &[crate::net::spec::LayerSummary],
     mode: UpscaleMode,
+    nested: &mut BTreeMap<String, Rule>,
 ) -> Result<Vec<(Layer, Rule)>> {
-    let mut replicated = true;
-    let mut seen_fc = false;
+    let mut state = Walk {
+        replicated: true,
+        seen_fc: false,
+    };
     spec.layers
         .iter()
         .enumerate()
-        .map(|(i, l)| match l {
-            Layer::Fc(_) if !seen_fc => {
-                seen_fc = true;
-                Ok((l.clone(), Rule::FcFromMap))
-            }
-            other if mode == UpscaleMode::Resize => Ok((other.clone(), Rule::Copy)),
-            Layer::Conv(c) if replicated && c.dilation == 1 => {
-                replicated = false;
-                let conv = Conv {
-                    kernel: 2 * c.kernel,
-                    padding: 2 * c.padding,
-                    ..c.clone()
-                };
-                Ok((Layer::Conv(conv), Rule::Replicate))
-            }
-            Layer::Conv(c) => {
-                replicated = false;
-                match mode {
-                    UpscaleMode::Exact => {
-                        let conv = Conv {
-                            dilation: 2 * c.dilation,
-                            padding: 2 * c.padding,
-                            ..c.clone()
-                        };
-                        Ok((Layer::Conv(conv), Rule::Copy))
-                    }
-                    UpscaleMode::Paper | UpscaleMode::Resize => {
-                        let conv = Conv {
-                            kernel: 2 * c.kernel - 1,
-                            padding: 2 * c.padding,
-                            ..c.clone()
-                        };
-                        Ok((Layer::Conv(conv), Rule::Spread))
-                    }
+        .map(|(i, l)| grown_layer(spec, rows, mode, (i, l), &mut state, nested))
+        .collect()
+}
+
+/// What upscaling has passed: whether the first convolution (which is replicated) is yet
+/// to come, and whether the first fully connected layer has been.
+struct Walk {
+    replicated: bool,
+    seen_fc: bool,
+}
+
+/// The upscaled form of layer `l` (layer `i` of the net, or of a block inside it) and how
+/// its weights derive; a block's layers' rules go into `nested`, by name.
+fn grown_layer(
+    spec: &NetSpec,
+    rows: &[crate::net::spec::LayerSummary],
+    mode: UpscaleMode,
+    (i, l): (usize, &Layer),
+    state: &mut Walk,
+    nested: &mut BTreeMap<String, Rule>,
+) -> Result<(Layer, Rule)> {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
+    let Walk {
+        replicated,
+        seen_fc,
+    } = state;
+    match l {
+        Layer::Fc(_) if !*seen_fc => {
+            *seen_fc = true;
+            Ok((l.clone(), Rule::FcFromMap))
+        }
+        other if mode == UpscaleMode::Resize => Ok((other.clone(), Rule::Copy)),
+        Layer::Conv(c) if *replicated && c.dilation == 1 => {
+            *replicated = false;
+            let conv = Conv {
+                kernel: 2 * c.kernel,
+                padding: 2 * c.padding,
+                ..c.clone()
+            };
+            Ok((Layer::Conv(conv), Rule::Replicate))
+        }
+        Layer::Conv(c) => {
+            *replicated = false;
+            match mode {
+                UpscaleMode::Exact => {
+                    let conv = Conv {
+                        dilation: 2 * c.dilation,
+                        padding: 2 * c.padding,
+                        ..c.clone()
+                    };
+                    Ok((Layer::Conv(conv), Rule::Copy))
+                }
+                UpscaleMode::Paper | UpscaleMode::Resize => {
+                    let conv = Conv {
+                        kernel: 2 * c.kernel - 1,
+                        padding: 2 * c.padding,
+                        ..c.clone()
+                    };
+                    Ok((Layer::Conv(conv), Rule::Spread))
                 }
             }
-            Layer::MaxPool(p) => {
-                replicated = false;
-                let grown = match mode {
-                    UpscaleMode::Exact => Pool {
-                        dilation: 2 * p.dilation,
-                        padding: 2 * p.padding,
-                        ..p.clone()
-                    },
-                    UpscaleMode::Paper | UpscaleMode::Resize => Pool {
-                        kernel: 2 * p.kernel - 1,
-                        padding: 2 * p.padding,
-                        stride: Some(p.stride()),
-                        ..p.clone()
-                    },
-                };
-                Ok((Layer::MaxPool(grown), Rule::Copy))
-            }
-            // An average over the lattice: the mean of the small net's window (paper mode
-            // has no rule of its own for it, and takes this exact one).
-            Layer::AvgPool(p) => {
-                replicated = false;
-                let grown = Pool {
+        }
+        Layer::MaxPool(p) => {
+            *replicated = false;
+            let grown = match mode {
+                UpscaleMode::Exact => Pool {
                     dilation: 2 * p.dilation,
                     padding: 2 * p.padding,
                     ..p.clone()
-                };
-                Ok((Layer::AvgPool(grown), Rule::Copy))
-            }
-            // The mean over the lattice of the small map, not over the whole larger map:
-            // an average pool of the small map's side, dilated ×2.
-            Layer::GlobalAvgPool => {
-                replicated = false;
-                Ok((lattice_mean(spec, rows, i)?, Rule::Copy))
-            }
-            other => Ok((other.clone(), Rule::Copy)),
-        })
-        .collect()
+                },
+                UpscaleMode::Paper | UpscaleMode::Resize => Pool {
+                    kernel: 2 * p.kernel - 1,
+                    padding: 2 * p.padding,
+                    stride: Some(p.stride()),
+                    ..p.clone()
+                },
+            };
+            Ok((Layer::MaxPool(grown), Rule::Copy))
+        }
+        // An average over the lattice: the mean of the small net's window (paper mode
+        // has no rule of its own for it, and takes this exact one).
+        Layer::AvgPool(p) => {
+            *replicated = false;
+            let grown = Pool {
+                dilation: 2 * p.dilation,
+                padding: 2 * p.padding,
+                ..p.clone()
+            };
+            Ok((Layer::AvgPool(grown), Rule::Copy))
+        }
+        // The mean over the lattice of the small map, not over the whole larger map:
+        // an average pool of the small map's side, dilated ×2.
+        Layer::GlobalAvgPool => {
+            *replicated = false;
+            Ok((lattice_mean(spec, rows, i)?, Rule::Copy))
+        }
+        // The sum of two branches each on the lattice is on the lattice.
+        Layer::Residual(r) => {
+            *replicated = false;
+            let mut branch = |layers: &[Layer]| -> Result<Vec<Layer>> {
+                layers
+                    .iter()
+                    .map(|inner| {
+                        let (g, rule) = grown_layer(spec, rows, mode, (i, inner), state, nested)?;
+                        if let Some(n) = inner.name() {
+                            nested.insert(n.to_string(), rule);
+                        }
+                        Ok(g)
+                    })
+                    .collect()
+            };
+            let body = branch(&r.body)?;
+            let shortcut = branch(&r.shortcut)?;
+            Ok((Layer::Residual(Residual { body, shortcut }), Rule::Copy))
+        }
+        other => Ok((other.clone(), Rule::Copy)),
+    }
 }
 
 /// The upscaled form of the global average pool at layer `i`: the mean over the lattice of

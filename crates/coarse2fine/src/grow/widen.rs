@@ -159,9 +159,7 @@ fn check_widen(
             "widen {layer}: it is the classifier, whose width is the class count"
         )));
     }
-    let j = (i + 1..spec.layers.len())
-        .find(|&j| matches!(spec.layers[j], Layer::Conv(_) | Layer::Fc(_)))
-        .ok_or_else(|| Error::invalid(format!("widen {layer}: no later layer with weights")))?;
+    let j = next_weighted(spec, i, layer)?;
     let relu_between = spec.layers[i + 1..j]
         .iter()
         .any(|l| matches!(l, Layer::Relu));
@@ -193,6 +191,26 @@ fn check_widen(
         )));
     }
     Ok((i, j))
+}
+
+/// Index of the first layer with weights after layer `i` (called `layer`), which reads its
+/// output; refused when a residual block comes first.
+pub(super) fn next_weighted(spec: &NetSpec, i: usize, layer: &str) -> Result<usize> {
+    let j = (i + 1..spec.layers.len())
+        .find(|&j| {
+            matches!(
+                spec.layers[j],
+                Layer::Conv(_) | Layer::Fc(_) | Layer::Residual(_)
+            )
+        })
+        .ok_or_else(|| Error::invalid(format!("widen {layer}: no later layer with weights")))?;
+    if let Layer::Residual(_) = spec.layers[j] {
+        return Err(Error::invalid(format!(
+            "widen {layer}: a residual block (layer {}) reads its output, and widen cannot widen the block's body and shortcut alike, which its sum needs",
+            j + 1
+        )));
+    }
+    Ok(j)
 }
 
 /// Adds `add` filters or units to the spec's layer; returns the count before.

@@ -6,6 +6,7 @@ pub mod spec;
 pub mod weights;
 
 pub use spec::{
-    BatchNorm, Conv, Dropout, Fc, InputShape, Layer, Lrn, NetSpec, Pool, Shape, TensorKind, Units,
+    BatchNorm, Conv, Dropout, Fc, InputShape, Layer, Lrn, NetSpec, Pool, Residual, Shape,
+    TensorKind, Units,
 };
 pub use weights::{Tensor, WeightMap};

@@ -17,11 +17,17 @@
 //! * The classifier L8 has as many outputs as the data set has classes.
 //! * Max pooling rounds down (PyTorch's convention); set `ceil_mode` for Caffe's.
 //!
-//! One preset is not the paper's: `bn-cnn`, a small net of today's layers (batch norms, an
-//! average pool, a global average pool before the classifier), whose weights fit every
-//! input size.
+//! Three presets are not the paper's: `bn-cnn`, a small net of today's layers (batch norms,
+//! an average pool, a global average pool before the classifier), whose weights fit every
+//! input size; and the CIFAR ResNets of He et al. (2016, Section 4.2), `resnet-20` and
+//! its shallow sibling `resnet-8`: a 3×3 convolution of 16 filters, three stages of basic
+//! blocks (two 3×3 convolutions with batch norms) of 16, 32 and 64 filters, the first block
+//! of the second and third stage halving the side, then a global average pool and the
+//! classifier. Where a block changes the shape its shortcut is a projection, a strided 1×1
+//! convolution and a batch norm (the paper's option B); its convolutions keep a bias,
+//! which the batch norm after each makes redundant but harmless.
 
-use super::spec::{BatchNorm, Conv, Dropout, Fc, Layer, Lrn, NetSpec, Pool, Units};
+use super::spec::{BatchNorm, Conv, Dropout, Fc, Layer, Lrn, NetSpec, Pool, Residual, Units};
 
 /// A named preset.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +41,7 @@ pub struct Preset {
 }
 
 /// All presets, smallest first.
-pub const PRESETS: [Preset; 9] = [
+pub const PRESETS: [Preset; 11] = [
     Preset {
         name: "net-1",
         native_size: 8,
@@ -80,6 +86,16 @@ pub const PRESETS: [Preset; 9] = [
         name: "bn-cnn",
         native_size: 8,
         about: "conv 16(3)-BN, conv 32(3)-BN, avg-pool 2/2, conv 64(3)-BN, global avg-pool, fc (any size)",
+    },
+    Preset {
+        name: "resnet-8",
+        native_size: 8,
+        about: "CIFAR ResNet, 1 basic block per stage (16, 32, 64 filters), global avg-pool (any size)",
+    },
+    Preset {
+        name: "resnet-20",
+        native_size: 32,
+        about: "CIFAR ResNet-20: 3 basic blocks per stage (16, 32, 64 filters), global avg-pool (any size)",
     },
 ];
 
@@ -147,6 +163,38 @@ fn bn_cnn() -> Vec<Layer> {
         ceil_mode: false,
     }));
     layers.extend(block(3, 64));
+    layers.extend([Layer::GlobalAvgPool, classifier(), Layer::Softmax]);
+    layers
+}
+
+/// A CIFAR ResNet of `blocks` basic blocks per stage (ResNet-`6·blocks + 2`).
+fn cifar_resnet(blocks: usize) -> Vec<Layer> {
+    let bn = |name: String| Layer::BatchNorm(BatchNorm::new(&name));
+    let mut layers = vec![conv("conv1", 16, 3, 1, 1), bn("bn1".into()), Layer::Relu];
+    let mut channels = 16;
+    for (stage, filters) in [16, 32, 64].into_iter().enumerate() {
+        for b in 1..=blocks {
+            let at = format!("s{}b{b}", stage + 1);
+            let stride = if stage > 0 && b == 1 { 2 } else { 1 };
+            let body = vec![
+                conv(&format!("{at}_conv1"), filters, 3, stride, 1),
+                bn(format!("{at}_bn1")),
+                Layer::Relu,
+                conv(&format!("{at}_conv2"), filters, 3, 1, 1),
+                bn(format!("{at}_bn2")),
+            ];
+            let shortcut = if stride != 1 || filters != channels {
+                vec![
+                    conv(&format!("{at}_proj"), filters, 1, stride, 0),
+                    bn(format!("{at}_proj_bn")),
+                ]
+            } else {
+                Vec::new()
+            };
+            layers.extend([Layer::Residual(Residual { body, shortcut }), Layer::Relu]);
+            channels = filters;
+        }
+    }
     layers.extend([Layer::GlobalAvgPool, classifier(), Layer::Softmax]);
     layers
 }
@@ -286,6 +334,8 @@ pub fn preset(name: &str) -> Option<NetSpec> {
             true,
         ),
         "bn-cnn" => bn_cnn(),
+        "resnet-8" => cifar_resnet(1),
+        "resnet-20" => cifar_resnet(3),
         _ => return None,
     };
     Some(NetSpec {
@@ -327,6 +377,29 @@ mod tests {
         assert_eq!(find("conv1.weight"), Some(vec![96, 3, 11, 11]));
         assert_eq!(find("fc6.weight"), Some(vec![4096, 256 * 6 * 6]));
         assert_eq!(find("fc8.weight"), Some(vec![1000, 4096]));
+        Ok(())
+    }
+
+    /// He et al.'s ResNet-20: 19 convolutions and the classifier, 0.27 M parameters
+    /// (their Table 6), maps 32², 16² and 8² in the three stages.
+    #[test]
+    fn resnet_20_has_the_published_shapes() -> crate::error::Result<()> {
+        let spec = preset("resnet-20")
+            .expect("resnet-20")
+            .bind(InputShape::square(3, 32), 10)?;
+        let tensors = spec.tensors()?;
+        let convs = tensors
+            .iter()
+            .filter(|(n, s, _)| s.len() == 4 && !n.ends_with("proj.weight"))
+            .count();
+        assert_eq!(convs, 19);
+        let params = spec.num_params()?;
+        assert!((270_000..280_000).contains(&params), "{params}");
+        let rows = spec.summary()?;
+        let sides: Vec<String> = rows.iter().map(|r| r.output.to_string()).collect();
+        assert_eq!(sides[3], "16×32×32");
+        assert_eq!(sides[9], "32×16×16");
+        assert_eq!(sides[15], "64×8×8");
         Ok(())
     }
 

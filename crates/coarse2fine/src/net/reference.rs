@@ -10,7 +10,7 @@
 //! any deep-learning framework. Layouts follow PyTorch: inputs `N × C × H × W`, conv
 //! weights `out × in × kh × kw` applied as cross-correlation, flattening channel-major.
 
-use super::spec::{Layer, NetSpec, Param, Shape, param_name};
+use super::spec::{Layer, LayerSummary, NetSpec, Param, Shape, input_map, param_name};
 use super::weights::WeightMap;
 use crate::error::{Error, Result};
 
@@ -22,17 +22,11 @@ fn tensor(w: &WeightMap, name: &str) -> Result<Vec<f64>> {
 
 /// Logits (`n × classes`, row-major) of a bound spec for `n` images in `x`.
 pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Result<Vec<f32>> {
-    // Long by design: one arm per layer type, each reading beside the others; split, the
-    // cases of one layer would be scattered over several functions.
     let input = spec
         .input
         .ok_or_else(|| Error::invalid("spec is not bound"))?;
     let rows = spec.summary()?;
-    let mut shape = Shape::Map {
-        c: input.channels,
-        h: input.height,
-        w: input.width,
-    };
+    let shape = input_map(input);
     if x.len() != n * shape.numel() {
         return Err(Error::invalid(format!(
             "input has {} values, expected {}",
@@ -40,8 +34,25 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
             n * shape.numel()
         )));
     }
-    let mut a: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-    for (layer, row) in spec.logit_layers().iter().zip(&rows) {
+    let a: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let a = run(spec, weights, spec.logit_layers(), (&rows, shape), a, n)?;
+    // Rounded once, at the end.
+    Ok(a.into_iter().map(|v| v as f32).collect())
+}
+
+/// `layers` (the net's, or a residual block's branch), with their summary `rows`, applied
+/// to `n` inputs `a` of `shape`.
+fn run(
+    spec: &NetSpec,
+    weights: &WeightMap,
+    layers: &[Layer],
+    (rows, mut shape): (&[LayerSummary], Shape),
+    mut a: Vec<f64>,
+    n: usize,
+) -> Result<Vec<f64>> {
+    // Long by design: one arm per layer type, each reading beside the others; split, the
+    // cases of one layer would be scattered over several functions.
+    for (layer, row) in layers.iter().zip(rows) {
         let out = row.output;
         a = match (layer, shape, out) {
             (
@@ -191,6 +202,14 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
             }
             (Layer::Relu, _, _) => a.into_iter().map(|v| v.max(0.0)).collect(),
             (Layer::Dropout(_) | Layer::Softmax, _, _) => a,
+            (Layer::Residual(r), s, _) => {
+                let branch = |ls: &[Layer], a: Vec<f64>| {
+                    run(spec, weights, ls, (&spec.rows(ls, s, "")?, s), a, n)
+                };
+                let body = branch(&r.body, a.clone())?;
+                let shortcut = branch(&r.shortcut, a)?;
+                body.iter().zip(&shortcut).map(|(p, q)| p + q).collect()
+            }
             (l, s, _) => {
                 return Err(Error::invalid(format!(
                     "layer {} cannot take a {s} input",
@@ -200,6 +219,5 @@ pub fn forward(spec: &NetSpec, weights: &WeightMap, x: &[f32], n: usize) -> Resu
         };
         shape = out;
     }
-    // Rounded once, at the end.
-    Ok(a.into_iter().map(|v| v as f32).collect())
+    Ok(a)
 }

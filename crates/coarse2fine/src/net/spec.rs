@@ -25,6 +25,15 @@ fn is_false(v: &bool) -> bool {
     !*v
 }
 
+/// The maps an input of this shape is.
+pub fn input_map(input: InputShape) -> Shape {
+    Shape::Map {
+        c: input.channels,
+        h: input.height,
+        w: input.width,
+    }
+}
+
 /// Input of a network: channels and spatial size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +210,34 @@ impl BatchNorm {
     }
 }
 
+/// A residual block (He et al. 2016): `body(x) + shortcut(x)`, where an empty shortcut is
+/// the identity. The body and the shortcut must give maps of the same shape; when the body
+/// changes the channels or the side, the shortcut is a projection (typically a strided 1×1
+/// convolution and a batch norm). A ReLU after the sum is a layer of its own, after the
+/// block. Blocks hold map layers only (no fully connected layer, global pool, softmax or
+/// nested block).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Residual {
+    /// The residual branch, applied in order to the block's input.
+    pub body: Vec<Layer>,
+    /// The shortcut branch; empty (the default) for the identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shortcut: Vec<Layer>,
+}
+
+impl Residual {
+    /// `residual (body 5, shortcut 2)`, or `(body 5, identity)`.
+    fn describe(&self) -> String {
+        let shortcut = if self.shortcut.is_empty() {
+            "identity".to_string()
+        } else {
+            format!("shortcut {}", self.shortcut.len())
+        };
+        format!("residual (body {}, {shortcut})", self.body.len())
+    }
+}
+
 /// Number of outputs of a fully connected layer: a count, or `"classes"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Units {
@@ -272,6 +309,8 @@ pub enum Layer {
     Fc(Fc),
     /// Softmax over classes; only allowed last. Training uses the logits before it.
     Softmax,
+    /// A residual block.
+    Residual(Residual),
 }
 
 impl Layer {
@@ -303,6 +342,16 @@ impl Layer {
                 Units::Classes => format!("{} fc classes", f.name),
             },
             Layer::Softmax => "softmax".into(),
+            Layer::Residual(r) => r.describe(),
+        }
+    }
+
+    /// This layer, or the layers inside a residual block (body, then shortcut), in the
+    /// order the forward pass runs them.
+    pub fn leaves(&self) -> Box<dyn Iterator<Item = &Layer> + '_> {
+        match self {
+            Layer::Residual(r) => Box::new(r.body.iter().chain(&r.shortcut)),
+            l => Box::new(std::iter::once(l)),
         }
     }
 
@@ -540,14 +589,32 @@ impl NetSpec {
 
     /// Checks names and layer order, independent of input size.
     pub fn check_structure(&self) -> Result<()> {
-        // Long by design: one arm per layer type, each reading beside the others; split, the
-        // cases of one layer would be scattered over several functions.
         if self.layers.is_empty() {
             return Err(Error::invalid(format!("net {:?} has no layers", self.name)));
         }
         let mut names = BTreeSet::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            let at = || format!("layer {} ({})", i + 1, l.describe());
+        self.check_layers(&self.layers, "", &mut names)?;
+        match self.logit_layers().last() {
+            Some(Layer::Fc(_)) => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "net {:?} must end with a fully connected classifier (optionally followed by softmax)",
+                self.name
+            ))),
+        }
+    }
+
+    /// Checks the layers of the net (`within` empty) or of a residual block's branch
+    /// (`within` names it, e.g. `layer 4 (…), body `); `names` collects the names seen.
+    fn check_layers(
+        &self,
+        layers: &[Layer],
+        within: &str,
+        names: &mut BTreeSet<String>,
+    ) -> Result<()> {
+        // Long by design: one arm per layer type, each reading beside the others; split, the
+        // cases of one layer would be scattered over several functions.
+        for (i, l) in layers.iter().enumerate() {
+            let at = || format!("{within}layer {} ({})", i + 1, l.describe());
             if let Some(n) = l.name() {
                 if n.is_empty()
                     || !n
@@ -646,22 +713,29 @@ impl NetSpec {
                 }) => {
                     return Err(Error::invalid(format!("{}: outputs must be ≥ 1", at())));
                 }
-                Layer::Softmax if i + 1 != self.layers.len() => {
+                Layer::Softmax if i + 1 != layers.len() || !within.is_empty() => {
                     return Err(Error::invalid(format!(
                         "{}: softmax is only allowed as the last layer",
                         at()
                     )));
                 }
+                Layer::Residual(_) | Layer::Fc(_) | Layer::GlobalAvgPool if !within.is_empty() => {
+                    return Err(Error::invalid(format!(
+                        "{}: a residual block holds map layers only (conv, batch_norm, relu, pools, lrn, dropout)",
+                        at()
+                    )));
+                }
+                Layer::Residual(r) if r.body.is_empty() => {
+                    return Err(Error::invalid(format!("{}: its body is empty", at())));
+                }
+                Layer::Residual(r) => {
+                    self.check_layers(&r.body, &format!("{}, body ", at()), names)?;
+                    self.check_layers(&r.shortcut, &format!("{}, shortcut ", at()), names)?;
+                }
                 _ => {}
             }
         }
-        match self.logit_layers().last() {
-            Some(Layer::Fc(_)) => Ok(()),
-            _ => Err(Error::invalid(format!(
-                "net {:?} must end with a fully connected classifier (optionally followed by softmax)",
-                self.name
-            ))),
-        }
+        Ok(())
     }
 
     /// The layers that produce the logits (everything but a final softmax).
@@ -739,29 +813,33 @@ impl NetSpec {
         // Long by design: one arm per layer type, each reading beside the others; split, the
         // cases of one layer would be scattered over several functions.
         let (input, _) = self.bound_input()?;
-        let mut shape = Shape::Map {
-            c: input.channels,
-            h: input.height,
-            w: input.width,
-        };
-        let mut rows = Vec::with_capacity(self.layers.len());
-        for (i, l) in self.layers.iter().enumerate() {
+        self.rows(&self.layers, input_map(input), "")
+    }
+
+    /// The summary of `layers` (the net's, or a residual block's branch, which `within`
+    /// names for errors) reading maps of `shape`.
+    pub fn rows(
+        &self,
+        layers: &[Layer],
+        mut shape: Shape,
+        within: &str,
+    ) -> Result<Vec<LayerSummary>> {
+        // Long by design: one arm per layer type, each reading beside the others; split, the
+        // cases of one layer would be scattered over several functions.
+        let (input, _) = self.bound_input()?;
+        let mut rows = Vec::with_capacity(layers.len());
+        for (i, l) in layers.iter().enumerate() {
+            let at = format!("{within}layer {} ({})", i + 1, l.describe());
             let too_small = |what: &str| {
                 Error::invalid(format!(
-                    "net {:?}, layer {} ({}): {what} does not fit its {shape} input at {}×{} images",
-                    self.name,
-                    i + 1,
-                    l.describe(),
-                    input.height,
-                    input.width
+                    "net {:?}, {at}: {what} does not fit its {shape} input at {}×{} images",
+                    self.name, input.height, input.width
                 ))
             };
             let too_big = || {
                 Error::invalid(format!(
-                    "net {:?}, layer {} ({}): too large (more than {MAX_ELEMENTS} values per image, or sizes that overflow)",
+                    "net {:?}, {at}: too large (more than {MAX_ELEMENTS} values per image, or sizes that overflow)",
                     self.name,
-                    i + 1,
-                    l.describe()
                 ))
             };
             let (out, params, flops) = match (l, shape) {
@@ -828,15 +906,19 @@ impl NetSpec {
                     | Layer::AvgPool(_)
                     | Layer::GlobalAvgPool
                     | Layer::BatchNorm(_)
-                    | Layer::Lrn(_),
+                    | Layer::Lrn(_)
+                    | Layer::Residual(_),
                     Shape::Flat(_),
                 ) => {
                     return Err(Error::invalid(format!(
-                        "net {:?}, layer {} ({}): needs feature maps but follows a fully connected layer",
+                        "net {:?}, {at}: needs feature maps but follows a fully connected layer",
                         self.name,
-                        i + 1,
-                        l.describe()
                     )));
+                }
+                (Layer::Residual(r), s) => {
+                    let (out, params, flops) = self.residual_row(r, s, &at)?;
+                    let add = flops.checked_add(out.numel() as u64).ok_or_else(too_big)?;
+                    (out, params, add)
                 }
                 (Layer::Fc(f), s) => {
                     let n = self.units(f.outputs)?;
@@ -862,6 +944,26 @@ impl NetSpec {
         Ok(rows)
     }
 
+    /// Output shape, parameters and FLOPs (without the sum's) of a residual block at `at`
+    /// reading maps of `shape`: both branches must give the same shape.
+    fn residual_row(&self, r: &Residual, shape: Shape, at: &str) -> Result<(Shape, usize, u64)> {
+        let body = self.rows(&r.body, shape, &format!("{at}, body "))?;
+        let shortcut = self.rows(&r.shortcut, shape, &format!("{at}, shortcut "))?;
+        let out = |rows: &[LayerSummary]| rows.last().map_or(shape, |r| r.output);
+        if out(&body) != out(&shortcut) {
+            return Err(Error::invalid(format!(
+                "net {:?}, {at}: its body gives {} maps but its shortcut {}; they are added, so they must match (a 1×1 projection shortcut changes channels and side)",
+                self.name,
+                out(&body),
+                out(&shortcut)
+            )));
+        }
+        let all = body.iter().chain(&shortcut);
+        let params = all.clone().map(|r| r.params).sum();
+        let flops = all.map(|r| r.flops).sum();
+        Ok((out(&body), params, flops))
+    }
+
     /// Names and shapes of every tensor, in layer order (`.weight` before `.bias`).
     pub fn param_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
         Ok(self
@@ -875,14 +977,21 @@ impl NetSpec {
     /// then a batch norm's `.running_mean` and `.running_var`.
     pub fn tensors(&self) -> Result<Vec<(String, Vec<usize>, TensorKind)>> {
         let (input, _) = self.bound_input()?;
-        let mut shape = Shape::Map {
-            c: input.channels,
-            h: input.height,
-            w: input.width,
-        };
-        let rows = self.summary()?;
         let mut out = Vec::new();
-        for (l, row) in self.layers.iter().zip(&rows) {
+        self.collect_tensors(&self.layers, input_map(input), "", &mut out)?;
+        Ok(out)
+    }
+
+    /// The tensors of `layers` reading maps of `shape`, appended to `out`.
+    fn collect_tensors(
+        &self,
+        layers: &[Layer],
+        mut shape: Shape,
+        within: &str,
+        out: &mut Vec<(String, Vec<usize>, TensorKind)>,
+    ) -> Result<()> {
+        let rows = self.rows(layers, shape, within)?;
+        for (l, row) in layers.iter().zip(&rows) {
             match l {
                 Layer::Conv(c) => {
                     let ci = match shape {
@@ -923,11 +1032,15 @@ impl NetSpec {
                         out.push((param_name(&b.name, p), vec![c], kind));
                     }
                 }
+                Layer::Residual(r) => {
+                    self.collect_tensors(&r.body, shape, within, out)?;
+                    self.collect_tensors(&r.shortcut, shape, within, out)?;
+                }
                 _ => {}
             }
             shape = row.output;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Total count of trained parameters (a batch norm's running statistics are not).
