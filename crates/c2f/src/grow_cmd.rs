@@ -112,6 +112,12 @@ pub struct GrowArgs {
     /// net2wider copies) and to inserted identity layers (--deepen).
     #[arg(long, default_value_t = 0.0)]
     pub noise: f32,
+    /// After growing, re-estimate the batch norms' running statistics on this many training
+    /// images at the new size (training-mode statistics averaged over batches of 128; from
+    /// --data or the checkpoint's own data). Useful after `--upscale resize`, whose
+    /// statistics were gathered at the smaller size. 0: keep them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub recalibrate: usize,
     /// Optimizer state of the grown net.
     #[arg(long, value_enum, default_value = "carry")]
     pub momentum: MomentumArg,
@@ -315,6 +321,29 @@ pub fn cmd_grow(a: GrowArgs, m: &ArgMatches, bars: &Bars) -> Result<()> {
         MomentumArg::Reset => WeightMap::zeros_for(&spec)?,
     };
     let input = spec.input.context("grown spec is not bound")?;
+    let weights = if a.recalibrate > 0 {
+        let root = a
+            .data
+            .clone()
+            .map_or_else(|| small.meta.locate_dataset(&src), Ok)
+            .context("--recalibrate needs the prepared data (give --data)")?;
+        let m = DatasetManifest::load(&root)?;
+        let set = m.open_split(&root, input.height, "train")?;
+        let mut net = Network::new(&spec, &weights, &compute)?;
+        let (used, updated) = train::recalibrate(&mut net, (&set, &norm), a.recalibrate, 128)?;
+        let after = verify::check(&original, &net, &batches, 64, a.seed ^ 0xC0FFEE, &[])?;
+        println!(
+            "recalibrated {updated} batch norms on {used} training images at {}×{}; then: {}",
+            input.height,
+            input.width,
+            after
+                .data
+                .map_or_else(|| describe(&after.random), |d| describe(&d)),
+        );
+        net.weights()?
+    } else {
+        weights
+    };
     let mut meta = small.meta.clone();
     meta.size = input.height;
     meta.growth = records;

@@ -142,6 +142,12 @@ pub fn describe_run(r: &RunPlan) -> Vec<String> {
                     ops.join(", ")
                 }
             ));
+            if s.recalibrate > 0 {
+                out.push(format!(
+                    "      batch norms recalibrated on {} training images",
+                    s.recalibrate
+                ));
+            }
         }
     }
     let lr = |b: &coarse2fine::plan::BaselinePlan| match (r.sweep, r.baseline_lrs.is_empty()) {

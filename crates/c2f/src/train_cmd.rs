@@ -66,7 +66,8 @@ pub struct TrainArgs {
     /// Base learning rate (Caffe's default 0.01).
     #[arg(long, default_value_t = 0.01, allow_hyphen_values = true)]
     pub lr: f32,
-    /// Learning-rate policy: fixed, step:GAMMA:STEPSIZE, or inv:GAMMA:POWER.
+    /// Learning-rate policy: fixed, step:GAMMA:STEPSIZE, inv:GAMMA:POWER, or over the run's
+    /// budget cosine (to zero), linear, onecycle:WARMUP or steps:F1,F2:GAMMA.
     #[arg(long, default_value = "fixed")]
     pub lr_policy: String,
     /// Momentum (Caffe's form: the rate sits inside the momentum buffer).

@@ -167,6 +167,10 @@ pub struct StageSpec {
     /// Augmentation of its training images (default: the plan's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<String>,
+    /// Later stages: after growth, re-estimate the batch norms' running statistics on this
+    /// many training images at the new size (default 0: keep the grown ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalibrate: Option<u64>,
 }
 
 /// A plan file.
@@ -286,6 +290,13 @@ pub struct StagePlan {
     /// Leave early by the validation rule (see [`StageSpec::auto`]).
     #[serde(default)]
     pub auto: bool,
+    /// Training images the batch norms are recalibrated on after growth (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recalibrate: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The validated baseline.
@@ -903,6 +914,7 @@ impl Context<'_> {
             momentum_state: s.momentum_state.unwrap_or_default(),
             warmup: s.warmup.unwrap_or(0),
             auto: s.auto.unwrap_or(false),
+            recalibrate: s.recalibrate.unwrap_or(0),
         })
     }
 
@@ -958,9 +970,9 @@ impl Context<'_> {
                 "the first stage has nothing to grow from; give net = \"…\" only",
             ));
         }
-        if s.momentum_state.is_some() || s.warmup.is_some() {
+        if s.momentum_state.is_some() || s.warmup.is_some() || s.recalibrate.is_some() {
             return Err(Error::invalid(
-                "momentum_state and warmup describe a transition; the first stage has none",
+                "momentum_state, warmup and recalibrate describe a transition; the first stage has none",
             ));
         }
         let name = s.net.as_deref().ok_or_else(|| {

@@ -9,6 +9,7 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::net::NetSpec;
+use crate::net::spec::{Layer, Shape};
 
 /// Environment variable that caps the memory coarse2fine plans to use, e.g. `8G`, `512M`.
 pub const MEMORY_LIMIT_ENV: &str = "C2F_MEMORY_LIMIT";
@@ -154,10 +155,13 @@ impl MemoryEstimate {
 pub fn training_estimate(spec: &NetSpec, batch: usize) -> Result<MemoryEstimate> {
     let rows = spec.summary()?;
     let params: u64 = rows.iter().map(|r| r.params as u64).sum();
-    let act_per_image: u64 = rows.iter().map(|r| r.output.numel() as u64).sum();
     let input = spec
         .input
         .map_or(0, |i| (i.channels * i.height * i.width) as u64);
+    let act_per_image = match spec.input {
+        Some(i) => outputs(spec, &spec.layers, crate::net::spec::input_map(i))?,
+        None => 0,
+    };
     Ok(MemoryEstimate {
         parts: vec![
             (
@@ -172,6 +176,24 @@ pub fn training_estimate(spec: &NetSpec, batch: usize) -> Result<MemoryEstimate>
             ),
         ],
     })
+}
+
+/// Values per image of the outputs of `layers` reading maps of `shape`, the layers inside
+/// residual blocks included.
+fn outputs(spec: &NetSpec, layers: &[Layer], shape: Shape) -> Result<u64> {
+    let rows = spec.rows(layers, shape, "")?;
+    let mut total = 0u64;
+    let mut input = shape;
+    for (l, r) in layers.iter().zip(&rows) {
+        total = total.saturating_add(r.output.numel() as u64);
+        if let Layer::Residual(b) = l {
+            total = total
+                .saturating_add(outputs(spec, &b.body, input)?)
+                .saturating_add(outputs(spec, &b.shortcut, input)?);
+        }
+        input = r.output;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -202,6 +224,23 @@ mod tests {
         // Doubling the batch grows only the activations.
         let e2 = training_estimate(&spec, 64)?;
         assert_eq!(e2.total().0 - e.total().0, acts * 32 * 8);
+        Ok(())
+    }
+
+    /// A residual block's layers keep their outputs too: resnet-8 at 8×8 holds, per image,
+    /// the net's 12 outputs and the 5 + 5 + 2 + 5 + 2 inside its three blocks.
+    #[test]
+    fn training_estimate_counts_the_layers_inside_residual_blocks() -> Result<()> {
+        let spec = crate::net::presets::resolve("resnet-8")?.bind(InputShape::square(1, 8), 10)?;
+        let top: u64 = spec
+            .summary()?
+            .iter()
+            .map(|r| r.output.numel() as u64)
+            .sum();
+        let inner = 5 * 16 * 64 + (5 + 2) * 32 * 16 + (5 + 2) * 64 * 4;
+        let e = training_estimate(&spec, 1)?;
+        let params = spec.summary()?.iter().map(|r| r.params as u64).sum::<u64>();
+        assert_eq!(e.total().0, params * 12 + (top + inner + 64) * 8);
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Compute;
+use crate::backend::{Compute, Network};
 use crate::checkpoint::{Checkpoint, EvalSummary};
 use crate::clock::Clock;
 use crate::data::loader::{Batch, Normalizer, make_batch};
@@ -35,7 +35,7 @@ use crate::grow::GrowOp;
 use crate::grow::verify::{self, Growth, Verification};
 use crate::hyper::{Hyper, LrSchedule, StopAt};
 use crate::metrics::Confusion;
-use crate::net::WeightMap;
+use crate::net::{NetSpec, WeightMap};
 use crate::plan::{Budget, MomentumState, RunPlan, Schedule, StageBudget};
 use crate::progress::Progress;
 use crate::train::{
@@ -815,9 +815,17 @@ impl Runner<'_> {
             Some(m) => m,
             None => WeightMap::zeros_for(&grown.spec)?,
         };
+        // Recalibration is part of growing: its seconds count as growth's.
+        let started = std::time::Instant::now();
+        let weights = if stage.recalibrate > 0 {
+            self.recalibrate(k, &grown.spec, &grown.weights)?
+        } else {
+            grown.weights
+        };
+        let recalibrate_seconds = started.elapsed().as_secs_f64();
         let ckpt = Checkpoint {
             spec: grown.spec,
-            weights: grown.weights,
+            weights,
             optimizer,
             meta,
         };
@@ -825,11 +833,32 @@ impl Runner<'_> {
         let record = GrowthRecord {
             ops: stage.grow.clone(),
             checks: grown.checks,
-            grow_seconds: grown.grow_seconds,
+            grow_seconds: grown.grow_seconds + recalibrate_seconds,
             check_seconds: grown.check_seconds,
         };
         fsutil::write_json_atomic(&sdir.join(GROWTH), &record)?;
         Ok((ckpt, record))
+    }
+
+    /// The weights of stage `k`'s grown net with its batch norms recalibrated on the
+    /// stage's `recalibrate` training images ([`crate::train::recalibrate`]).
+    fn recalibrate(&self, k: usize, spec: &NetSpec, weights: &WeightMap) -> Result<WeightMap> {
+        let stage = &self.plan.stages[k];
+        let data = open_data(self.plan, stage.size)?;
+        let norm = Normalizer::new(&data.train.stats);
+        let mut net = Network::new(spec, weights, self.compute)?;
+        let images = usize::try_from(stage.recalibrate).unwrap_or(usize::MAX);
+        let (used, updated) = crate::train::recalibrate(
+            &mut net,
+            (&data.train.set, &norm),
+            images,
+            stage.hyper.batch_size,
+        )?;
+        self.progress.note(&format!(
+            "  batch norms recalibrated: {updated} on {used} training images at {}×{}",
+            stage.size, stage.size
+        ));
+        net.weights()
     }
 }
 
@@ -1001,6 +1030,44 @@ budget = "images"
         let at30 = lr.iter().find(|(i, _)| *i == 30).map(|p| p.1);
         assert_eq!(at30, Some(0.02 * 0.25 * 10.0 / 20.0));
         assert!(!baseline_dir(&dir).exists());
+        Ok(())
+    }
+
+    /// `recalibrate = N`: the checkpoint the grown stage starts from holds new running
+    /// statistics, and every other tensor as the growth left it (a resize: unchanged).
+    #[test]
+    fn recalibration_after_a_resize_changes_only_running_statistics() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let data = fixture(tmp.path())?;
+        let text = PLAN
+            .replace("DATA", &data.display().to_string())
+            .replace("net = \"net-4\"", "net = \"bn-cnn\"")
+            .replace(
+                "grow = [{ op = \"upscale\" }, { op = \"widen\", layer = \"fc6\", add = 8, init = \"gauss:0.01\" }]",
+                "grow = [{ op = \"upscale\", mode = \"resize\" }]\nrecalibrate = 40",
+            )
+            .replace("budget = \"images\"", "enabled = false");
+        let plan = PlanFile::parse(Path::new("p.toml"), &text)?.resolve(0, None)?;
+        assert_eq!(plan.stages[1].recalibrate, 40);
+        let compute = Compute::new(BackendKind::Cpu)?;
+        let dir = tmp.path().join("run");
+        execute(&dir, &plan, &RunOptions::default(), &compute, &Silent)?;
+        let before = Checkpoint::load(&stage_dir(&dir, 0).join(crate::train::CHECKPOINT_DIR))?;
+        let grown = Checkpoint::load(&stage_dir(&dir, 1).join(GROWN))?;
+        let mut recalibrated = 0;
+        for (name, t) in before.weights.iter() {
+            let g = grown
+                .weights
+                .get(name)
+                .expect("the resize keeps every tensor");
+            if name.contains("running") {
+                assert_ne!(g, t, "{name}");
+                recalibrated += 1;
+            } else {
+                assert_eq!(g, t, "{name}");
+            }
+        }
+        assert_eq!(recalibrated, 6);
         Ok(())
     }
 

@@ -1044,8 +1044,8 @@ fn batch_norm_net_trains_grows_and_exports() {
 /// A residual net (the `resnet-8` preset: identity and projection shortcuts) end to end:
 /// it trains, `nets --show` lists each block's layers, exact growth through the blocks
 /// keeps the function (c2f's check and the NumPy cross-check), a zero-initialised residual
-/// block deepens it exactly, widening into a block is refused in one line, and the ONNX
-/// exports match c2f's logits.
+/// block deepens it exactly, widening into a block is refused in one line, a resize with
+/// recalibration changes only running statistics, and the ONNX exports match c2f's logits.
 #[test]
 fn residual_net_trains_grows_and_exports() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -1053,8 +1053,20 @@ fn residual_net_trains_grows_and_exports() {
     write_quadrant_idx(&src, 256, 300, 16, 5).expect("fixture");
     let data = tmp.path().join("data");
     ok(&["prepare", s(&src), "--out", s(&data), "--sizes", "8,16"]);
-    let show = ok(&["nets", "--show", "resnet-8", "--size", "8", "--classes", "4"]);
-    for row in ["4.4      s1b1_conv2", "6.s1     s2b1_proj conv 32×1×1 s2", "64×2×2"] {
+    let show = ok(&[
+        "nets",
+        "--show",
+        "resnet-8",
+        "--size",
+        "8",
+        "--classes",
+        "4",
+    ]);
+    for row in [
+        "4.4      s1b1_conv2",
+        "6.s1     s2b1_proj conv 32×1×1 s2",
+        "64×2×2",
+    ] {
         assert!(show.contains(row), "{row}: {show}");
     }
     let small = tmp.path().join("small");
@@ -1101,16 +1113,68 @@ fn residual_net_trains_grows_and_exports() {
     );
     numpy_crosscheck_passes(&small, &grown);
 
+    // Widening inside a block's body keeps the function; what the block's sum reads
+    // cannot widen.
     let wide = tmp.path().join("wide");
-    fails(
-        &["grow", s(&small), "--widen", "conv1=+2", "--out", s(&wide)],
-        &["widen conv1", "residual block (layer 4)"],
+    ok(&[
+        "grow",
+        s(&small),
+        "--widen",
+        "s1b1_conv1=+2",
+        "--init",
+        "net2wider",
+        "--out",
+        s(&wide),
+    ]);
+    let meta = json_of(&wide.join("meta.json"));
+    let r = meta["growth"]
+        .as_array()
+        .and_then(|g| g.last())
+        .expect("record");
+    assert!(r["data"]["rel"].as_f64().expect("rel") <= 1e-5, "{r}");
+    let refused = tmp.path().join("refused");
+    for (layer, needle) in [
+        ("conv1", "residual block (layer 4) reads its output"),
+        (
+            "s1b1_conv2",
+            "last layer with weights of the residual block at layer 4",
+        ),
+        (
+            "s2b1_proj",
+            "in the shortcut of the residual block at layer 6",
+        ),
+    ] {
+        let widen = format!("{layer}=+2");
+        fails(
+            &["grow", s(&small), "--widen", &widen, "--out", s(&refused)],
+            &[needle],
+        );
+    }
+    assert!(!refused.exists());
+
+    // Progressive resizing keeps every weight; recalibration then changes only the batch
+    // norms' running statistics.
+    let resized = tmp.path().join("resized");
+    let out = ok(&[
+        "grow",
+        s(&small),
+        "--upscale",
+        "resize",
+        "--recalibrate",
+        "64",
+        "--out",
+        s(&resized),
+    ]);
+    assert!(
+        out.contains("recalibrated 9 batch norms on 64 training images at 16×16"),
+        "{out}"
     );
-    fails(
-        &["grow", s(&small), "--widen", "s1b1_conv1=+2", "--out", s(&wide)],
-        &["inside a residual block"],
-    );
-    assert!(!tmp.path().join("wide").exists());
+    let before = WeightMap::load(&small.join("checkpoint/weights.safetensors")).expect("weights");
+    let after = WeightMap::load(&resized.join("weights.safetensors")).expect("weights");
+    for (name, t) in before.iter() {
+        let moved = after.get(name) != Some(t);
+        assert_eq!(moved, name.contains(".running_"), "{name}");
+    }
 
     let data8 = tmp.path().join("data8");
     ok(&["prepare", s(&src), "--out", s(&data8), "--sizes", "8"]);

@@ -137,6 +137,37 @@ impl BurnNet {
         Ok(times)
     }
 
+    /// Each batch norm's statistics of `batch` in a training-mode forward pass (dropout
+    /// masks from `seed`): the index of its γ, the batch mean and the unbiased variance.
+    pub(super) fn batch_norm_statistics(
+        &self,
+        batch: &Batch,
+        seed: u64,
+    ) -> Result<super::BatchNormStats> {
+        let mut training = Training {
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            stats: Vec::new(),
+        };
+        forward(
+            &self.ops,
+            &self.params,
+            self.input(batch),
+            Some(&mut training),
+            None,
+        );
+        training
+            .stats
+            .iter()
+            .map(|s| Ok((s.w, download(&s.mean)?, download(&s.var)?)))
+            .collect()
+    }
+
+    /// Replaces parameter `i` with `values`.
+    pub(super) fn set_param(&mut self, i: usize, values: Vec<f32>) {
+        let n = values.len();
+        self.params[i] = Tensor::from_data(TensorData::new(values, [n]), &self.device);
+    }
+
     /// Parameter `i` on the host.
     pub(super) fn param(&self, i: usize) -> Result<Vec<f32>> {
         download(&self.params[i])

@@ -320,6 +320,45 @@ impl Network {
         Ok(layers.iter().map(|l| l.describe()).zip(times).collect())
     }
 
+    /// Re-estimates every batch norm's running statistics from `batches`: each becomes the
+    /// average over the batches of its training-mode batch statistics (mean and unbiased
+    /// variance; PyTorch's `momentum = None`), nothing else changes. After progressive
+    /// resizing the running statistics were gathered at the smaller size; this brings
+    /// them to the new one without a training step. Returns the batch norms updated.
+    pub fn recalibrate_batch_norms(&mut self, batches: &[Batch]) -> Result<usize> {
+        let mut sums: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
+        for (b, batch) in batches.iter().enumerate() {
+            self.check_input(batch)?;
+            let stats = match &self.engine {
+                Engine::Native { net, .. } => {
+                    net.batch_norm_statistics(&batch.images, batch.shape, b as u64)?
+                }
+                Engine::Burn(net) => net.batch_norm_statistics(batch, b as u64)?,
+            };
+            if sums.is_empty() {
+                sums = stats
+                    .iter()
+                    .map(|(p, m, _)| (*p, vec![0.0; m.len()], vec![0.0; m.len()]))
+                    .collect();
+            }
+            for ((_, sm, sv), (_, m, v)) in sums.iter_mut().zip(&stats) {
+                sm.iter_mut().zip(m).for_each(|(a, &x)| *a += f64::from(x));
+                sv.iter_mut().zip(v).for_each(|(a, &x)| *a += f64::from(x));
+            }
+        }
+        let n = batches.len().max(1) as f64;
+        for (p, sm, sv) in &sums {
+            for (i, sum) in [(p + 2, sm), (p + 3, sv)] {
+                let values: Vec<f32> = sum.iter().map(|v| (v / n) as f32).collect();
+                match &mut self.engine {
+                    Engine::Native { net, .. } => net.params[i] = values,
+                    Engine::Burn(net) => net.set_param(i, values),
+                }
+            }
+        }
+        Ok(sums.len())
+    }
+
     /// The current weights as a host map.
     pub fn weights(&self) -> Result<WeightMap> {
         host_map(&self.names, |i| match &self.engine {
@@ -355,6 +394,10 @@ impl Network {
         Ok(())
     }
 }
+
+/// A batch norm's statistics of one batch in training mode: the index of its γ among the
+/// parameters, the batch mean and the unbiased variance.
+type BatchNormStats = Vec<(usize, Vec<f32>, Vec<f32>)>;
 
 /// SGD with momentum and weight decay in Caffe's form, which the paper used:
 /// `v ← μ·v − lr·(∇L + λ·w)`, `w ← w + v`. The learning rate sits inside the
@@ -844,6 +887,9 @@ mod tests {
             let modern = modern_spec().bind(InputShape::square(2, 10), 3)?;
             let w = differences_from(&device, &modern, 5, 3, (1, 0.0))?;
             worst = [worst[0].max(w[0]), worst[1].max(w[1])];
+            let residual = residual_spec().bind(InputShape::square(2, 9), 3)?;
+            let w = differences_from(&device, &residual, 5, 3, (1, 0.0))?;
+            worst = [worst[0].max(w[0]), worst[1].max(w[1])];
             for p in crate::net::presets::PRESETS
                 .iter()
                 .filter(|p| p.native_size <= 32)
@@ -1084,6 +1130,68 @@ mod tests {
             })];
         }
         engines_agree(&first.bind(InputShape::square(2, 9), 3)?, 7, 2, 3)
+    }
+
+    /// Recalibration sets the running statistics to the average of the batches' training
+    /// statistics, on both engines alike, and changes nothing else.
+    #[test]
+    fn recalibrated_batch_norms_hold_the_batches_statistics() -> Result<()> {
+        let spec = modern_spec().bind(InputShape::square(2, 10), 3)?;
+        let w = WeightMap::init(&spec, Init::Kaiming, 5)?;
+        let batch = |seed| Batch {
+            images: rand_vec(6 * 2 * 10 * 10, seed),
+            labels: vec![0; 6],
+            shape: [6, 2, 10, 10],
+        };
+        let mut got = Vec::new();
+        for compute in [cpu(), flex()] {
+            let mut net = Network::new(&spec, &w, &compute)?;
+            assert_eq!(net.recalibrate_batch_norms(&[batch(1), batch(2)])?, 3);
+            got.push(net.weights()?);
+        }
+        for (name, t) in got[0].iter() {
+            let other = got[1].get(name).expect("same tensors");
+            let c = max_rel_err(&t.data, &other.data);
+            assert!(c < 1e-4, "{name}: native and burn differ by {c}");
+            if !name.contains("running") {
+                assert_eq!(Some(t), w.get(name), "{name} changed");
+            }
+        }
+        // A batch norm on the input images: its statistics are the images' own, per
+        // channel, averaged over the two batches.
+        let first = NetSpec {
+            name: "bn-first".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                Layer::BatchNorm(BatchNorm::new("b0")),
+                Layer::GlobalAvgPool,
+                Layer::Fc(Fc {
+                    name: "f".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+        .bind(InputShape::square(2, 10), 3)?;
+        let mut net = Network::new(&first, &WeightMap::init(&first, Init::Kaiming, 1)?, &cpu())?;
+        net.recalibrate_batch_norms(&[batch(1), batch(2)])?;
+        let got = net.weights()?;
+        for c in 0..2 {
+            let (mut mean, mut var) = (0.0, 0.0);
+            for b in [batch(1), batch(2)] {
+                let v: Vec<f64> = (0..6)
+                    .flat_map(|i| b.images[(i * 2 + c) * 100..][..100].to_vec())
+                    .map(f64::from)
+                    .collect();
+                let m = v.iter().sum::<f64>() / 600.0;
+                mean += m / 2.0;
+                var += v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 599.0 / 2.0;
+            }
+            let r = |n: &str| f64::from(got.get(n).expect("statistic").data[c]);
+            assert!((r("b0.running_mean") - mean).abs() < 1e-5, "channel {c}");
+            assert!((r("b0.running_var") - var).abs() < 1e-5, "channel {c}");
+        }
+        Ok(())
     }
 
     /// Batch norm's training statistics, backward pass and running averages, and the

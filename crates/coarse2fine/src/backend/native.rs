@@ -768,6 +768,32 @@ impl NativeNet {
         Ok(())
     }
 
+    /// Each batch norm's statistics of `images` in a training-mode forward pass (dropout
+    /// masks from `seed`): the index of its γ, the batch mean and the unbiased variance.
+    pub(crate) fn batch_norm_statistics(
+        &self,
+        images: &[f32],
+        shape: [usize; 4],
+        seed: u64,
+    ) -> Result<super::BatchNormStats> {
+        self.check_input(shape, images.len())?;
+        self.check_batch_norm_batch(shape[0])?;
+        let mut ws = self.workspace();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        self.forward(&mut ws, images, shape[0], Some(&mut rng), None);
+        Ok(self
+            .steps
+            .iter()
+            .zip(&ws.bn)
+            .filter_map(|(s, st)| match s {
+                Step::BatchNorm { param, .. } => {
+                    Some((*param, st.mean.clone(), st.var_unbiased.clone()))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Moves each batch norm's running statistics towards those of the last training
     /// batch: `r ← (1 − momentum)·r + momentum·b`, with the unbiased batch variance.
     pub(crate) fn update_running_statistics(&mut self) {

@@ -179,8 +179,7 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
         };
         onnx_layer(
             &mut g,
-            spec,
-            weights,
+            (spec, weights),
             layer,
             &name,
             (&cur, in_shape),
@@ -215,11 +214,9 @@ pub fn onnx_model(spec: &NetSpec, weights: &WeightMap, norm: &ChannelStats) -> R
 /// The nodes of `layer` (named `name` where it has no name of its own), reading the value
 /// `cur` of shape `in_shape` and writing `out`, of shape `out_shape`. `flat` tells whether
 /// the maps have been flattened yet.
-#[allow(clippy::too_many_arguments)]
 fn onnx_layer(
     g: &mut GraphProto,
-    spec: &NetSpec,
-    weights: &WeightMap,
+    (spec, weights): (&NetSpec, &WeightMap),
     layer: &Layer,
     name: &str,
     (cur, in_shape): (&str, Shape),
@@ -410,8 +407,7 @@ fn onnx_branch(
         let mut flat = false;
         onnx_layer(
             g,
-            spec,
-            weights,
+            (spec, weights),
             l,
             &name,
             (&cur, shape),
@@ -634,8 +630,7 @@ fn torch_branch(
 /// names), takes pixels 0–255 and normalises them with `norm` as training did, and returns
 /// logits; `load(path)` builds it and loads a safetensors file.
 pub fn pytorch_module(spec: &NetSpec, norm: &ChannelStats) -> Result<String> {
-    // Long by design: one arm per layer type, each reading beside the others; split, the
-    // cases of one layer would be scattered over several functions.
+    // Long by design: most of it is the module's Python source, one template.
     let input = spec
         .input
         .ok_or_else(|| Error::invalid("the network is not bound to an input size"))?;

@@ -435,18 +435,38 @@ fn refuse_oversized(spec: &NetSpec, op: &GrowOp) -> Result<()> {
     use crate::net::spec::{Layer, MAX_WINDOW, Units};
     match op {
         GrowOp::Widen { layer, add, .. } => {
-            let i = find_layer(spec, layer)?;
-            widen::next_weighted(spec, i, layer)?;
+            let i = find_top(spec, layer)?;
+            // A residual block after the layer: refused here in its own words, before the
+            // grown spec's branches fail to match. (The classifier is refused by widen.)
+            let classifier = spec
+                .logit_layers()
+                .iter()
+                .rposition(|l| matches!(l, Layer::Fc(_)));
+            if spec.layers[i].name() != Some(layer) {
+                widen::block_body(spec, (i, layer))?;
+            } else if Some(i) != classifier {
+                widen::next_weighted(spec, i, layer)?;
+            }
             let mut grown = spec.clone();
             let too_many = || Error::invalid(format!("widen {layer}: adding {add} is too many"));
-            match &mut grown.layers[i] {
-                Layer::Conv(c) => c.filters = c.filters.checked_add(*add).ok_or_else(too_many)?,
-                Layer::Fc(f) => {
+            let target = match &mut grown.layers[i] {
+                Layer::Residual(b) => b
+                    .body
+                    .iter_mut()
+                    .chain(b.shortcut.iter_mut())
+                    .find(|l| l.name() == Some(layer.as_str())),
+                l => Some(l),
+            };
+            match target {
+                Some(Layer::Conv(c)) => {
+                    c.filters = c.filters.checked_add(*add).ok_or_else(too_many)?;
+                }
+                Some(Layer::Fc(f)) => {
                     if let Units::Fixed(n) = &mut f.outputs {
                         *n = n.checked_add(*add).ok_or_else(too_many)?;
                     }
                 }
-                _ => {}
+                _ => return Ok(()),
             }
             grown.check_structure()?;
             crate::resources::training_estimate(&grown, 1)?
@@ -465,7 +485,7 @@ pub(crate) fn find_layer(spec: &NetSpec, name: &str) -> Result<usize> {
     let i = find_top(spec, name)?;
     if spec.layers[i].name() != Some(name) {
         return Err(Error::invalid(format!(
-            "layer {name:?} is inside a residual block (layer {} of net {:?}); widening and identity deepening apply to the layers outside blocks",
+            "layer {name:?} is inside a residual block (layer {} of net {:?}); identity layers are inserted outside blocks (a residual block can follow it: block = \"residual\")",
             i + 1,
             spec.name
         )));

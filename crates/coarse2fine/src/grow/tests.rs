@@ -302,12 +302,18 @@ proptest! {
         let Some((spec, w)) = build(&a) else { return Ok(()) };
         let init = [NewFilters::Gauss(0.1), NewFilters::Zeros, NewFilters::FlipH, NewFilters::FlipV,
                     NewFilters::FlipDiag, NewFilters::FlipCentral, NewFilters::Net2Wider][which];
-        let layer = if fc { "fc1" } else { "conv1" };
+        // With a residual block after conv1, conv1 cannot widen (the block's sum reads
+        // it); the block's first convolution, which its second reads, can.
+        let layer = match (fc, a.res) {
+            (true, _) => "fc1",
+            (false, 0) => "conv1",
+            (false, _) => "r1",
+        };
         let op = GrowOp::Widen { layer: layer.into(), add, init, next_sigma: 0.0, bias: 0.1, noise: 0.0, force: false };
-        if layer == "conv1" && a.res > 0 {
-            let err = apply(&spec, &w, None, &op, 0).map(|_| ()).unwrap_err().to_string();
+        if layer == "r1" {
+            let conv1 = GrowOp::Widen { layer: "conv1".into(), add, init, next_sigma: 0.0, bias: 0.1, noise: 0.0, force: false };
+            let err = apply(&spec, &w, None, &conv1, 0).map(|_| ()).unwrap_err().to_string();
             prop_assert!(err.contains("residual block"), "widening into a block is refused: {err}");
-            return Ok(());
         }
         if layer == "fc1" && matches!(init, NewFilters::FlipH | NewFilters::FlipV | NewFilters::FlipDiag | NewFilters::FlipCentral) {
             prop_assert!(apply(&spec, &w, None, &op, 0).is_err(), "flips of fc units are refused");

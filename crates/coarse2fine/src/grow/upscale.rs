@@ -62,11 +62,8 @@ pub fn upscale(
         return Err(Error::invalid(format!("upscale σ {sigma} must be ≥ 0")));
     }
     let small_rows = spec.summary()?;
-    let mut nested = BTreeMap::new();
-    let (layers, rules): (Vec<Layer>, Vec<Rule>) =
-        grown_layers(spec, &small_rows, mode, &mut nested)?
-            .into_iter()
-            .unzip();
+    let mut rules = BTreeMap::new();
+    let layers = grown_layers(spec, &small_rows, mode, &mut rules)?;
     let grown = NetSpec {
         name: spec.name.clone(),
         input: Some(InputShape {
@@ -97,28 +94,15 @@ pub fn upscale(
     let mut fresh = Fresh::new(role, seed);
     let mut out = WeightMap::new();
     // Every layer with weights, with its index in the net (a block's layers share the
-    // block's) and its rule.
-    let nested = &nested;
+    // block's).
     let leaves = spec
         .layers
         .iter()
-        .zip(&rules)
         .enumerate()
-        .flat_map(|(i, (l, &rule))| {
-            l.leaves().map(move |leaf| match l {
-                Layer::Residual(_) => (
-                    i,
-                    leaf,
-                    leaf.name()
-                        .and_then(|n| nested.get(n))
-                        .copied()
-                        .unwrap_or(Rule::Copy),
-                ),
-                _ => (i, leaf, rule),
-            })
-        });
-    for (i, l, rule) in leaves {
+        .flat_map(|(i, l)| l.leaves().map(move |leaf| (i, leaf)));
+    for (i, l) in leaves {
         let Some(name) = l.name() else { continue };
+        let rule = rules.get(name).copied().unwrap_or(Rule::Copy);
         if let Layer::BatchNorm(_) = l {
             // Per-channel values: the same channels, the same values.
             for p in [
@@ -168,14 +152,14 @@ enum Rule {
     FcFromMap,
 }
 
-/// Each layer of the upscaled net, and how its weights derive from the old; `rows` is the
-/// small net's summary.
+/// Each layer of the upscaled net; how each named layer's weights derive from the old goes
+/// into `rules`. `rows` is the small net's summary.
 fn grown_layers(
     spec: &NetSpec,
     rows: &[crate::net::spec::LayerSummary],
     mode: UpscaleMode,
-    nested: &mut BTreeMap<String, Rule>,
-) -> Result<Vec<(Layer, Rule)>> {
+    rules: &mut BTreeMap<String, Rule>,
+) -> Result<Vec<Layer>> {
     let mut state = Walk {
         replicated: true,
         seen_fc: false,
@@ -183,7 +167,13 @@ fn grown_layers(
     spec.layers
         .iter()
         .enumerate()
-        .map(|(i, l)| grown_layer(spec, rows, mode, (i, l), &mut state, nested))
+        .map(|(i, l)| {
+            let (grown, rule) = grown_layer(spec, rows, mode, (i, l), &mut state, rules)?;
+            if let Some(n) = l.name() {
+                rules.insert(n.to_string(), rule);
+            }
+            Ok(grown)
+        })
         .collect()
 }
 
@@ -195,14 +185,14 @@ struct Walk {
 }
 
 /// The upscaled form of layer `l` (layer `i` of the net, or of a block inside it) and how
-/// its weights derive; a block's layers' rules go into `nested`, by name.
+/// its weights derive; a block's layers' rules go into `rules`, by name.
 fn grown_layer(
     spec: &NetSpec,
     rows: &[crate::net::spec::LayerSummary],
     mode: UpscaleMode,
     (i, l): (usize, &Layer),
     state: &mut Walk,
-    nested: &mut BTreeMap<String, Rule>,
+    rules: &mut BTreeMap<String, Rule>,
 ) -> Result<(Layer, Rule)> {
     // Long by design: one arm per layer type, each reading beside the others; split, the
     // cases of one layer would be scattered over several functions.
@@ -287,9 +277,9 @@ fn grown_layer(
                 layers
                     .iter()
                     .map(|inner| {
-                        let (g, rule) = grown_layer(spec, rows, mode, (i, inner), state, nested)?;
+                        let (g, rule) = grown_layer(spec, rows, mode, (i, inner), state, rules)?;
                         if let Some(n) = inner.name() {
-                            nested.insert(n.to_string(), rule);
+                            rules.insert(n.to_string(), rule);
                         }
                         Ok(g)
                     })

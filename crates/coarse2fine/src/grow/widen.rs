@@ -11,12 +11,19 @@
 //! values for Net2Wider and flips (so a copied filter is normalised like its original),
 //! a fresh batch norm's (γ = 1, β = 0, mean 0, variance 1) otherwise. N's zero (or split)
 //! weights keep the function either way.
+//!
+//! Inside a residual block's body, L and N are layers of the body: the block's output
+//! keeps its channels, so only a layer that another layer of the same body reads can be
+//! widened (the body's last convolution and the shortcut's feed the block's sum). Outside
+//! blocks, a layer whose output a block reads is refused for the same reason.
 
 use rand::{Rng, SeedableRng};
 
-use super::{Fresh, NewFilters, Role, find_layer, tensor};
+use super::{Fresh, NewFilters, Role, find_layer, find_top, tensor};
 use crate::error::{Error, Result};
-use crate::net::spec::{Layer, NetSpec, Param, Shape, Units, param_name};
+use crate::net::spec::{
+    Fc, InputShape, Layer, NetSpec, Param, Shape, Units, input_map, param_name,
+};
 use crate::net::{Tensor, WeightMap};
 
 /// Flips a `k × k` kernel.
@@ -61,6 +68,10 @@ pub fn widen(
     role: Role,
     seed: u64,
 ) -> Result<(NetSpec, WeightMap)> {
+    let top = find_top(spec, layer)?;
+    if spec.layers[top].name() != Some(layer) {
+        return widen_in_block(spec, map, (top, layer), add, units, (role, seed));
+    }
     let (i, j) = check_widen(spec, layer, add, units)?;
     let mut grown = spec.clone();
     let old = widen_layer(&mut grown.layers[i], layer, add)?;
@@ -102,6 +113,74 @@ pub fn widen(
         }
     }
     Ok((grown, out))
+}
+
+/// Widens `layer` inside the body of the residual block at index `top`: the body is
+/// widened as a net of its own ([`block_body`]).
+fn widen_in_block(
+    spec: &NetSpec,
+    map: &WeightMap,
+    (top, layer): (usize, &str),
+    add: usize,
+    units: &NewUnits,
+    (role, seed): (Role, u64),
+) -> Result<(NetSpec, WeightMap)> {
+    let body = block_body(spec, (top, layer))?;
+    let kept = body.layers.len() - 1;
+    let (grown_body, out) = widen(&body, map, layer, add, units, role, seed)?;
+    let mut grown = spec.clone();
+    if let Layer::Residual(b) = &mut grown.layers[top] {
+        b.body = grown_body.layers[..kept].to_vec();
+    }
+    grown.check_structure()?;
+    grown.summary()?;
+    Ok((grown, out))
+}
+
+/// The body of the residual block at index `top` as a net of its own, which reads the
+/// block's input and ends in a stand-in classifier; refused unless `layer` is in the body
+/// and a later layer of the body reads it.
+pub(super) fn block_body(spec: &NetSpec, (top, layer): (usize, &str)) -> Result<NetSpec> {
+    let Layer::Residual(block) = &spec.layers[top] else {
+        return Err(Error::invalid(format!("widen {layer}: not inside a block")));
+    };
+    let Some(i) = block.body.iter().position(|l| l.name() == Some(layer)) else {
+        return Err(Error::invalid(format!(
+            "widen {layer}: it is in the shortcut of the residual block at layer {}, whose output is the block's sum",
+            top + 1
+        )));
+    };
+    let input = match top {
+        0 => spec.input.map(input_map),
+        _ => spec.summary()?.get(top - 1).map(|r| r.output),
+    };
+    let Some(Shape::Map { c, h, w }) = input else {
+        return Err(Error::invalid(format!(
+            "widen {layer}: its block reads no maps"
+        )));
+    };
+    let mut layers = block.body.clone();
+    layers.push(Layer::Fc(Fc {
+        name: format!("{layer}-block-end"),
+        outputs: Units::Classes,
+    }));
+    let body = NetSpec {
+        name: spec.name.clone(),
+        input: Some(InputShape {
+            channels: c,
+            height: h,
+            width: w,
+        }),
+        classes: spec.classes,
+        layers,
+    };
+    if next_weighted(&body, i, layer)? + 1 == body.layers.len() {
+        return Err(Error::invalid(format!(
+            "widen {layer}: it is the last layer with weights of the residual block at layer {}, whose output is added to the shortcut's",
+            top + 1
+        )));
+    }
+    Ok(body)
 }
 
 /// Adds one channel per source to the batch norm `name`'s four tensors in `map`.

@@ -220,6 +220,7 @@ impl BatchNorm {
 #[serde(deny_unknown_fields)]
 pub struct Residual {
     /// The residual branch, applied in order to the block's input.
+    #[serde(default)]
     pub body: Vec<Layer>,
     /// The shortcut branch; empty (the default) for the identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1224,6 +1225,82 @@ type = "softmax"
         assert!(err.contains("needs feature maps"), "{err}");
         let gap = parse("type=\"global_avg_pool\"")?.bind(InputShape::square(1, 5), 3)?;
         assert_eq!(gap.summary()?[1].output, Shape::Map { c: 2, h: 1, w: 1 });
+        Ok(())
+    }
+
+    /// A residual block in TOML: its branches' layers are checked like the net's, its
+    /// tensors follow in order (body, then shortcut), and every misuse is an error naming
+    /// the block and the layer.
+    #[test]
+    fn residual_blocks_parse_and_their_misuse_is_named() -> Result<()> {
+        let net = |block: &str| {
+            format!(
+                "name=\"x\"\n[[layers]]\ntype=\"conv\"\nname=\"c\"\nfilters=2\nkernel=3\npadding=1\n\
+                 [[layers]]\ntype=\"residual\"\n{block}\n\
+                 [[layers]]\ntype=\"fc\"\nname=\"f\"\noutputs=\"classes\"\n"
+            )
+        };
+        let conv = |name: &str, filters: usize, stride: usize| {
+            format!(
+                "type=\"conv\"\nname=\"{name}\"\nfilters={filters}\nkernel=3\npadding=1\nstride={stride}\n"
+            )
+        };
+        let body = |layers: &[String]| {
+            layers
+                .iter()
+                .map(|l| format!("[[layers.body]]\n{l}"))
+                .collect::<String>()
+        };
+        let parse = |text: &str| NetSpec::parse(Path::new("x.toml"), text);
+        let bind = |text: &str| parse(text).and_then(|s| s.bind(InputShape::square(1, 6), 3));
+
+        let good = net(&format!(
+            "{}[[layers.shortcut]]\ntype=\"conv\"\nname=\"p\"\nfilters=4\nkernel=1\nstride=2\n",
+            body(&[conv("r1", 4, 2), "type=\"relu\"\n".into(), conv("r2", 4, 1)])
+        ));
+        let spec = bind(&good)?;
+        let names: Vec<String> = spec.param_shapes()?.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "c.weight",
+                "c.bias",
+                "r1.weight",
+                "r1.bias",
+                "r2.weight",
+                "r2.bias",
+                "p.weight",
+                "p.bias",
+                "f.weight",
+                "f.bias"
+            ]
+        );
+        assert_eq!(spec.summary()?[1].output, Shape::Map { c: 4, h: 3, w: 3 });
+        // r1 4×2×3×3, r2 4×4×3×3, p 4×2×1×1, and their biases.
+        assert_eq!(spec.summary()?[1].params, 76 + 148 + 12);
+
+        for (text, needle) in [
+            (
+                net(&body(&[conv("r1", 4, 1)])),
+                "its body gives 4×6×6 maps but its shortcut 2×6×6",
+            ),
+            (net(&body(&[conv("c", 2, 1)])), "duplicate layer name \"c\""),
+            (net(""), "its body is empty"),
+            (
+                net(&body(&["type=\"fc\"\nname=\"g\"\noutputs=3\n".into()])),
+                "body layer 1 (g fc 3): a residual block holds map layers only",
+            ),
+            (
+                net(&body(&[
+                    "type=\"residual\"\n[[layers.body.body]]\ntype=\"relu\"\n".into(),
+                ])),
+                "a residual block holds map layers only",
+            ),
+        ] {
+            let err = bind(&text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(err.contains("layer 2 (residual"), "{err}");
+        }
         Ok(())
     }
 

@@ -157,6 +157,28 @@ pub fn evaluate(
     })
 }
 
+/// Recalibrates the batch norms of `net` ([`Network::recalibrate_batch_norms`]) on `images`
+/// training images of `set`: evenly spaced over the split, not augmented, normalised by
+/// `norm`, in batches of `batch` (a last batch of one image is left out, having no
+/// variance). Returns the images used and the batch norms updated.
+pub fn recalibrate(
+    net: &mut Network,
+    (set, norm): (&ShardSet, &Normalizer),
+    images: usize,
+    batch: usize,
+) -> Result<(usize, usize)> {
+    let len = set.len();
+    let n = images.min(len);
+    let idx: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+    let batches: Vec<_> = idx
+        .chunks(batch.max(2))
+        .filter(|c| c.len() > 1)
+        .map(|c| crate::data::loader::make_batch(set, norm, c))
+        .collect();
+    let used = batches.iter().map(|b| b.labels.len()).sum();
+    Ok((used, net.recalibrate_batch_norms(&batches)?))
+}
+
 /// The latest checkpoint of a run folder, after repairing what a process killed while
 /// writing it left behind: a checkpoint moved aside to become the previous one is moved
 /// back if no newer one replaced it. `None` if the folder holds none.
