@@ -24,6 +24,25 @@ use crate::net::spec::{
 };
 use crate::net::{Tensor, WeightMap};
 
+/// Refuses an insertion after layer `i` (called `after`) that no ReLU follows (`why` says
+/// why one is needed), or with an even kernel.
+fn check_insertion(
+    spec: &NetSpec,
+    (i, after): (usize, &str),
+    kernel: usize,
+    why: &str,
+) -> Result<()> {
+    if !matches!(spec.layers.get(i + 1), Some(Layer::Relu)) {
+        return Err(Error::invalid(format!("deepen after {after}: {why}")));
+    }
+    if kernel.is_multiple_of(2) {
+        return Err(Error::invalid(format!(
+            "deepen after {after}: kernel {kernel} must be odd"
+        )));
+    }
+    Ok(())
+}
+
 /// Inserts an identity layer after the ReLU following `after`; see the module documentation.
 pub fn deepen(
     spec: &NetSpec,
@@ -35,16 +54,12 @@ pub fn deepen(
     seed: u64,
 ) -> Result<(NetSpec, WeightMap)> {
     let i = find_layer(spec, after)?;
-    if !matches!(spec.layers.get(i + 1), Some(Layer::Relu)) {
-        return Err(Error::invalid(format!(
-            "deepen after {after}: it must be followed by a ReLU, so that identity + ReLU keeps the function"
-        )));
-    }
-    if kernel.is_multiple_of(2) {
-        return Err(Error::invalid(format!(
-            "deepen after {after}: kernel {kernel} must be odd"
-        )));
-    }
+    check_insertion(
+        spec,
+        (i, after),
+        kernel,
+        "it must be followed by a ReLU, so that identity + ReLU keeps the function",
+    )?;
     let rows = spec.summary()?;
     let taken = |n: &str| spec.layers.iter().any(|l| l.name() == Some(n));
     let mut name = format!("{after}_id");
@@ -124,16 +139,12 @@ pub fn deepen_residual(
     seed: u64,
 ) -> Result<(NetSpec, WeightMap)> {
     let i = find_top(spec, after)?;
-    if !matches!(spec.layers.get(i + 1), Some(Layer::Relu)) {
-        return Err(Error::invalid(format!(
-            "deepen after {after}: it (or its block) must be followed by a ReLU, so that the block's ReLU(x + 0) keeps the function"
-        )));
-    }
-    if kernel.is_multiple_of(2) {
-        return Err(Error::invalid(format!(
-            "deepen after {after}: kernel {kernel} must be odd"
-        )));
-    }
+    check_insertion(
+        spec,
+        (i, after),
+        kernel,
+        "it (or its block) must be followed by a ReLU, so that the block's ReLU(x + 0) keeps the function",
+    )?;
     let Shape::Map { c, .. } = spec.summary()?[i].output else {
         return Err(Error::invalid(format!(
             "deepen after {after}: a residual block needs feature maps, {after} gives flat values"
