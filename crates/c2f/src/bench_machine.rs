@@ -131,6 +131,7 @@ impl Machine {
             ),
             _ => String::new(),
         };
+        let on_off = |on: bool| if on { "on" } else { "off" };
         Machine {
             cpu_model: cpuinfo_field(&info, "model name").unwrap_or_else(|| "unknown".into()),
             allowed_cpus: cpuinfo_field(&status, "Cpus_allowed_list")
@@ -146,13 +147,10 @@ impl Machine {
             virtual_machine: has("hypervisor"),
             c2f_products: backend::gemm_simd().name().into(),
             c2f_loops: format!(
-                "{}{capped}, Winograd 3×3 convolutions {}",
+                "{}{capped}, Winograd 3×3 convolutions {}, direct convolutions {}",
                 backend::simd().name(),
-                if backend::winograd_requested() == Ok(true) {
-                    "on"
-                } else {
-                    "off"
-                }
+                on_off(backend::winograd_requested() == Ok(true)),
+                on_off(backend::direct_requested() == Ok(true)),
             ),
             pytorch: None,
             core_peak_gflops: clock.map(|g| core_peak_gflops(&info, g)),

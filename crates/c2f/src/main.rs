@@ -102,6 +102,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     let cli_threads = cli.threads.is_some();
     backend::simd_requested().map_err(anyhow::Error::msg)?;
     backend::winograd_requested().map_err(anyhow::Error::msg)?;
+    backend::direct_requested().map_err(anyhow::Error::msg)?;
     if let Some(n) = cli.threads {
         backend::set_threads(n)?;
     }

@@ -984,10 +984,11 @@ fn bad_run_folder_of_an_older_format_is_reported_not_continued() {
 #[test]
 fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
     let fx = Fx::new();
-    let train = |simd: &str, out: &str| {
+    let train = |simd: &str, direct: &str, out: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_c2f"))
             .current_dir(fx.tmp.path())
             .env("C2F_SIMD", simd)
+            .env("C2F_DIRECT", direct)
             .args(["--quiet", "--threads", "2", "train", "--data", "data"])
             .args(["--size", "8", "--net", "alexnet-s5", "--iterations", "6"])
             .args(["--batch", "16", "--seed", "1", "--out", out])
@@ -996,10 +997,21 @@ fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::read(fx.path(out).join("checkpoint/weights.safetensors")).expect("weights")
     };
-    let widest = train("avx512", "widest");
+    // Direct convolutions need fused multiply-adds, so the baseline runs without them:
+    // it is compared with the unfolded convolutions, AVX2 with the direct ones.
+    let widest = train("avx512", "off", "widest");
     assert!(
-        widest == train("baseline", "baseline"),
+        widest == train("baseline", "off", "baseline"),
         "capping the loops to the baseline changed the weights"
+    );
+    let direct = train("avx512", "on", "direct");
+    assert!(
+        direct != widest,
+        "alexnet-s5's 3×3 convolutions did not run directly"
+    );
+    assert!(
+        direct == train("avx2", "on", "direct-avx2"),
+        "capping direct convolutions to AVX2 changed the weights"
     );
     let o = Command::new(env!("CARGO_BIN_EXE_c2f"))
         .env("C2F_SIMD", "avx9")
@@ -1016,5 +1028,15 @@ fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
         &o,
         &["C2F_WINOGRAD", "maybe", "on or off"],
         "an unknown C2F_WINOGRAD",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .env("C2F_DIRECT", "sometimes")
+        .arg("nets")
+        .output()
+        .expect("runs");
+    assert_one_line_error(
+        &o,
+        &["C2F_DIRECT", "sometimes", "on or off"],
+        "an unknown C2F_DIRECT",
     );
 }

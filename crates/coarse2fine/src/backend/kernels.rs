@@ -104,6 +104,14 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     arch().1.dispatch(f)
 }
 
+/// Runs `op` like [`vectorized`], for loops that must get the CPU's instructions: `pulp`
+/// inlines `op.with_simd` into the function compiled for them, where a closure's body may
+/// stay out of line and be compiled for the baseline.
+#[inline(always)]
+pub(crate) fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    arch().1.dispatch(op)
+}
+
 /// A strided view of a `rows × cols` matrix starting at `data[0]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Mat<'a> {

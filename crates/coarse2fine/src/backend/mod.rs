@@ -19,10 +19,12 @@
 
 mod batch_norm;
 mod burn_net;
+mod direct;
 mod kernels;
 mod native;
 mod winograd;
 
+pub use direct::{DIRECT_ENV, direct_requested};
 pub use kernels::{SIMD_ENV, Simd, gemm_simd, simd, simd_requested};
 pub use winograd::{WINOGRAD_ENV, winograd_requested};
 
@@ -757,6 +759,55 @@ mod tests {
         assert_eq!(net.winograd_steps(), 2, "c2 and c3 run as Winograd");
         let [logits, weights] = engine_differences(&spec, 19, 4, 5)?;
         eprintln!("Winograd vs burn over 4 steps: logits {logits:.1e}, weights {weights:.1e}");
+        Ok(())
+    }
+
+    /// Direct convolutions (stride 1) train like burn's within the engine's tolerances:
+    /// 3×3 windows with and without padding (weight gradient direct too), a 2×2 and a 5×5
+    /// one (weight gradient unfolded), filter counts that are not multiples of the packed
+    /// blocks, odd map sizes and uneven blocks. Under 16 filters, so Winograd (switched
+    /// on by another test of this process) leaves them alone.
+    #[test]
+    fn direct_convolutions_train_like_burn() -> Result<()> {
+        let conv = |name: &str, filters, kernel, padding| {
+            Layer::Conv(Conv {
+                name: name.into(),
+                filters,
+                kernel,
+                stride: 1,
+                padding,
+                dilation: 1,
+            })
+        };
+        let spec = NetSpec {
+            name: "direct".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                conv("c1", 10, 3, 1),
+                Layer::Relu,
+                conv("c2", 7, 2, 0),
+                Layer::Relu,
+                conv("c3", 9, 5, 2),
+                Layer::Relu,
+                conv("c4", 13, 3, 0),
+                Layer::Relu,
+                Layer::Fc(Fc {
+                    name: "f".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+        .bind(InputShape::square(3, 11), 5)?;
+        super::direct::force_on();
+        let w = WeightMap::init(&spec, Init::Kaiming, 0)?;
+        let Engine::Native { net, .. } = &Network::new(&spec, &w, &cpu())?.engine else {
+            panic!("the cpu backend is the native engine");
+        };
+        let want = if simd() == Simd::Baseline { 0 } else { 4 };
+        assert_eq!(net.direct_steps(), want, "every convolution runs directly");
+        let [logits, weights] = engine_differences(&spec, 19, 4, 5)?;
+        eprintln!("direct vs burn over 4 steps: logits {logits:.1e}, weights {weights:.1e}");
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::batch_norm::{self as bn, BatchStats};
+use super::direct;
 use super::kernels::{self, LrnParams, Mat, MatMut, Window};
 use super::winograd::{self, RunScratch};
 use crate::error::{Error, Result};
@@ -46,8 +47,7 @@ enum Step {
         geom: Window,
         filters: usize,
         relu: bool,
-        /// Runs as Winograd F(2×2, 3×3) ([`winograd::applies`]).
-        winograd: bool,
+        algo: Algo,
     },
     Pool(Window),
     AvgPool(Window),
@@ -91,6 +91,30 @@ fn is_pointwise(g: &Window) -> bool {
     g.kernel == 1 && g.stride == 1 && g.pad == 0
 }
 
+/// How a convolution runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algo {
+    /// Unfolded input times the weights.
+    Unfolded,
+    /// Winograd F(2×2, 3×3) ([`winograd::applies`]).
+    Winograd,
+    /// Shifted reads of a padded copy ([`direct::applies`]) for the output and the input
+    /// gradient; the weight gradient is still an unfolded product.
+    Direct,
+}
+
+impl Algo {
+    fn choose(g: &Window, filters: usize) -> Self {
+        if winograd::applies(g, filters) {
+            Algo::Winograd
+        } else if direct::applies(g) {
+            Algo::Direct
+        } else {
+            Algo::Unfolded
+        }
+    }
+}
+
 /// Images of a convolution's unfolded input that fit in [`COL_BUDGET`] (at least one).
 fn images_per_run(g: &Window) -> usize {
     (COL_BUDGET / (g.col_rows() * g.out_plane()).max(1)).max(1)
@@ -109,6 +133,9 @@ struct Scratch {
     /// Winograd convolutions: input-tile gradients, and filter-tile gradients.
     dv: Vec<f32>,
     du: Vec<f32>,
+    /// Direct convolutions: the padded input run, and staged outputs.
+    direct_in: Vec<f32>,
+    stage: Vec<f32>,
 }
 
 impl Scratch {
@@ -120,6 +147,44 @@ impl Scratch {
             dv: &mut self.dv,
             du: &mut self.du,
             padded: &mut self.padded,
+        }
+    }
+
+    /// Makes room for a convolution over blocks of `g.images` images.
+    fn fit(&mut self, g: &Window, filters: usize, algo: Algo) {
+        fn at_least(v: &mut Vec<f32>, n: usize) {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        }
+        at_least(&mut self.partial, (g.col_rows() + 1) * filters);
+        if algo == Algo::Winograd {
+            let run = winograd::images_per_run(g, filters, COL_BUDGET).min(g.images);
+            let (vn, mn) = winograd::run_values(g, filters, run);
+            at_least(&mut self.col, vn.max(mn));
+            at_least(&mut self.dcol, vn.max(mn));
+            at_least(&mut self.dv, vn);
+            at_least(&mut self.du, winograd::XI * filters * g.channels);
+            at_least(&mut self.padded, winograd::padded_plane(g));
+            return;
+        }
+        let run = images_per_run(g).min(g.images);
+        at_least(&mut self.col, g.col_rows() * g.out_plane() * run);
+        at_least(&mut self.dcol, g.col_rows() * g.out_plane() * run);
+        at_least(&mut self.padded, g.padded_plane());
+        if algo == Algo::Direct {
+            for d in [*g, direct::transposed_window(g, filters)] {
+                let (p, s) = direct::scratch_len(&d, direct::images_per_run(&d, COL_BUDGET));
+                at_least(&mut self.direct_in, p);
+                at_least(&mut self.stage, s);
+            }
+        }
+    }
+
+    fn direct(&mut self) -> direct::RunScratch<'_> {
+        direct::RunScratch {
+            padded: &mut self.direct_in,
+            stage: &mut self.stage,
         }
     }
 }
@@ -144,8 +209,11 @@ struct Workspace {
     grad_in: Vec<f32>,
     /// LRN backward scratch, the size of the largest LRN input.
     lrn_tmp: Vec<f32>,
-    /// Per step: a Winograd convolution's transformed filters (`16 × C_out × C_in`).
+    /// Per step: a Winograd convolution's transformed filters (`16 × C_out × C_in`), or a
+    /// direct one's packed weights.
     wino_u: Vec<Vec<f32>>,
+    /// Per step: a direct convolution's packed weights for the input gradient.
+    packed_t: Vec<Vec<f32>>,
     /// Per activation off the chain: the sum of its gradient over its readers so far.
     stash: Vec<Vec<f32>>,
 }
@@ -277,7 +345,7 @@ impl Compiler {
                         geom,
                         filters: c.filters,
                         relu: false,
-                        winograd: winograd::applies(&geom, c.filters),
+                        algo: Algo::choose(&geom, c.filters),
                     }
                 }
                 Layer::MaxPool(p) => Step::Pool(window(
@@ -445,7 +513,32 @@ impl NativeNet {
     pub(crate) fn winograd_steps(&self) -> usize {
         self.steps
             .iter()
-            .filter(|s| matches!(s, Step::Conv { winograd: true, .. }))
+            .filter(|s| {
+                matches!(
+                    s,
+                    Step::Conv {
+                        algo: Algo::Winograd,
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    /// Convolutions that run directly.
+    #[cfg(test)]
+    pub(crate) fn direct_steps(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Step::Conv {
+                        algo: Algo::Direct,
+                        ..
+                    }
+                )
+            })
             .count()
     }
 
@@ -466,6 +559,7 @@ impl NativeNet {
             masks: vec![Vec::new(); steps],
             bn: vec![BatchStats::default(); steps],
             wino_u: vec![Vec::new(); steps],
+            packed_t: vec![Vec::new(); steps],
             stash: self
                 .chain
                 .iter()
@@ -474,33 +568,22 @@ impl NativeNet {
                 .collect(),
             ..Default::default()
         };
-        let (mut col, mut partial, mut lrn, mut padded) = (0, 0, 0, 0);
-        let (mut dv, mut du) = (0, 0);
+        let (mut scratch, mut lrn) = (Scratch::default(), 0);
         for (i, s) in self.steps.iter().enumerate() {
             match s {
                 Step::Conv {
                     geom,
                     filters,
-                    winograd,
+                    algo,
                     ..
                 } => {
                     let g = Window {
                         images: most,
                         ..*geom
                     };
-                    partial = partial.max((g.col_rows() + 1) * filters);
-                    if *winograd {
-                        let run = winograd::images_per_run(&g, *filters, COL_BUDGET).min(most);
-                        let (vn, mn) = winograd::run_values(&g, *filters, run);
-                        col = col.max(vn).max(mn);
-                        dv = dv.max(vn);
-                        du = du.max(winograd::XI * filters * g.channels);
-                        padded = padded.max(winograd::padded_plane(&g));
+                    scratch.fit(&g, *filters, *algo);
+                    if *algo == Algo::Winograd {
                         ws.wino_u[i] = vec![0.0; winograd::XI * filters * g.channels];
-                    } else {
-                        let run = images_per_run(&g).min(most);
-                        col = col.max(g.col_rows() * g.out_plane() * run);
-                        padded = padded.max(g.padded_plane());
                     }
                 }
                 Step::Pool(_) => ws.args[i] = vec![0; self.sizes[i + 1] * n],
@@ -513,17 +596,7 @@ impl NativeNet {
                 _ => {}
             }
         }
-        ws.scratch = vec![
-            Scratch {
-                col: vec![0.0; col],
-                dcol: vec![0.0; col],
-                padded: vec![0.0; padded],
-                partial: vec![0.0; partial],
-                dv: vec![0.0; dv],
-                du: vec![0.0; du],
-            };
-            blocks
-        ];
+        ws.scratch = vec![scratch; blocks];
         ws.starts = starts;
         let largest = self.sizes.iter().max().copied().unwrap_or(0) * n;
         ws.grad_out = vec![0.0; largest];
@@ -561,14 +634,18 @@ impl NativeNet {
                     geom,
                     filters,
                     relu,
-                    winograd,
+                    algo,
                 } => {
                     let (wt, bias) = (&self.params[*param], &self.params[*param + 1]);
-                    let u = winograd.then(|| {
-                        let u = &mut ws.wino_u[i];
-                        winograd::transform_filters(wt, *filters, geom.channels, u);
-                        &u[..]
-                    });
+                    let prepared = &mut ws.wino_u[i];
+                    match algo {
+                        Algo::Winograd => {
+                            winograd::transform_filters(wt, *filters, geom.channels, prepared)
+                        }
+                        Algo::Direct => direct::pack(wt, *filters, geom, prepared),
+                        Algo::Unfolded => {}
+                    }
+                    let prepared = &prepared[..];
                     blocks(x, &starts, sx)
                         .into_par_iter()
                         .zip(blocks_mut(y, &starts, sy))
@@ -576,7 +653,12 @@ impl NativeNet {
                         .zip(&counts)
                         .for_each(|(((xb, yb), s), &images)| {
                             let g = Window { images, ..*geom };
-                            let w = Filters { wt, u, bias };
+                            let w = Filters {
+                                wt,
+                                algo: *algo,
+                                prepared,
+                                bias,
+                            };
                             conv_block(&g, *filters, w, *relu, xb, yb, s);
                         });
                 }
@@ -867,12 +949,21 @@ impl NativeNet {
                     geom,
                     filters,
                     relu,
-                    winograd,
+                    algo,
                 } => {
                     let wt = &self.params[*param];
+                    let prepared = match algo {
+                        Algo::Direct => {
+                            let packed = &mut ws.packed_t[i];
+                            direct::pack_transposed(wt, *filters, geom, packed);
+                            &packed[..]
+                        }
+                        _ => &ws.wino_u[i][..],
+                    };
                     let w = Filters {
                         wt,
-                        u: winograd.then_some(&ws.wino_u[i][..]),
+                        algo: *algo,
+                        prepared,
                         bias: &self.params[*param + 1],
                     };
                     blocks(x, &starts, sx)
@@ -1072,12 +1163,14 @@ fn add_into(acc: &mut [f32], g: &[f32]) {
         .for_each(|(a, &v)| *a += v);
 }
 
-/// A convolution's parameters: the weights (`C_out × C_in·k·k`), their Winograd transform
-/// when the layer runs as one, and the bias.
+/// A convolution's parameters: the weights (`C_out × C_in·k·k`), what its algorithm
+/// prepared from them (Winograd: the transformed filters; direct: the packed weights, for
+/// the input gradient in the backward pass), and the bias.
 #[derive(Debug, Clone, Copy)]
 struct Filters<'a> {
     wt: &'a [f32],
-    u: Option<&'a [f32]>,
+    algo: Algo,
+    prepared: &'a [f32],
     bias: &'a [f32],
 }
 
@@ -1092,15 +1185,17 @@ fn conv_block(
     y: &mut [f32],
     s: &mut Scratch,
 ) {
-    match w.u {
-        Some(u) => {
+    match w.algo {
+        Algo::Winograd => {
             let run = winograd::images_per_run(g, filters, COL_BUDGET);
             for first in (0..g.images).step_by(run) {
                 let count = run.min(g.images - first);
+                let u = w.prepared;
                 winograd::forward_run(g, filters, u, x, first, count, y, &mut s.winograd());
             }
         }
-        None => conv_block_unfolded(g, filters, w.wt, x, y, s),
+        Algo::Direct => direct::convolve(g, filters, w.prepared, x, y, COL_BUDGET, s.direct()),
+        Algo::Unfolded => conv_block_unfolded(g, filters, w.wt, x, y, s),
     }
     let row = g.images * g.out_plane();
     kernels::vectorized(|| {
@@ -1157,9 +1252,9 @@ fn conv_block_backward(
     s: &mut Scratch,
 ) {
     let (k, row) = (g.col_rows(), g.images * g.out_plane());
-    match w.u {
-        Some(u) => {
-            let run = winograd::images_per_run(g, filters, COL_BUDGET);
+    match w.algo {
+        Algo::Winograd => {
+            let (run, u) = (winograd::images_per_run(g, filters, COL_BUDGET), w.prepared);
             for first in (0..g.images).step_by(run) {
                 let count = run.min(g.images - first);
                 let dx = dx.as_deref_mut();
@@ -1168,7 +1263,14 @@ fn conv_block_backward(
             }
             winograd::filter_gradient(&s.du, filters, g.channels, &mut s.partial[..k * filters]);
         }
-        None => conv_block_backward_unfolded(g, filters, w.wt, x, dy, dx, s),
+        Algo::Direct => {
+            conv_block_backward_unfolded(g, filters, w.wt, x, dy, None, s);
+            if let Some(dx) = dx {
+                let gt = direct::transposed_window(g, filters);
+                direct::convolve(&gt, g.channels, w.prepared, dy, dx, COL_BUDGET, s.direct());
+            }
+        }
+        Algo::Unfolded => conv_block_backward_unfolded(g, filters, w.wt, x, dy, dx, s),
     }
     let db = &mut s.partial[k * filters..(k + 1) * filters];
     for (b, dyc) in db.iter_mut().zip(dy.chunks_exact(row.max(1))) {

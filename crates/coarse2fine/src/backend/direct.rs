@@ -1,0 +1,492 @@
+//! Direct convolutions for stride-1, undilated windows: no unfolded input.
+//!
+//! An unfolded 3×3 convolution writes every input value 9 times and the matrix product
+//! packs it again; with 16 filters each unfolded value then feeds only 32 FLOPs, so at
+//! ResNet widths the memory traffic costs as much as the arithmetic. Here the input is
+//! copied once into a zero-padded buffer and each kernel offset is a shifted read of it.
+//!
+//! The padded buffer of a channel holds a run of images one after the other, with rows
+//! `wp = W + P` apart and images `H + P` rows apart: the `P` zero columns at the start of
+//! a row are also the right padding of the row before, and the `P` zero rows above an
+//! image the bottom padding of the one before. Output `(oy, ox)` of image `n` is then at
+//! flat position `o = (n·(H + P) + oy)·wp + ox`, and reads the input at
+//! `o + ky·wp + kx` for every kernel offset: one contiguous run of positions covers all
+//! images of the run, and positions with `ox ≥ OW` or `oy ≥ OH` are computed and dropped.
+//! Positions go `S` at a time (two vector registers) for `FB` filters at once, so each
+//! vector of input read feeds `FB` fused multiply-adds from registers.
+//!
+//! The input gradient of such a convolution is the same operation on the output gradient,
+//! with padding `k − 1 − P` and the kernels transposed and turned by 180°
+//! ([`pack_transposed`]). The weight gradient stays an unfolded matrix product (a direct
+//! one, tried, was slower). Every output is a sum over channels and offsets in a fixed
+//! order, with fused multiply-adds, so results depend neither on the thread count nor on
+//! the instruction set (the tile sizes only choose which sums are computed together).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::kernels::{self, Simd, Window};
+
+/// The environment variable that turns direct convolutions on (`on`: every window
+/// [`applies`] accepts runs directly; `off`, the default, keeps them unfolded). They are
+/// off by default because they are not faster everywhere yet: 0.93–1.35 × the unfolded
+/// convolutions' training speed depending on the net (docs/performance.md).
+pub const DIRECT_ENV: &str = "C2F_DIRECT";
+
+/// Whether `C2F_DIRECT` turns direct convolutions on; an unknown value is an error.
+pub fn direct_requested() -> Result<bool, String> {
+    let Ok(v) = std::env::var(DIRECT_ENV) else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "1" => Ok(true),
+        "off" | "0" => Ok(false),
+        other => Err(format!("{DIRECT_ENV}={other:?}: use on or off")),
+    }
+}
+
+/// 0: not read yet, 1: off, 2: on.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+fn enabled() -> bool {
+    match MODE.load(Ordering::Relaxed) {
+        0 => {
+            let on = direct_requested().unwrap_or(false);
+            MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        m => m == 2,
+    }
+}
+
+/// Turns direct convolutions on for the nets built after it, whatever the environment
+/// says: the engine's tests run with them on.
+#[cfg(test)]
+pub(crate) fn force_on() {
+    MODE.store(2, Ordering::Relaxed);
+}
+
+/// Whether a convolution runs directly: on a CPU with fused multiply-adds (AVX2 or
+/// AVX-512: without them `mul_add` is a library call), stride 1, no dilation, a kernel
+/// wider than one (a 1×1 one is a plain product already), and padding below the kernel's
+/// width (so the padded rows can share their zeros, and the input gradient is a direct
+/// convolution too).
+pub(crate) fn applies(g: &Window) -> bool {
+    g.stride == 1
+        && g.dilation == 1
+        && g.kernel > 1
+        && g.pad < g.kernel
+        && kernels::simd() != Simd::Baseline
+        && enabled()
+}
+
+/// Filters per packed block and output positions per strip, for the running CPU: as
+/// many accumulators as leave registers for the input and the broadcast weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tile {
+    fb: usize,
+    strip: usize,
+}
+
+fn tile() -> Tile {
+    match kernels::simd() {
+        Simd::Avx512 => Tile { fb: 8, strip: 32 },
+        _ => Tile { fb: 6, strip: 16 },
+    }
+}
+
+/// The backward pass's window: the output gradient (`filters` channels, `OH × OW`) in,
+/// the input gradient (`C` channels, `H × W`) out.
+pub(crate) fn transposed_window(g: &Window, filters: usize) -> Window {
+    Window {
+        channels: filters,
+        h: g.oh,
+        w: g.ow,
+        oh: g.h,
+        ow: g.w,
+        pad: g.kernel - 1 - g.pad,
+        ..*g
+    }
+}
+
+/// Values of the packed weights of `filters` filters over `channels` channels.
+pub(crate) fn packed_len(g: &Window, filters: usize) -> usize {
+    filters.div_ceil(tile().fb) * tile().fb * g.col_rows()
+}
+
+/// Packs `wt` (`filters × C·k·k`, row-major) in blocks of `fb` filters:
+/// `[block][c·k·k + ky·k + kx][f]`, zero for filters past the last.
+pub(crate) fn pack(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
+    let (fb, rows) = (tile().fb, g.col_rows());
+    out.clear();
+    out.resize(packed_len(g, filters), 0.0);
+    for (f, wf) in wt.chunks_exact(rows).take(filters).enumerate() {
+        let block = &mut out[(f / fb) * rows * fb..][..rows * fb];
+        for (r, &v) in wf.iter().enumerate() {
+            block[r * fb + f % fb] = v;
+        }
+    }
+}
+
+/// Packs the kernels of the input gradient: for the transposed window (channels =
+/// `filters`, filters = `C`), kernel `(c, f)` is kernel `(f, c)` of `wt` turned by 180°.
+pub(crate) fn pack_transposed(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
+    let (fb, k, c_in) = (tile().fb, g.kernel, g.channels);
+    let taps = k * k;
+    let rows = filters * taps;
+    out.clear();
+    out.resize(c_in.div_ceil(fb) * fb * rows, 0.0);
+    for (f, wf) in wt.chunks_exact(c_in * taps).take(filters).enumerate() {
+        for (c, kernel) in wf.chunks_exact(taps).enumerate() {
+            let block = &mut out[(c / fb) * rows * fb..][..rows * fb];
+            for (t, &v) in kernel.iter().enumerate() {
+                let r = f * taps + (taps - 1 - t);
+                block[r * fb + c % fb] = v;
+            }
+        }
+    }
+}
+
+/// Distance between rows of the padded buffer.
+fn pitch(g: &Window) -> usize {
+    g.w + g.pad
+}
+
+/// Output positions of a run of `count` images, rounded up to whole strips.
+fn positions(g: &Window, count: usize) -> usize {
+    (count * (g.h + g.pad) * pitch(g)).next_multiple_of(tile().strip)
+}
+
+/// Values of one channel's padded buffer for `count` images: the positions, plus what
+/// the last strip reads past them.
+fn channel_len(g: &Window, count: usize) -> usize {
+    positions(g, count) + (g.kernel + g.pad) * pitch(g) + g.kernel
+}
+
+/// Images of a block handled at once, so that the padded run stays near the core's L2
+/// cache (`budget` values).
+pub(crate) fn images_per_run(g: &Window, budget: usize) -> usize {
+    let per_image = g.channels * (g.h + g.pad) * pitch(g);
+    (budget / per_image.max(1)).clamp(1, g.images.max(1))
+}
+
+/// Scratch values a run needs: the padded input, and the staged outputs of one block of
+/// filters.
+pub(crate) fn scratch_len(g: &Window, run: usize) -> (usize, usize) {
+    (
+        g.channels * channel_len(g, run),
+        tile().fb * positions(g, run),
+    )
+}
+
+/// Scratch of one block's direct convolutions.
+pub(crate) struct RunScratch<'a> {
+    pub padded: &'a mut Vec<f32>,
+    pub stage: &'a mut Vec<f32>,
+}
+
+/// `y = W ⊛ x` for one block (`C × images × H × W` in, `filters × images × OH × OW`
+/// out, overwritten), from weights packed by [`pack`] (or [`pack_transposed`] with
+/// [`transposed_window`] for an input gradient), `budget` padded values at a time.
+pub(crate) fn convolve(
+    g: &Window,
+    filters: usize,
+    packed: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    budget: usize,
+    s: RunScratch<'_>,
+) {
+    let run = images_per_run(g, budget);
+    let (pn, sn) = scratch_len(g, run);
+    if s.padded.len() < pn {
+        s.padded.resize(pn, 0.0);
+    }
+    if s.stage.len() < sn {
+        s.stage.resize(sn, 0.0);
+    }
+    let op = Convolve {
+        g,
+        filters,
+        packed,
+        x,
+        y,
+        run,
+        s,
+    };
+    kernels::dispatch(op);
+}
+
+/// [`convolve`]'s loops, as a [`pulp::WithSimd`] operation: its `with_simd` is inlined
+/// into the function compiled for the CPU's instruction set, so the multiply-adds are
+/// fused and vectorised (a closure may be left out of line, compiled for the baseline,
+/// where `mul_add` is a library call).
+struct Convolve<'a, 'b> {
+    g: &'a Window,
+    filters: usize,
+    packed: &'a [f32],
+    x: &'a [f32],
+    y: &'a mut [f32],
+    run: usize,
+    s: RunScratch<'b>,
+}
+
+impl pulp::WithSimd for Convolve<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let Convolve {
+            g,
+            filters,
+            packed,
+            x,
+            y,
+            run,
+            s,
+        } = self;
+        for first in (0..g.images).step_by(run) {
+            let count = run.min(g.images - first);
+            pad_run(g, x, first, count, s.padded);
+            let cs = channel_len(g, count);
+            for block in 0..filters.div_ceil(tile().fb) {
+                let w = &packed[block * tile().fb * g.col_rows()..][..tile().fb * g.col_rows()];
+                let stage = &mut s.stage[..];
+                let run = (g, count, cs);
+                match tile().fb {
+                    8 => strips::<S, 8>(simd, run, s.padded, w, stage),
+                    _ => strips::<S, 6>(simd, run, s.padded, w, stage),
+                }
+                unstage(g, filters, block, first, count, stage, y);
+            }
+        }
+    }
+}
+
+/// Copies images `first..first + count` of `x` into the padded layout (module docs).
+#[inline(always)]
+fn pad_run(g: &Window, x: &[f32], first: usize, count: usize, padded: &mut [f32]) {
+    let (wp, plane, cs) = (pitch(g), g.h * g.w, channel_len(g, count));
+    let padded = &mut padded[..g.channels * cs];
+    padded.fill(0.0);
+    for (c, dst) in padded.chunks_exact_mut(cs).enumerate() {
+        for n in 0..count {
+            let src = &x[(c * g.images + first + n) * plane..][..plane];
+            let top = (n * (g.h + g.pad) + g.pad) * wp + g.pad;
+            for (iy, line) in src.chunks_exact(g.w.max(1)).enumerate() {
+                dst[top + iy * wp..][..g.w].copy_from_slice(line);
+            }
+        }
+    }
+}
+
+/// Every strip of positions of a run for one block of `FB` filters, into `stage`
+/// (`FB × positions`): two vectors of `S` per strip.
+#[inline(always)]
+fn strips<S: pulp::Simd, const FB: usize>(
+    simd: S,
+    (g, count, cs): (&Window, usize, usize),
+    padded: &[f32],
+    w: &[f32],
+    stage: &mut [f32],
+) {
+    let (wp, k, lanes) = (pitch(g), g.kernel, S::F32_LANES);
+    let offsets: Vec<usize> = (0..k * k).map(|t| (t / k) * wp + t % k).collect();
+    let n = positions(g, count);
+    for at in (0..n).step_by(2 * lanes) {
+        let acc = strip::<S, FB>(simd, g.channels, cs, &padded[at..], w, &offsets);
+        for (f, a) in acc.iter().enumerate() {
+            let values: &[f32] = pulp::bytemuck::cast_slice(a);
+            stage[f * n + at..][..2 * lanes].copy_from_slice(values);
+        }
+    }
+}
+
+/// Two vectors of outputs of `FB` filters: the sum over channels and kernel offsets,
+/// in `2 × FB` vector registers.
+#[inline(always)]
+fn strip<S: pulp::Simd, const FB: usize>(
+    simd: S,
+    channels: usize,
+    cs: usize,
+    x: &[f32],
+    w: &[f32],
+    offsets: &[usize],
+) -> [[S::f32s; 2]; FB] {
+    let lanes = S::F32_LANES;
+    let mut acc = [[simd.splat_f32s(0.0); 2]; FB];
+    let taps = offsets.len();
+    for c in 0..channels {
+        let xc = &x[c * cs..];
+        let wc = &w[c * taps * FB..][..taps * FB];
+        for (&off, wt) in offsets.iter().zip(wc.chunks_exact(FB)) {
+            let v0 = load::<S>(&xc[off..off + lanes]);
+            let v1 = load::<S>(&xc[off + lanes..off + 2 * lanes]);
+            for (a, &wf) in acc.iter_mut().zip(wt) {
+                let wv = simd.splat_f32s(wf);
+                a[0] = simd.mul_add_f32s(wv, v0, a[0]);
+                a[1] = simd.mul_add_f32s(wv, v1, a[1]);
+            }
+        }
+    }
+    acc
+}
+
+/// One vector of `S` from the start of `x`, which holds exactly its lanes.
+#[inline(always)]
+fn load<S: pulp::Simd>(x: &[f32]) -> S::f32s {
+    pulp::bytemuck::pod_read_unaligned(pulp::bytemuck::cast_slice(x))
+}
+
+/// Copies one block of filters' valid outputs from `stage` into `y`.
+#[inline(always)]
+fn unstage(
+    g: &Window,
+    filters: usize,
+    block: usize,
+    first: usize,
+    count: usize,
+    stage: &[f32],
+    y: &mut [f32],
+) {
+    let (fb, wp, n) = (tile().fb, pitch(g), positions(g, count));
+    let out = g.out_plane();
+    for f in 0..fb.min(filters - block * fb) {
+        let from = &stage[f * n..][..n];
+        for i in 0..count {
+            let dst = &mut y[((block * fb + f) * g.images + first + i) * out..][..out];
+            let base = i * (g.h + g.pad) * wp;
+            for (oy, line) in dst.chunks_exact_mut(g.ow.max(1)).enumerate() {
+                line.copy_from_slice(&from[base + oy * wp..][..g.ow]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::kernels::{Mat, MatMut, col2im, im2col, matmul};
+
+    fn window(c: usize, images: usize, h: usize, w: usize, k: usize, pad: usize) -> Window {
+        Window {
+            channels: c,
+            images,
+            h,
+            w,
+            oh: h + 2 * pad + 1 - k,
+            ow: w + 2 * pad + 1 - k,
+            kernel: k,
+            stride: 1,
+            pad,
+            dilation: 1,
+        }
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The unfolded convolution and its input gradient, the engine's reference path.
+    fn unfolded(
+        g: &Window,
+        filters: usize,
+        wt: &[f32],
+        x: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (k, cols) = (g.col_rows(), g.images * g.out_plane());
+        let mut col = vec![0.0; k * cols];
+        let mut padded = vec![0.0; g.padded_plane().max(1)];
+        im2col(g, x, 0, g.images, &mut col, &mut padded);
+        let mut y = vec![0.0; filters * cols];
+        let w = Mat::rows(wt, filters, k);
+        matmul(
+            MatMut::rows(&mut y, filters, cols),
+            w,
+            Mat::rows(&col, k, cols),
+            false,
+            false,
+        );
+        let mut dcol = vec![0.0; k * cols];
+        let wt_t = Mat::transposed(wt, k, filters);
+        matmul(
+            MatMut::rows(&mut dcol, k, cols),
+            wt_t,
+            Mat::rows(dy, filters, cols),
+            false,
+            false,
+        );
+        let mut dx = vec![0.0; x.len()];
+        col2im(g, &dcol, 0, g.images, &mut dx, &mut padded);
+        (y, dx)
+    }
+
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn direct_convolution_and_its_input_gradient_match_the_unfolded_ones() {
+        // Channels, images, height, width, kernel, padding, filters; small budgets force
+        // runs of one image and several.
+        let cases = [
+            (1, 1, 5, 5, 3, 1, 1, 1 << 17),
+            (3, 4, 8, 8, 3, 1, 16, 1 << 17),
+            (16, 3, 7, 9, 3, 1, 13, 200),
+            (5, 2, 6, 6, 2, 0, 9, 1 << 17),
+            (4, 5, 9, 5, 5, 2, 7, 300),
+            (2, 2, 6, 7, 3, 0, 3, 1 << 17),
+            (2, 3, 4, 4, 5, 4, 10, 1 << 17),
+            (17, 2, 3, 3, 3, 1, 33, 1 << 17),
+        ];
+        for (i, &(c, images, h, w, k, pad, filters, budget)) in cases.iter().enumerate() {
+            let g = window(c, images, h, w, k, pad);
+            let wt = values(filters * g.col_rows(), 1 + i as u64);
+            let x = values(c * images * h * w, 100 + i as u64);
+            let dy = values(filters * images * g.out_plane(), 200 + i as u64);
+            let (want_y, want_dx) = unfolded(&g, filters, &wt, &x, &dy);
+            let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
+            let mut y = vec![f32::NAN; want_y.len()];
+            pack(&wt, filters, &g, &mut packed);
+            let s = RunScratch {
+                padded: &mut padded,
+                stage: &mut stage,
+            };
+            convolve(&g, filters, &packed, &x, &mut y, budget, s);
+            let gt = transposed_window(&g, filters);
+            let mut dx = vec![f32::NAN; x.len()];
+            pack_transposed(&wt, filters, &g, &mut packed);
+            let s = RunScratch {
+                padded: &mut padded,
+                stage: &mut stage,
+            };
+            convolve(&gt, c, &packed, &dy, &mut dx, budget, s);
+            let (ey, edx) = (worst(&y, &want_y), worst(&dx, &want_dx));
+            assert!(
+                ey < 1e-5 && edx < 1e-5,
+                "case {i}: output off by {ey}, input gradient by {edx}"
+            );
+        }
+    }
+
+    #[test]
+    fn strided_dilated_and_pointwise_windows_stay_unfolded() {
+        let g = window(4, 1, 8, 8, 3, 1);
+        assert!(!applies(&Window { stride: 2, ..g }));
+        assert!(!applies(&Window { dilation: 2, ..g }));
+        assert!(!applies(&window(4, 1, 8, 8, 1, 0)));
+        assert!(!applies(&Window { pad: 3, ..g }));
+    }
+}
