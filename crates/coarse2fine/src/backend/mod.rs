@@ -670,21 +670,23 @@ mod tests {
         engines_agree(&spec, 5, 3, 1)
     }
 
+    /// A stride-1, undilated convolution layer.
+    fn conv(name: &str, filters: usize, kernel: usize, padding: usize) -> Layer {
+        Layer::Conv(Conv {
+            name: name.into(),
+            filters,
+            kernel,
+            stride: 1,
+            padding,
+            dilation: 1,
+        })
+    }
+
     /// Blocks of several images, and convolutions whose unfolded input exceeds the cache
     /// budget, so that each block is unfolded in several runs; a 1×1 convolution, which
     /// skips unfolding; an LRN with a general β.
     #[test]
     fn native_engine_matches_burn_on_large_maps_and_uneven_blocks() -> Result<()> {
-        let conv = |name: &str, filters, kernel, padding| {
-            Layer::Conv(Conv {
-                name: name.into(),
-                filters,
-                kernel,
-                stride: 1,
-                padding,
-                dilation: 1,
-            })
-        };
         let spec = NetSpec {
             name: "wide".into(),
             input: None,
@@ -723,16 +725,7 @@ mod tests {
     /// blocks of uneven size, an input gradient through two Winograd layers.
     #[test]
     fn winograd_convolutions_train_like_burn() -> Result<()> {
-        let conv = |name: &str, filters, padding| {
-            Layer::Conv(Conv {
-                name: name.into(),
-                filters,
-                kernel: 3,
-                stride: 1,
-                padding,
-                dilation: 1,
-            })
-        };
+        let conv = |name: &str, filters, padding| conv(name, filters, 3, padding);
         let spec = NetSpec {
             name: "winograd".into(),
             input: None,
@@ -769,16 +762,6 @@ mod tests {
     /// on by another test of this process) leaves them alone.
     #[test]
     fn direct_convolutions_train_like_burn() -> Result<()> {
-        let conv = |name: &str, filters, kernel, padding| {
-            Layer::Conv(Conv {
-                name: name.into(),
-                filters,
-                kernel,
-                stride: 1,
-                padding,
-                dilation: 1,
-            })
-        };
         let spec = NetSpec {
             name: "direct".into(),
             input: None,
