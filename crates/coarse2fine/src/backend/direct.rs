@@ -22,8 +22,6 @@
 //! order, with fused multiply-adds, so results depend neither on the thread count nor on
 //! the instruction set (the tile sizes only choose which sums are computed together).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use super::kernels::{self, Simd, Window};
 
 /// The environment variable that turns direct convolutions on (`on`: every window
@@ -34,35 +32,20 @@ pub const DIRECT_ENV: &str = "C2F_DIRECT";
 
 /// Whether `C2F_DIRECT` turns direct convolutions on; an unknown value is an error.
 pub fn direct_requested() -> Result<bool, String> {
-    let Ok(v) = std::env::var(DIRECT_ENV) else {
-        return Ok(false);
-    };
-    match v.trim().to_ascii_lowercase().as_str() {
-        "on" | "1" => Ok(true),
-        "off" | "0" => Ok(false),
-        other => Err(format!("{DIRECT_ENV}={other:?}: use on or off")),
-    }
+    SWITCH.requested()
 }
 
-/// 0: not read yet, 1: off, 2: on.
-static MODE: AtomicU8 = AtomicU8::new(0);
+static SWITCH: kernels::Switch = kernels::Switch::new(DIRECT_ENV);
 
 fn enabled() -> bool {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let on = direct_requested().unwrap_or(false);
-            MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        m => m == 2,
-    }
+    SWITCH.enabled()
 }
 
 /// Turns direct convolutions on for the nets built after it, whatever the environment
 /// says: the engine's tests run with them on.
 #[cfg(test)]
 pub(crate) fn force_on() {
-    MODE.store(2, Ordering::Relaxed);
+    SWITCH.force_on();
 }
 
 /// Whether a convolution runs directly: on a CPU with fused multiply-adds (AVX2 or

@@ -8,6 +8,7 @@
 //! result lands in place in the next block, with no transposition.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Instruction sets the engine's own loops (unfolding, pooling, LRN, ReLU masks, the SGD
 /// update) can be compiled for; one is chosen at start-up for the running CPU.
@@ -72,6 +73,53 @@ fn arch() -> (Simd, pulp::Arch) {
         }
         (Simd::Baseline, pulp::Arch::Scalar)
     })
+}
+
+/// A switch of the engine read from an environment variable (`on` or `1`, `off` or `0`;
+/// off when unset), once per process.
+pub(crate) struct Switch {
+    name: &'static str,
+    /// 0: not read yet, 1: off, 2: on.
+    mode: AtomicU8,
+}
+
+impl Switch {
+    pub(crate) const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            mode: AtomicU8::new(0),
+        }
+    }
+
+    /// Whether the variable turns the switch on; an unknown value is an error.
+    pub(crate) fn requested(&self) -> Result<bool, String> {
+        let Ok(v) = std::env::var(self.name) else {
+            return Ok(false);
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "on" | "1" => Ok(true),
+            "off" | "0" => Ok(false),
+            other => Err(format!("{}={other:?}: use on or off", self.name)),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        match self.mode.load(Ordering::Relaxed) {
+            0 => {
+                let on = self.requested().unwrap_or(false);
+                self.mode.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+                on
+            }
+            m => m == 2,
+        }
+    }
+
+    /// Turns the switch on for the nets built after it, whatever the environment says:
+    /// the engine's tests run with it on.
+    #[cfg(test)]
+    pub(crate) fn force_on(&self) {
+        self.mode.store(2, Ordering::Relaxed);
+    }
 }
 
 /// The instruction set the engine's own loops run with in this process.

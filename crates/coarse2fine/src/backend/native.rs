@@ -511,35 +511,19 @@ impl NativeNet {
     /// Convolutions that run as Winograd F(2×2, 3×3).
     #[cfg(test)]
     pub(crate) fn winograd_steps(&self) -> usize {
-        self.steps
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s,
-                    Step::Conv {
-                        algo: Algo::Winograd,
-                        ..
-                    }
-                )
-            })
-            .count()
+        self.conv_steps(Algo::Winograd)
     }
 
     /// Convolutions that run directly.
     #[cfg(test)]
     pub(crate) fn direct_steps(&self) -> usize {
-        self.steps
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s,
-                    Step::Conv {
-                        algo: Algo::Direct,
-                        ..
-                    }
-                )
-            })
-            .count()
+        self.conv_steps(Algo::Direct)
+    }
+
+    #[cfg(test)]
+    fn conv_steps(&self, algo: Algo) -> usize {
+        let runs = |s: &Step| matches!(s, Step::Conv { algo: a, .. } if *a == algo);
+        self.steps.iter().filter(|s| runs(s)).count()
     }
 
     fn prepare(&self, ws: &mut Workspace, n: usize) {

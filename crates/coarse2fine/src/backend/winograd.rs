@@ -13,8 +13,6 @@
 //! like the unfolded convolution it replaces; tiles past the output's edge read zeros and
 //! their outputs are dropped.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use super::kernels::{self, Mat, MatMut, Window};
 
 /// The environment variable that turns Winograd convolutions on (`on`; `off`, the
@@ -24,14 +22,7 @@ pub const WINOGRAD_ENV: &str = "C2F_WINOGRAD";
 
 /// Whether `C2F_WINOGRAD` turns Winograd convolutions on; an unknown value is an error.
 pub fn winograd_requested() -> Result<bool, String> {
-    let Ok(v) = std::env::var(WINOGRAD_ENV) else {
-        return Ok(false);
-    };
-    match v.trim().to_ascii_lowercase().as_str() {
-        "on" | "1" => Ok(true),
-        "off" | "0" => Ok(false),
-        other => Err(format!("{WINOGRAD_ENV}={other:?}: use on or off")),
-    }
+    SWITCH.requested()
 }
 
 /// Positions of a 4×4 tile.
@@ -41,25 +32,17 @@ pub(crate) const XI: usize = 16;
 /// products are too small to run near the machine's speed.
 const MIN_CHANNELS: usize = 16;
 
-/// 0: not read yet, 1: off, 2: on.
-static MODE: AtomicU8 = AtomicU8::new(0);
+static SWITCH: kernels::Switch = kernels::Switch::new(WINOGRAD_ENV);
 
 fn enabled() -> bool {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let on = winograd_requested().unwrap_or(false);
-            MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        m => m == 2,
-    }
+    SWITCH.enabled()
 }
 
 /// Turns Winograd convolutions on for the nets built after it, whatever the environment
 /// says: the engine's tests run with them on.
 #[cfg(test)]
 pub(crate) fn force_on() {
-    MODE.store(2, Ordering::Relaxed);
+    SWITCH.force_on();
 }
 
 /// Whether a convolution runs as Winograd F(2×2, 3×3): a 3×3 window, stride 1, no
