@@ -7,6 +7,8 @@
 //! variance is summed around it (two passes), which keeps it accurate when the mean is
 //! large against the spread.
 
+use super::kernels::{add_lanes, vectorized};
+
 /// A batch norm's per-channel values over one batch: what the forward pass computed and
 /// the backward pass reuses.
 #[derive(Debug, Clone, Default)]
@@ -19,20 +21,53 @@ pub(crate) struct BatchStats {
     pub var_unbiased: Vec<f32>,
 }
 
+/// Partial sums per channel run: each value goes to partial sum `i mod LANES`, and the
+/// partials are added in a fixed order at the end. With fixed lanes the result does not
+/// depend on the vector width the loop was compiled for, and there is no single chain of
+/// dependent additions to wait on.
+const LANES: usize = 16;
+
+/// `Σ (x − m)²` in `f64`, or `Σ x` with `squares` false (then `m` is unused).
+#[inline(always)]
+fn run_sum(xs: &[f32], m: f64, squares: bool) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (whole, tail) = xs.as_chunks::<LANES>();
+    for c in whole {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += if squares {
+                (f64::from(v) - m) * (f64::from(v) - m)
+            } else {
+                f64::from(v)
+            };
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += if squares {
+            (f64::from(v) - m) * (f64::from(v) - m)
+        } else {
+            f64::from(v)
+        };
+    }
+    add_lanes(acc)
+}
+
 /// Per-channel sums of one block: `Σ x`, or with `mean`, `Σ (x − mean)²`.
 pub(crate) fn channel_sums(x: &[f32], channels: usize, mean: Option<&[f32]>) -> Vec<f64> {
-    let run = x.len() / channels.max(1);
-    x.chunks_exact(run.max(1))
-        .take(channels)
-        .enumerate()
-        .map(|(c, xs)| match mean {
-            None => xs.iter().map(|&v| f64::from(v)).sum(),
-            Some(m) => {
-                let m = f64::from(m[c]);
-                xs.iter().map(|&v| (f64::from(v) - m).powi(2)).sum()
-            }
-        })
-        .collect()
+    let mut sums = vec![0.0; channels];
+    let out = &mut sums[..];
+    vectorized!(channel_sums_in(x: &[f32], mean: Option<&[f32]>, out: &mut [f64]));
+    sums
+}
+
+#[inline(always)]
+fn channel_sums_in(x: &[f32], mean: Option<&[f32]>, out: &mut [f64]) {
+    let run = x.len() / out.len().max(1);
+    for (c, (o, xs)) in out.iter_mut().zip(x.chunks_exact(run.max(1))).enumerate() {
+        *o = match mean {
+            None => run_sum(xs, 0.0, false),
+            Some(m) => run_sum(xs, f64::from(m[c]), true),
+        };
+    }
 }
 
 /// Adds per-block sums in block order.
@@ -69,6 +104,11 @@ pub(crate) fn batch_stats(mean: Vec<f32>, squares: &[f64], count: usize, eps: f3
 
 /// `y = x·scale + shift` per channel of one block, then a ReLU if `relu`.
 pub(crate) fn affine(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
+    vectorized!(affine_in(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], relu: bool));
+}
+
+#[inline(always)]
+fn affine_in(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
     let run = x.len() / scale.len().max(1);
     for ((xs, ys), (&a, &b)) in x
         .chunks_exact(run.max(1))
@@ -84,25 +124,45 @@ pub(crate) fn affine(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], rel
 
 /// Per-channel `Σ dy` and `Σ dy·x̂` of one block, `x̂ = (x − mean)·inv_std`.
 pub(crate) fn gradient_sums(x: &[f32], dy: &[f32], s: &BatchStats) -> Vec<f64> {
-    let channels = s.mean.len();
+    let mut sums = vec![0.0; 2 * s.mean.len()];
+    let (mean, inv_std, out) = (&s.mean[..], &s.inv_std[..], &mut sums[..]);
+    vectorized!(gradient_sums_in(
+        x: &[f32],
+        dy: &[f32],
+        mean: &[f32],
+        inv_std: &[f32],
+        out: &mut [f64]
+    ));
+    sums
+}
+
+#[inline(always)]
+fn gradient_sums_in(x: &[f32], dy: &[f32], mean: &[f32], inv_std: &[f32], out: &mut [f64]) {
+    let channels = mean.len();
     let run = x.len() / channels.max(1);
-    let mut out = vec![0.0; 2 * channels];
+    let (sums_dy, sums_dx) = out.split_at_mut(channels);
     for (c, (xs, ds)) in x
         .chunks_exact(run.max(1))
         .zip(dy.chunks_exact(run.max(1)))
         .take(channels)
         .enumerate()
     {
-        let (m, inv) = (s.mean[c], s.inv_std[c]);
-        let (mut sd, mut sdx) = (0.0f64, 0.0f64);
-        for (&v, &d) in xs.iter().zip(ds) {
-            sd += f64::from(d);
-            sdx += f64::from(d * (v - m) * inv);
+        let (m, inv) = (mean[c], inv_std[c]);
+        let (mut sd, mut sdx) = ([0.0f64; LANES], [0.0f64; LANES]);
+        let mut add = |v: &[f32], d: &[f32]| {
+            for (((a, b), &v), &d) in sd.iter_mut().zip(sdx.iter_mut()).zip(v).zip(d) {
+                *a += f64::from(d);
+                *b += f64::from(d * (v - m) * inv);
+            }
+        };
+        let ((vc, vt), (dc, dt)) = (xs.as_chunks::<LANES>(), ds.as_chunks::<LANES>());
+        for (v, d) in vc.iter().zip(dc) {
+            add(v, d);
         }
-        out[c] = sd;
-        out[channels + c] = sdx;
+        add(vt, dt);
+        sums_dy[c] = add_lanes(sd);
+        sums_dx[c] = add_lanes(sdx);
     }
-    out
 }
 
 /// Input gradient of one block in training mode:
@@ -116,6 +176,33 @@ pub(crate) fn input_gradient(
     (sum_dy, sum_dy_xhat): (&[f32], &[f32]),
     count: usize,
 ) {
+    let (mean, inv_std) = (&s.mean[..], &s.inv_std[..]);
+    vectorized!(input_gradient_in(
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+        sum_dy: &[f32],
+        sum_dy_xhat: &[f32],
+        count: usize
+    ));
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn input_gradient_in(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    sum_dy: &[f32],
+    sum_dy_xhat: &[f32],
+    count: usize,
+) {
     let run = x.len() / gamma.len().max(1);
     let m = count as f32;
     for (c, ((xs, ds), dxs)) in x
@@ -124,7 +211,7 @@ pub(crate) fn input_gradient(
         .zip(dx.chunks_exact_mut(run.max(1)))
         .enumerate()
     {
-        let (mean, inv) = (s.mean[c], s.inv_std[c]);
+        let (mean, inv) = (mean[c], inv_std[c]);
         let k = gamma[c] * inv / m;
         let (a, b) = (sum_dy[c], sum_dy_xhat[c]);
         for ((o, &v), &d) in dxs.iter_mut().zip(xs).zip(ds) {

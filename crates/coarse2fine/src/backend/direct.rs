@@ -256,7 +256,7 @@ fn pad_run(g: &Window, x: &[f32], first: usize, count: usize, padded: &mut [f32]
             let src = &x[(c * g.images + first + n) * plane..][..plane];
             let top = (n * (g.h + g.pad) + g.pad) * wp + g.pad;
             for (iy, line) in src.chunks_exact(g.w.max(1)).enumerate() {
-                dst[top + iy * wp..][..g.w].copy_from_slice(line);
+                kernels::copy_run(&mut dst[top + iy * wp..][..g.w], line);
             }
         }
     }
@@ -339,7 +339,7 @@ fn unstage(
             let dst = &mut y[((block * fb + f) * g.images + first + i) * out..][..out];
             let base = i * (g.h + g.pad) * wp;
             for (oy, line) in dst.chunks_exact_mut(g.ow.max(1)).enumerate() {
-                line.copy_from_slice(&from[base + oy * wp..][..g.ow]);
+                kernels::copy_run(line, &from[base + oy * wp..][..g.ow]);
             }
         }
     }

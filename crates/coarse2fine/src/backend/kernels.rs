@@ -143,21 +143,92 @@ pub fn gemm_simd() -> Simd {
     Simd::Baseline
 }
 
-/// Runs `f` compiled for the instruction set chosen at start-up: the loops inside it
-/// (and the `#[inline(always)]` functions they call) are vectorised for the running CPU
-/// while the binary still runs on any x86-64. Element-wise loops give the same bits on
-/// every instruction set, as the compiler does not reorder floating-point sums.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    arch().1.dispatch(f)
+/// Calls `$f`, an `#[inline(always)]` function, from a copy compiled for the instruction
+/// set chosen at start-up: its loops are vectorised for the running CPU while the binary
+/// still runs on any x86-64. The arguments are written with their types because each copy
+/// is a function of its own; a closure handed to `pulp` would do without them, but its
+/// body is compiled out of line, for the baseline. Element-wise loops give the same bits
+/// on every instruction set, as the compiler neither reorders floating-point sums nor
+/// fuses multiplications and additions.
+macro_rules! vectorized {
+    ($f:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {{
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        {
+            use $crate::backend::kernels::Simd;
+            #[target_feature(enable = "popcnt,avx,avx2,bmi1,bmi2,fma,lzcnt,\
+                avx512f,avx512bw,avx512cd,avx512dq,avx512vl")]
+            #[allow(clippy::too_many_arguments)]
+            fn v4($($arg: $ty),*) $(-> $ret)? {
+                $f($($arg),*)
+            }
+            #[target_feature(enable = "popcnt,avx,avx2,bmi1,bmi2,fma,lzcnt")]
+            #[allow(clippy::too_many_arguments)]
+            fn v3($($arg: $ty),*) $(-> $ret)? {
+                $f($($arg),*)
+            }
+            #[allow(unsafe_code)]
+            match $crate::backend::kernels::simd() {
+                // SAFETY: `simd()` picks an instruction set only after detecting it.
+                Simd::Avx512 => unsafe { v4($($arg),*) },
+                // SAFETY: as above.
+                Simd::Avx2 => unsafe { v3($($arg),*) },
+                Simd::Baseline => $f($($arg),*),
+            }
+        }
+        #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+        {
+            $f($($arg),*)
+        }
+    }};
 }
+pub(crate) use vectorized;
 
-/// Runs `op` like [`vectorized`], for loops that must get the CPU's instructions: `pulp`
-/// inlines `op.with_simd` into the function compiled for them, where a closure's body may
-/// stay out of line and be compiled for the baseline.
+/// Runs `op.with_simd` inlined into a function compiled for the instruction set chosen
+/// at start-up, with `pulp`'s vector types for that set: for kernels written with explicit
+/// vector registers.
 #[inline(always)]
 pub(crate) fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
     arch().1.dispatch(op)
+}
+
+/// Partial sums of [`sum`]: value `i` goes to partial sum `i mod SUM_LANES`, and the
+/// partials are added pairwise in a fixed order, so the result is the same whatever vector
+/// width the loop was compiled for, and no single chain of dependent additions sets the
+/// pace.
+const SUM_LANES: usize = 16;
+
+/// `Σ xs` in `f32`.
+pub(crate) fn sum(xs: &[f32]) -> f32 {
+    vectorized!(sum_in(xs: &[f32]) -> f32)
+}
+
+#[inline(always)]
+fn sum_in(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; SUM_LANES];
+    let (whole, tail) = xs.as_chunks::<SUM_LANES>();
+    for c in whole {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(tail) {
+        *a += v;
+    }
+    add_lanes(acc)
+}
+
+/// The total of partial sums (a power of two of them), added pairwise in a fixed order.
+#[inline(always)]
+pub(crate) fn add_lanes<T: Copy + std::ops::AddAssign, const N: usize>(mut acc: [T; N]) -> T {
+    let mut n = N;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            let v = acc[i + n];
+            acc[i] += v;
+        }
+    }
+    acc[0]
 }
 
 /// A strided view of a `rows × cols` matrix starting at `data[0]`.
@@ -375,23 +446,37 @@ impl Window {
     }
 }
 
-/// Copies a run of a map row. Runs are as short as the map is wide (7 values at 8×8),
-/// where a `memcpy` call costs more than the copy, so short runs move in fixed-size
-/// pieces the compiler inlines.
+/// Copies a run of a map row (`src` as long as `dst`). Runs are as short as the map is
+/// wide (7 values at 8×8), where a `memcpy` call costs more than the copy, so short runs
+/// move in fixed-size pieces the compiler inlines: 16 values (one AVX-512 register), then
+/// 8, 4 and singles.
 #[inline(always)]
-fn copy_run(dst: &mut [f32], src: &[f32]) {
-    if dst.len() > 32 {
+pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
+    if dst.len() > 64 {
         dst.copy_from_slice(src);
         return;
     }
-    let mut d = dst.chunks_exact_mut(4);
-    let mut s = src.chunks_exact(4);
-    for (a, b) in (&mut d).zip(&mut s) {
-        a.copy_from_slice(b);
-    }
-    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+    let (dst, src) = copy_pieces::<16>(dst, src);
+    let (dst, src) = copy_pieces::<8>(dst, src);
+    let (dst, src) = copy_pieces::<4>(dst, src);
+    for (a, b) in dst.iter_mut().zip(src) {
         *a = *b;
     }
+}
+
+/// Copies the whole pieces of `N` values of two runs of equal length, as arrays (a
+/// fixed-size move each rather than a `memcpy` call); returns the tails.
+#[inline(always)]
+fn copy_pieces<'a, 'b, const N: usize>(
+    dst: &'a mut [f32],
+    src: &'b [f32],
+) -> (&'a mut [f32], &'b [f32]) {
+    let (d, dst_rest) = dst.as_chunks_mut::<N>();
+    let (s, src_rest) = src.as_chunks::<N>();
+    for (a, b) in d.iter_mut().zip(s) {
+        *a = *b;
+    }
+    (dst_rest, src_rest)
 }
 
 impl Window {
@@ -419,7 +504,14 @@ pub(crate) fn im2col(
     col: &mut [f32],
     padded: &mut [f32],
 ) {
-    vectorized(|| im2col_in(g, x, first, count, col, padded))
+    vectorized!(im2col_in(
+        g: &Window,
+        x: &[f32],
+        first: usize,
+        count: usize,
+        col: &mut [f32],
+        padded: &mut [f32]
+    ))
 }
 
 #[inline(always)]
@@ -479,7 +571,14 @@ pub(crate) fn col2im(
     dx: &mut [f32],
     padded: &mut [f32],
 ) {
-    vectorized(|| col2im_in(g, col, first, count, dx, padded))
+    vectorized!(col2im_in(
+        g: &Window,
+        col: &[f32],
+        first: usize,
+        count: usize,
+        dx: &mut [f32],
+        padded: &mut [f32]
+    ))
 }
 
 #[inline(always)]
@@ -534,7 +633,7 @@ fn col2im_in(
 /// Max pooling of the block `x` into `y`; `arg` receives the in-plane index of each
 /// maximum for the backward pass. The first maximum wins ties.
 pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
-    vectorized(|| max_pool_in(g, x, y, arg))
+    vectorized!(max_pool_in(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]))
 }
 
 #[inline(always)]
@@ -626,7 +725,7 @@ fn pool_2x2(g: &Window, src: &[f32], y: &mut [f32], arg: &mut [u32]) {
 
 /// Gradient of [`max_pool`]: each output's gradient goes to its maximum's position.
 pub(crate) fn max_pool_backward(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
-    vectorized(|| max_pool_backward_in(g, dy, arg, dx))
+    vectorized!(max_pool_backward_in(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]))
 }
 
 #[inline(always)]
@@ -644,7 +743,7 @@ fn max_pool_backward_in(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
 /// Average pooling of the block `x` into `y`: each window's sum over its input positions
 /// divided by `kernel²`, so padded cells count as zeros.
 pub(crate) fn avg_pool(g: &Window, x: &[f32], y: &mut [f32]) {
-    vectorized(|| avg_pool_in(g, x, y))
+    vectorized!(avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]))
 }
 
 #[inline(always)]
@@ -673,7 +772,7 @@ fn avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]) {
 /// Gradient of [`avg_pool`]: each output's gradient, over `kernel²`, to every input
 /// position of its window.
 pub(crate) fn avg_pool_backward(g: &Window, dy: &[f32], dx: &mut [f32]) {
-    vectorized(|| avg_pool_backward_in(g, dy, dx))
+    vectorized!(avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]))
 }
 
 #[inline(always)]
@@ -739,7 +838,7 @@ impl LrnParams {
 /// [`LrnParams`] forward; `s` receives `s` and `scale` receives `s^−β` for the backward
 /// pass.
 pub(crate) fn lrn(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f32]) {
-    vectorized(|| lrn_in(p, x, y, s, scale))
+    vectorized!(lrn_in(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f32]))
 }
 
 #[inline(always)]
@@ -793,7 +892,16 @@ pub(crate) fn lrn_backward(
     tmp: &mut [f32],
     dx: &mut [f32],
 ) {
-    vectorized(|| lrn_backward_in(p, x, y, s, scale, dy, tmp, dx))
+    vectorized!(lrn_backward_in(
+        p: &LrnParams,
+        x: &[f32],
+        y: &[f32],
+        s: &[f32],
+        scale: &[f32],
+        dy: &[f32],
+        tmp: &mut [f32],
+        dx: &mut [f32]
+    ))
 }
 
 #[inline(always)]
@@ -974,6 +1082,46 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every run length a map row can have, through each size of piece and the `memcpy`
+    /// above 64 values.
+    #[test]
+    fn copy_run_copies_every_length_exactly() {
+        let src = rand_vec(70, 8);
+        for len in 0..=src.len() {
+            let mut dst = vec![f32::NAN; len + 1];
+            copy_run(&mut dst[..len], &src[..len]);
+            assert_eq!(dst[..len], src[..len], "length {len}");
+            assert!(dst[len].is_nan(), "length {len} wrote past its run");
+        }
+    }
+
+    /// The lane sums against `f64` sums, over lengths with and without a tail; and the
+    /// fixed order: the same bits as adding the 16 lanes' sequential sums pairwise.
+    #[test]
+    fn sum_matches_f64_and_adds_in_its_fixed_order() {
+        for len in [0, 1, 15, 16, 17, 100, 1000, 4099] {
+            let x = rand_vec(len, len as u64 + 1);
+            let want: f64 = x.iter().map(|&v| f64::from(v)).sum();
+            let got = sum(&x);
+            assert!(
+                (f64::from(got) - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "{len}"
+            );
+            let mut lanes = [0.0f32; SUM_LANES];
+            for (i, v) in x.iter().enumerate() {
+                lanes[i % SUM_LANES] += v;
+            }
+            let mut width = SUM_LANES;
+            while width > 1 {
+                width /= 2;
+                for i in 0..width {
+                    lanes[i] += lanes[i + width];
+                }
+            }
+            assert_eq!(got.to_bits(), lanes[0].to_bits(), "{len}");
         }
     }
 }

@@ -710,12 +710,7 @@ impl NativeNet {
                             kernels::lrn(&p, xb, yb, sb, pb);
                         });
                 }
-                Step::Relu => {
-                    y.par_iter_mut()
-                        .zip(x.par_iter())
-                        .with_min_len(4096)
-                        .for_each(|(o, &v)| *o = v.max(0.0));
-                }
+                Step::Relu => elementwise(y, x, x, |y, x, _| relu_into(y, x)),
                 Step::Dropout(p, channels) => match dropout.as_deref_mut() {
                     None => y.copy_from_slice(x),
                     Some(rng) => {
@@ -752,13 +747,7 @@ impl NativeNet {
                     add_bias_cols(y, &self.params[*param + 1], *relu);
                 }
                 Step::Add { other, relu } => {
-                    y.par_iter_mut()
-                        .zip(x.par_iter())
-                        .zip(before[*other].par_iter())
-                        .with_min_len(4096)
-                        .for_each(|((o, &a), &b)| {
-                            *o = if *relu { (a + b).max(0.0) } else { a + b };
-                        });
+                    elementwise(y, x, &before[*other], |y, a, b| add_relu(y, a, b, *relu));
                 }
             }
             if let Some(f) = after_step.as_deref_mut() {
@@ -1065,13 +1054,7 @@ impl NativeNet {
                             });
                     }
                 }
-                Step::Relu => {
-                    dx.par_iter_mut()
-                        .zip(dy.par_iter())
-                        .zip(y.par_iter())
-                        .with_min_len(4096)
-                        .for_each(|((d, &g), &v)| *d = if v > 0.0 { g } else { 0.0 });
-                }
+                Step::Relu => elementwise(dx, dy, y, relu_gradient),
                 Step::Dropout(..) => {
                     for ((d, &g), &m) in dx.iter_mut().zip(dy.iter()).zip(&ws.masks[i]) {
                         *d = g * m;
@@ -1139,12 +1122,71 @@ impl NativeNet {
     }
 }
 
+/// Values per task of the element-wise loops below: enough that a task outweighs its
+/// hand-off, few enough that both threads get work on small activations.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// Runs `f(out, a, b)` over matching chunks of three equally long arrays, in parallel.
+fn elementwise(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) {
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(a.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(b.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((o, a), b)| f(o, a, b));
+}
+
 /// `acc += g`, element by element.
 fn add_into(acc: &mut [f32], g: &[f32]) {
-    acc.par_iter_mut()
-        .zip(g.par_iter())
-        .with_min_len(4096)
-        .for_each(|(a, &v)| *a += v);
+    acc.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(g.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(acc, g)| kernels::vectorized!(accumulate(acc: &mut [f32], g: &[f32])));
+}
+
+#[inline(always)]
+fn accumulate(acc: &mut [f32], g: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(g) {
+        *a += v;
+    }
+}
+
+/// `y = max(x, 0)`.
+fn relu_into(y: &mut [f32], x: &[f32]) {
+    kernels::vectorized!(relu_into_in(y: &mut [f32], x: &[f32]));
+}
+
+#[inline(always)]
+fn relu_into_in(y: &mut [f32], x: &[f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = v.max(0.0);
+    }
+}
+
+/// `y = a + b`, then a ReLU if `relu`.
+fn add_relu(y: &mut [f32], a: &[f32], b: &[f32], relu: bool) {
+    kernels::vectorized!(add_relu_in(y: &mut [f32], a: &[f32], b: &[f32], relu: bool));
+}
+
+#[inline(always)]
+fn add_relu_in(y: &mut [f32], a: &[f32], b: &[f32], relu: bool) {
+    for ((o, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *o = if relu { (a + b).max(0.0) } else { a + b };
+    }
+}
+
+/// The gradient through a ReLU whose output was `y`: `dy` where `y > 0`, else 0.
+fn relu_gradient(dx: &mut [f32], dy: &[f32], y: &[f32]) {
+    kernels::vectorized!(relu_gradient_in(dx: &mut [f32], dy: &[f32], y: &[f32]));
+}
+
+#[inline(always)]
+fn relu_gradient_in(dx: &mut [f32], dy: &[f32], y: &[f32]) {
+    for ((d, &g), &v) in dx.iter_mut().zip(dy).zip(y) {
+        *d = if v > 0.0 { g } else { 0.0 };
+    }
 }
 
 /// A convolution's parameters: the weights (`C_out × C_in·k·k`), what its algorithm
@@ -1181,16 +1223,20 @@ fn conv_block(
         Algo::Direct => direct::convolve(g, filters, w.prepared, x, y, COL_BUDGET, s.direct()),
         Algo::Unfolded => conv_block_unfolded(g, filters, w.wt, x, y, s),
     }
-    let row = g.images * g.out_plane();
-    kernels::vectorized(|| {
-        for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(w.bias) {
-            if relu {
-                yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-            } else {
-                yc.iter_mut().for_each(|v| *v += b);
-            }
+    let (row, bias) = (g.images * g.out_plane(), w.bias);
+    kernels::vectorized!(add_bias_rows(y: &mut [f32], row: usize, bias: &[f32], relu: bool));
+}
+
+/// Adds `bias[c]` to row `c` of a matrix with rows of `row` values, then a ReLU.
+#[inline(always)]
+fn add_bias_rows(y: &mut [f32], row: usize, bias: &[f32], relu: bool) {
+    for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(bias) {
+        if relu {
+            yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+        } else {
+            yc.iter_mut().for_each(|v| *v += b);
         }
-    });
+    }
 }
 
 /// `y = W · unfold(x)` for one block.
@@ -1258,7 +1304,7 @@ fn conv_block_backward(
     }
     let db = &mut s.partial[k * filters..(k + 1) * filters];
     for (b, dyc) in db.iter_mut().zip(dy.chunks_exact(row.max(1))) {
-        *b = dyc.iter().sum();
+        *b = kernels::sum(dyc);
     }
 }
 
@@ -1382,33 +1428,42 @@ fn transpose_blocks(src: &[f32], dst: &mut [f32], a: usize, b: usize, plane: usi
 
 /// Adds `bias` to every row of a row-major matrix with `bias.len()` columns, then a ReLU.
 fn add_bias_cols(y: &mut [f32], bias: &[f32], relu: bool) {
-    kernels::vectorized(|| {
-        for row in y.chunks_exact_mut(bias.len().max(1)) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = if relu { (*v + b).max(0.0) } else { *v + b };
-            }
+    kernels::vectorized!(add_bias_cols_in(y: &mut [f32], bias: &[f32], relu: bool));
+}
+
+#[inline(always)]
+fn add_bias_cols_in(y: &mut [f32], bias: &[f32], relu: bool) {
+    for row in y.chunks_exact_mut(bias.len().max(1)) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = if relu { (*v + b).max(0.0) } else { *v + b };
         }
-    });
+    }
 }
 
 /// Zeroes the gradient where a ReLU's output was zero.
 fn relu_mask(dy: &mut [f32], y: &[f32]) {
-    kernels::vectorized(|| {
-        for (d, &v) in dy.iter_mut().zip(y) {
-            *d = if v <= 0.0 { 0.0 } else { *d };
-        }
-    });
+    kernels::vectorized!(relu_mask_in(dy: &mut [f32], y: &[f32]));
+}
+
+#[inline(always)]
+fn relu_mask_in(dy: &mut [f32], y: &[f32]) {
+    for (d, &v) in dy.iter_mut().zip(y) {
+        *d = if v <= 0.0 { 0.0 } else { *d };
+    }
 }
 
 fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
-    kernels::vectorized(|| {
-        for row in m.chunks_exact(cols.max(1)) {
-            for (o, v) in out.iter_mut().zip(row) {
-                *o += v;
-            }
+    kernels::vectorized!(column_sums_in(m: &[f32], cols: usize, out: &mut [f32]));
+}
+
+#[inline(always)]
+fn column_sums_in(m: &[f32], cols: usize, out: &mut [f32]) {
+    for row in m.chunks_exact(cols.max(1)) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
         }
-    });
+    }
 }
 
 /// Fills `mask` (laid out like the activation: blocks for maps, rows for flat values)
@@ -1500,11 +1555,21 @@ pub(crate) fn sgd_update(
         .zip(v.par_chunks_mut(CHUNK))
         .zip(g.par_chunks(CHUNK))
         .for_each(|((w, v), g)| {
-            kernels::vectorized(|| {
-                for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
-                    *v = momentum * *v - lr * (g + decay * *w);
-                    *w += *v;
-                }
-            })
+            kernels::vectorized!(sgd_chunk(
+                w: &mut [f32],
+                v: &mut [f32],
+                g: &[f32],
+                lr: f32,
+                momentum: f32,
+                decay: f32
+            ))
         });
+}
+
+#[inline(always)]
+fn sgd_chunk(w: &mut [f32], v: &mut [f32], g: &[f32], lr: f32, momentum: f32, decay: f32) {
+    for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
+        *v = momentum * *v - lr * (g + decay * *w);
+        *w += *v;
+    }
 }

@@ -349,7 +349,15 @@ pub(crate) fn forward_run(
 ) {
     let (th, tw) = tiles(g);
     let (c, p) = (g.channels, count * th * tw);
-    kernels::vectorized(|| transform_input(g, x, first, count, s.v, s.padded));
+    let (v, padded) = (&mut *s.v, &mut *s.padded);
+    kernels::vectorized!(transform_input(
+        g: &Window,
+        x: &[f32],
+        first: usize,
+        count: usize,
+        v: &mut [f32],
+        padded: &mut [f32]
+    ));
     for xi in 0..XI {
         kernels::matmul(
             MatMut::rows(&mut s.m[xi * filters * p..][..filters * p], filters, p),
@@ -359,7 +367,15 @@ pub(crate) fn forward_run(
             false,
         );
     }
-    kernels::vectorized(|| transform_output(g, filters, s.m, first, count, y));
+    let m = &*s.m;
+    kernels::vectorized!(transform_output(
+        g: &Window,
+        filters: usize,
+        m: &[f32],
+        first: usize,
+        count: usize,
+        y: &mut [f32]
+    ));
 }
 
 /// Backward pass of images `first..first + count` of a block: adds the filter-tile
@@ -380,10 +396,23 @@ pub(crate) fn backward_run(
 ) {
     let (th, tw) = tiles(g);
     let (c, p) = (g.channels, count * th * tw);
-    kernels::vectorized(|| {
-        transform_input(g, x, first, count, s.v, s.padded);
-        transform_output_gradient(g, filters, dy, first, count, s.m);
-    });
+    let (v, padded, m) = (&mut *s.v, &mut *s.padded, &mut *s.m);
+    kernels::vectorized!(transform_input(
+        g: &Window,
+        x: &[f32],
+        first: usize,
+        count: usize,
+        v: &mut [f32],
+        padded: &mut [f32]
+    ));
+    kernels::vectorized!(transform_output_gradient(
+        g: &Window,
+        filters: usize,
+        dy: &[f32],
+        first: usize,
+        count: usize,
+        m: &mut [f32]
+    ));
     for xi in 0..XI {
         let dm = Mat::rows(&s.m[xi * filters * p..][..filters * p], filters, p);
         kernels::matmul(
@@ -404,7 +433,15 @@ pub(crate) fn backward_run(
         }
     }
     if let Some(dx) = dx {
-        kernels::vectorized(|| transform_input_gradient(g, s.dv, first, count, dx, s.padded));
+        let (dv, padded) = (&*s.dv, &mut *s.padded);
+        kernels::vectorized!(transform_input_gradient(
+            g: &Window,
+            dv: &[f32],
+            first: usize,
+            count: usize,
+            dx: &mut [f32],
+            padded: &mut [f32]
+        ));
     }
 }
 
