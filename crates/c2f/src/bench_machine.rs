@@ -150,7 +150,9 @@ impl Machine {
                 "{}{capped}, Winograd 3×3 convolutions {}, direct convolutions {}",
                 backend::simd().name(),
                 on_off(backend::winograd_requested() == Ok(true)),
-                on_off(backend::direct_requested() == Ok(true)),
+                backend::direct_requested()
+                    .unwrap_or(backend::SwitchMode::Auto)
+                    .name(),
             ),
             pytorch: None,
             core_peak_gflops: clock.map(|g| core_peak_gflops(&info, g)),

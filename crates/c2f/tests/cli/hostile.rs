@@ -979,8 +979,8 @@ fn bad_run_folder_of_an_older_format_is_reported_not_continued() {
 /// `C2F_SIMD` caps the instruction set of the engine's own loops (unfolding, pooling, LRN,
 /// ReLU masks, the SGD update). Those loops give the same bits on every instruction set,
 /// so a net with all of them trains to identical weights capped or not (the products
-/// follow `gemm`'s own detection, the same in both runs); an unknown value of it, or of
-/// `C2F_WINOGRAD`, is refused.
+/// follow `gemm`'s own detection, the same in both runs); an unknown value of it, of
+/// `C2F_WINOGRAD` or of `C2F_DIRECT` is refused.
 #[test]
 fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
     let fx = Fx::new();
@@ -1036,7 +1036,18 @@ fn simd_cap_changes_no_bit_and_unknown_values_are_refused() {
         .expect("runs");
     assert_one_line_error(
         &o,
-        &["C2F_DIRECT", "sometimes", "on or off"],
+        &["C2F_DIRECT", "sometimes", "on, off or auto"],
         "an unknown C2F_DIRECT",
+    );
+    // Winograd convolutions have no rule for `auto`.
+    let o = Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .env("C2F_WINOGRAD", "auto")
+        .arg("nets")
+        .output()
+        .expect("runs");
+    assert_one_line_error(
+        &o,
+        &["C2F_WINOGRAD", "auto", "on or off"],
+        "C2F_WINOGRAD=auto",
     );
 }

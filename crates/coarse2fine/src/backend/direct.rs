@@ -22,24 +22,19 @@
 //! order, with fused multiply-adds, so results depend neither on the thread count nor on
 //! the instruction set (the tile sizes only choose which sums are computed together).
 
-use super::kernels::{self, Simd, Window};
+use super::kernels::{self, Simd, SwitchMode, Window};
 
-/// The environment variable that turns direct convolutions on (`on`: every window
-/// [`applies`] accepts runs directly; `off`, the default, keeps them unfolded). They are
-/// off by default because they are not faster everywhere yet: 0.93–1.35 × the unfolded
-/// convolutions' training speed depending on the net (docs/performance.md).
+/// The environment variable that chooses where direct convolutions run: `auto`, the
+/// default, on the windows [`applies`] accepts and [`pays`] expects to be faster; `on`
+/// on every window [`applies`] accepts; `off` nowhere (every convolution unfolded).
 pub const DIRECT_ENV: &str = "C2F_DIRECT";
 
-/// Whether `C2F_DIRECT` turns direct convolutions on; an unknown value is an error.
-pub fn direct_requested() -> Result<bool, String> {
+/// The mode `C2F_DIRECT` asks for; an unknown value is an error.
+pub fn direct_requested() -> Result<SwitchMode, String> {
     SWITCH.requested()
 }
 
-static SWITCH: kernels::Switch = kernels::Switch::new(DIRECT_ENV);
-
-fn enabled() -> bool {
-    SWITCH.enabled()
-}
+static SWITCH: kernels::Switch = kernels::Switch::new(DIRECT_ENV, SwitchMode::Auto);
 
 /// Turns direct convolutions on for the nets built after it, whatever the environment
 /// says: the engine's tests run with them on.
@@ -52,14 +47,32 @@ pub(crate) fn force_on() {
 /// AVX-512: without them `mul_add` is a library call), stride 1, no dilation, a kernel
 /// wider than one (a 1×1 one is a plain product already), and padding below the kernel's
 /// width (so the padded rows can share their zeros, and the input gradient is a direct
-/// convolution too).
-pub(crate) fn applies(g: &Window) -> bool {
-    g.stride == 1
+/// convolution too); under `C2F_DIRECT=auto`, also where it [`pays`].
+pub(crate) fn applies(g: &Window, filters: usize) -> bool {
+    let possible = g.stride == 1
         && g.dilation == 1
         && g.kernel > 1
         && g.pad < g.kernel
-        && kernels::simd() != Simd::Baseline
-        && enabled()
+        && kernels::simd() != Simd::Baseline;
+    possible
+        && match SWITCH.mode() {
+            SwitchMode::Off => false,
+            SwitchMode::On => true,
+            SwitchMode::Auto => pays(g, filters),
+        }
+}
+
+/// Fewest output columns and most filters of a convolution that `auto` runs directly.
+const AUTO_MIN_WIDTH: usize = 13;
+const AUTO_MAX_FILTERS: usize = 24;
+
+/// Where direct convolutions were measured faster than unfolded ones (docs/
+/// performance.md): few filters, where the unfolded product is thin (16 rows for
+/// ResNet-20's first stage) and the unfolding's writes cost as much as the arithmetic;
+/// and maps 13 or more wide, since the shared padding computes `(W + P)(H + P)` positions
+/// for `W·H` outputs (27 % more at 8×8, 6 % at 32×32).
+fn pays(g: &Window, filters: usize) -> bool {
+    filters <= AUTO_MAX_FILTERS && g.ow >= AUTO_MIN_WIDTH
 }
 
 /// Filters per packed block and output positions per strip, for the running CPU: as
@@ -467,9 +480,21 @@ mod tests {
     #[test]
     fn strided_dilated_and_pointwise_windows_stay_unfolded() {
         let g = window(4, 1, 8, 8, 3, 1);
-        assert!(!applies(&Window { stride: 2, ..g }));
-        assert!(!applies(&Window { dilation: 2, ..g }));
-        assert!(!applies(&window(4, 1, 8, 8, 1, 0)));
-        assert!(!applies(&Window { pad: 3, ..g }));
+        assert!(!applies(&Window { stride: 2, ..g }, 8));
+        assert!(!applies(&Window { dilation: 2, ..g }, 8));
+        assert!(!applies(&window(4, 1, 8, 8, 1, 0), 8));
+        assert!(!applies(&Window { pad: 3, ..g }, 8));
+    }
+
+    /// `auto`'s rule on the shapes it was measured on: ResNet-20's first stage and
+    /// tiny16's convolution run directly; ResNet-20's second and third stages, cifar32's
+    /// convolutions and the 8×8 nets' stay unfolded.
+    #[test]
+    fn auto_runs_directly_few_filters_on_wide_maps() {
+        assert!(pays(&window(16, 8, 32, 32, 3, 1), 16));
+        assert!(pays(&window(3, 8, 16, 16, 4, 0), 6));
+        assert!(!pays(&window(16, 8, 16, 16, 3, 1), 32));
+        assert!(!pays(&window(64, 8, 32, 32, 3, 1), 128));
+        assert!(!pays(&window(3, 8, 8, 8, 3, 1), 16));
     }
 }

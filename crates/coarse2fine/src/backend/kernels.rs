@@ -75,50 +75,84 @@ fn arch() -> (Simd, pulp::Arch) {
     })
 }
 
-/// A switch of the engine read from an environment variable (`on` or `1`, `off` or `0`;
-/// off when unset), once per process.
+/// A setting of one of the engine's switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchMode {
+    Off,
+    On,
+    /// On for the layers where the switch's own rule expects it to pay.
+    Auto,
+}
+
+impl SwitchMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SwitchMode::Off => "off",
+            SwitchMode::On => "on",
+            SwitchMode::Auto => "auto",
+        }
+    }
+}
+
+/// A switch of the engine read from an environment variable (`on` or `1`, `off` or `0`,
+/// and `auto` where the switch has a rule), once per process.
 pub(crate) struct Switch {
     name: &'static str,
-    /// 0: not read yet, 1: off, 2: on.
+    /// The mode when the variable is unset; `auto` is accepted only if it is `Auto`.
+    default: SwitchMode,
+    /// 0: not read yet, else 1 + the index of the mode in [`Switch::MODES`].
     mode: AtomicU8,
 }
 
 impl Switch {
-    pub(crate) const fn new(name: &'static str) -> Self {
+    const MODES: [SwitchMode; 3] = [SwitchMode::Off, SwitchMode::On, SwitchMode::Auto];
+
+    pub(crate) const fn new(name: &'static str, default: SwitchMode) -> Self {
         Self {
             name,
+            default,
             mode: AtomicU8::new(0),
         }
     }
 
-    /// Whether the variable turns the switch on; an unknown value is an error.
-    pub(crate) fn requested(&self) -> Result<bool, String> {
+    /// The mode the variable asks for; an unknown value is an error.
+    pub(crate) fn requested(&self) -> Result<SwitchMode, String> {
         let Ok(v) = std::env::var(self.name) else {
-            return Ok(false);
+            return Ok(self.default);
         };
+        let auto = self.default == SwitchMode::Auto;
         match v.trim().to_ascii_lowercase().as_str() {
-            "on" | "1" => Ok(true),
-            "off" | "0" => Ok(false),
+            "on" | "1" => Ok(SwitchMode::On),
+            "off" | "0" => Ok(SwitchMode::Off),
+            "auto" if auto => Ok(SwitchMode::Auto),
+            other if auto => Err(format!("{}={other:?}: use on, off or auto", self.name)),
             other => Err(format!("{}={other:?}: use on or off", self.name)),
         }
     }
 
-    pub(crate) fn enabled(&self) -> bool {
+    /// The mode of this process (an unknown value, refused at start-up, counts as the
+    /// default).
+    pub(crate) fn mode(&self) -> SwitchMode {
         match self.mode.load(Ordering::Relaxed) {
             0 => {
-                let on = self.requested().unwrap_or(false);
-                self.mode.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-                on
+                let m = self.requested().unwrap_or(self.default);
+                self.set(m);
+                m
             }
-            m => m == 2,
+            i => Self::MODES[usize::from(i - 1).min(2)],
         }
+    }
+
+    fn set(&self, m: SwitchMode) {
+        let i = Self::MODES.iter().position(|&x| x == m).unwrap_or(0);
+        self.mode.store(i as u8 + 1, Ordering::Relaxed);
     }
 
     /// Turns the switch on for the nets built after it, whatever the environment says:
     /// the engine's tests run with it on.
     #[cfg(test)]
     pub(crate) fn force_on(&self) {
-        self.mode.store(2, Ordering::Relaxed);
+        self.set(SwitchMode::On);
     }
 }
 

@@ -25,7 +25,7 @@ mod native;
 mod winograd;
 
 pub use direct::{DIRECT_ENV, direct_requested};
-pub use kernels::{SIMD_ENV, Simd, gemm_simd, simd, simd_requested};
+pub use kernels::{SIMD_ENV, Simd, SwitchMode, gemm_simd, simd, simd_requested};
 pub use winograd::{WINOGRAD_ENV, winograd_requested};
 
 use burn::tensor::Device;

@@ -107,7 +107,7 @@ impl Algo {
     fn choose(g: &Window, filters: usize) -> Self {
         if winograd::applies(g, filters) {
             Algo::Winograd
-        } else if direct::applies(g) {
+        } else if direct::applies(g, filters) {
             Algo::Direct
         } else {
             Algo::Unfolded

@@ -13,7 +13,7 @@
 //! like the unfolded convolution it replaces; tiles past the output's edge read zeros and
 //! their outputs are dropped.
 
-use super::kernels::{self, Mat, MatMut, Window};
+use super::kernels::{self, Mat, MatMut, SwitchMode, Window};
 
 /// The environment variable that turns Winograd convolutions on (`on`; `off`, the
 /// default, keeps every convolution unfolded). They are off by default because they are
@@ -22,7 +22,7 @@ pub const WINOGRAD_ENV: &str = "C2F_WINOGRAD";
 
 /// Whether `C2F_WINOGRAD` turns Winograd convolutions on; an unknown value is an error.
 pub fn winograd_requested() -> Result<bool, String> {
-    SWITCH.requested()
+    SWITCH.requested().map(|m| m == SwitchMode::On)
 }
 
 /// Positions of a 4×4 tile.
@@ -32,10 +32,10 @@ pub(crate) const XI: usize = 16;
 /// products are too small to run near the machine's speed.
 const MIN_CHANNELS: usize = 16;
 
-static SWITCH: kernels::Switch = kernels::Switch::new(WINOGRAD_ENV);
+static SWITCH: kernels::Switch = kernels::Switch::new(WINOGRAD_ENV, SwitchMode::Off);
 
 fn enabled() -> bool {
-    SWITCH.enabled()
+    SWITCH.mode() == SwitchMode::On
 }
 
 /// Turns Winograd convolutions on for the nets built after it, whatever the environment
@@ -165,10 +165,29 @@ pub(crate) fn filter_gradient(du: &[f32], filters: usize, channels: usize, dwt: 
     }
 }
 
+/// [`transform_input_in`] compiled for the running CPU.
+fn transform_input(
+    g: &Window,
+    x: &[f32],
+    first: usize,
+    count: usize,
+    v: &mut [f32],
+    padded: &mut [f32],
+) {
+    kernels::vectorized!(transform_input_in(
+        g: &Window,
+        x: &[f32],
+        first: usize,
+        count: usize,
+        v: &mut [f32],
+        padded: &mut [f32]
+    ))
+}
+
 /// The input tiles of images `first..first + count` of the block `x`, transformed:
 /// `v` (`16 × C × P`, `P` = count · tiles). `padded` holds [`padded_plane`] values.
 #[inline(always)]
-fn transform_input(
+fn transform_input_in(
     g: &Window,
     x: &[f32],
     first: usize,
@@ -204,10 +223,29 @@ fn transform_input(
     }
 }
 
+/// [`transform_output_in`] compiled for the running CPU.
+fn transform_output(
+    g: &Window,
+    filters: usize,
+    m: &[f32],
+    first: usize,
+    count: usize,
+    y: &mut [f32],
+) {
+    kernels::vectorized!(transform_output_in(
+        g: &Window,
+        filters: usize,
+        m: &[f32],
+        first: usize,
+        count: usize,
+        y: &mut [f32]
+    ))
+}
+
 /// `Y = Aᵀ M A` of the products `m` (`16 × K × P`) into images `first..first + count` of
 /// the block `y` (`K × images × OH × OW`), dropping outputs past the edge.
 #[inline(always)]
-fn transform_output(
+fn transform_output_in(
     g: &Window,
     filters: usize,
     m: &[f32],
@@ -242,10 +280,29 @@ fn transform_output(
     }
 }
 
+/// [`transform_output_gradient_in`] compiled for the running CPU.
+fn transform_output_gradient(
+    g: &Window,
+    filters: usize,
+    dy: &[f32],
+    first: usize,
+    count: usize,
+    dm: &mut [f32],
+) {
+    kernels::vectorized!(transform_output_gradient_in(
+        g: &Window,
+        filters: usize,
+        dy: &[f32],
+        first: usize,
+        count: usize,
+        dm: &mut [f32]
+    ))
+}
+
 /// `dM = A dY Aᵀ`: the output gradient of images `first..first + count` of the block `dy`
 /// as tile gradients `dm` (`16 × K × P`); outputs past the edge count as zero.
 #[inline(always)]
-fn transform_output_gradient(
+fn transform_output_gradient_in(
     g: &Window,
     filters: usize,
     dy: &[f32],
@@ -282,10 +339,29 @@ fn transform_output_gradient(
     }
 }
 
+/// [`transform_input_gradient_in`] compiled for the running CPU.
+fn transform_input_gradient(
+    g: &Window,
+    dv: &[f32],
+    first: usize,
+    count: usize,
+    dx: &mut [f32],
+    padded: &mut [f32],
+) {
+    kernels::vectorized!(transform_input_gradient_in(
+        g: &Window,
+        dv: &[f32],
+        first: usize,
+        count: usize,
+        dx: &mut [f32],
+        padded: &mut [f32]
+    ))
+}
+
 /// `dd = B dV Bᵀ` of the tile gradients `dv` (`16 × C × P`), summed where tiles overlap,
 /// into images `first..first + count` of the block `dx`, overwriting them.
 #[inline(always)]
-fn transform_input_gradient(
+fn transform_input_gradient_in(
     g: &Window,
     dv: &[f32],
     first: usize,
@@ -349,15 +425,7 @@ pub(crate) fn forward_run(
 ) {
     let (th, tw) = tiles(g);
     let (c, p) = (g.channels, count * th * tw);
-    let (v, padded) = (&mut *s.v, &mut *s.padded);
-    kernels::vectorized!(transform_input(
-        g: &Window,
-        x: &[f32],
-        first: usize,
-        count: usize,
-        v: &mut [f32],
-        padded: &mut [f32]
-    ));
+    transform_input(g, x, first, count, s.v, s.padded);
     for xi in 0..XI {
         kernels::matmul(
             MatMut::rows(&mut s.m[xi * filters * p..][..filters * p], filters, p),
@@ -367,15 +435,7 @@ pub(crate) fn forward_run(
             false,
         );
     }
-    let m = &*s.m;
-    kernels::vectorized!(transform_output(
-        g: &Window,
-        filters: usize,
-        m: &[f32],
-        first: usize,
-        count: usize,
-        y: &mut [f32]
-    ));
+    transform_output(g, filters, s.m, first, count, y);
 }
 
 /// Backward pass of images `first..first + count` of a block: adds the filter-tile
@@ -396,23 +456,8 @@ pub(crate) fn backward_run(
 ) {
     let (th, tw) = tiles(g);
     let (c, p) = (g.channels, count * th * tw);
-    let (v, padded, m) = (&mut *s.v, &mut *s.padded, &mut *s.m);
-    kernels::vectorized!(transform_input(
-        g: &Window,
-        x: &[f32],
-        first: usize,
-        count: usize,
-        v: &mut [f32],
-        padded: &mut [f32]
-    ));
-    kernels::vectorized!(transform_output_gradient(
-        g: &Window,
-        filters: usize,
-        dy: &[f32],
-        first: usize,
-        count: usize,
-        m: &mut [f32]
-    ));
+    transform_input(g, x, first, count, s.v, s.padded);
+    transform_output_gradient(g, filters, dy, first, count, s.m);
     for xi in 0..XI {
         let dm = Mat::rows(&s.m[xi * filters * p..][..filters * p], filters, p);
         kernels::matmul(
@@ -433,15 +478,7 @@ pub(crate) fn backward_run(
         }
     }
     if let Some(dx) = dx {
-        let (dv, padded) = (&*s.dv, &mut *s.padded);
-        kernels::vectorized!(transform_input_gradient(
-            g: &Window,
-            dv: &[f32],
-            first: usize,
-            count: usize,
-            dx: &mut [f32],
-            padded: &mut [f32]
-        ));
+        transform_input_gradient(g, s.dv, first, count, dx, s.padded);
     }
 }
 
