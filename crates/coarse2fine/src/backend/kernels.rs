@@ -473,6 +473,14 @@ impl Window {
     }
 
     /// Input row (or column) read by output `o` at kernel offset `k`, if inside the map.
+    /// Without padding, and with every window inside the map, no position needs a check.
+    fn inside(&self) -> bool {
+        let span = (self.kernel - 1) * self.dilation;
+        self.pad == 0
+            && (self.oh.max(1) - 1) * self.stride + span < self.h
+            && (self.ow.max(1) - 1) * self.stride + span < self.w
+    }
+
     fn source(&self, o: usize, k: usize, size: usize) -> Option<usize> {
         (o * self.stride + k * self.dilation)
             .checked_sub(self.pad)
@@ -674,10 +682,7 @@ pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
 fn max_pool_in(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
     let (plane, out) = (g.h * g.w, g.out_plane());
     let planes = g.channels * g.images;
-    let span = (g.kernel - 1) * g.dilation;
-    // Without padding, and with every window inside the map, no position needs a check.
-    let inside =
-        g.pad == 0 && (g.oh - 1) * g.stride + span < g.h && (g.ow - 1) * g.stride + span < g.w;
+    let inside = g.inside();
     for (p, (yp, ap)) in y[..planes * out]
         .chunks_exact_mut(out)
         .zip(arg[..planes * out].chunks_exact_mut(out))
@@ -789,6 +794,22 @@ fn avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]) {
         .enumerate()
     {
         let src = &x[p * plane..][..plane];
+        if g.inside() {
+            // The same sums in the same order as below, without the bounds logic.
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let base = oy * g.stride * g.w + ox * g.stride;
+                    let mut sum = 0.0;
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            sum += src[base + (ky * g.w + kx) * g.dilation];
+                        }
+                    }
+                    yp[oy * g.ow + ox] = sum * scale;
+                }
+            }
+            continue;
+        }
         for oy in 0..g.oh {
             for ox in 0..g.ow {
                 let mut sum = 0.0;
@@ -819,6 +840,20 @@ fn avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]) {
     {
         dxp.fill(0.0);
         let dyp = &dy[p * out..][..out];
+        if g.inside() {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let d = dyp[oy * g.ow + ox] * scale;
+                    let base = oy * g.stride * g.w + ox * g.stride;
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            dxp[base + (ky * g.w + kx) * g.dilation] += d;
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         for oy in 0..g.oh {
             for ox in 0..g.ow {
                 let d = dyp[oy * g.ow + ox] * scale;
@@ -1156,6 +1191,56 @@ mod tests {
                 }
             }
             assert_eq!(got.to_bits(), lanes[0].to_bits(), "{len}");
+        }
+    }
+
+    /// Average pooling's window-inside path against the sums written out, bit for bit,
+    /// and its gradient against the adjoint identity ⟨pool x, d⟩ = ⟨x, pool* d⟩.
+    #[test]
+    fn avg_pool_inside_windows_sum_like_the_general_path() {
+        for (h, k, s, d) in [(8, 2, 2, 1), (9, 3, 1, 2), (7, 3, 2, 1)] {
+            let oh = crate::net::spec::window_out(h, k, s, 0, d, false).expect("fits");
+            let g = Window {
+                channels: 2,
+                images: 3,
+                h,
+                w: h,
+                oh,
+                ow: oh,
+                kernel: k,
+                stride: s,
+                pad: 0,
+                dilation: d,
+            };
+            assert!(g.inside());
+            let planes = g.channels * g.images;
+            let x = rand_vec(planes * h * h, 11);
+            let mut y = vec![0.0; planes * oh * oh];
+            avg_pool(&g, &x, &mut y);
+            let scale = 1.0 / (k * k) as f32;
+            for p in 0..planes {
+                for oy in 0..oh {
+                    for ox in 0..oh {
+                        let mut sum = 0.0f32;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (oy * s + ky * d, ox * s + kx * d);
+                                sum += x[p * h * h + iy * h + ix];
+                            }
+                        }
+                        assert_eq!(
+                            y[p * oh * oh + oy * oh + ox].to_bits(),
+                            (sum * scale).to_bits()
+                        );
+                    }
+                }
+            }
+            let dy = rand_vec(y.len(), 12);
+            let mut dx = vec![7.0; x.len()];
+            avg_pool_backward(&g, &dy, &mut dx);
+            let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| f64::from(a * b)).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| f64::from(a * b)).sum();
+            assert!((lhs - rhs).abs() < 1e-4, "{h} {k} {s} {d}: {lhs} vs {rhs}");
         }
     }
 }
