@@ -158,8 +158,11 @@ fn a_frontier_runs_as_one_command_or_as_array_tasks_and_reports_its_payoff() {
     let out = ok(&["report", s(&whole), "--out", s(&rep)]);
     let md = std::fs::read_to_string(rep.join("report.md")).expect("md");
     let first = md.lines().next().unwrap_or_default();
+    // Either verdict: "sooner" is measured in training seconds, which the machine's load
+    // moves on a run this small.
     assert!(
-        first.contains("paid off") && first.contains("(1 seed)"),
+        (first.contains(": paid off") || first.contains(": did not pay off"))
+            && first.contains("(1 seed)"),
         "the first line says whether it paid off: {first}"
     );
     assert!(out.contains(first.trim_start_matches("# ")), "{out}");

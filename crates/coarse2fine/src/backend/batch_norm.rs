@@ -102,9 +102,15 @@ pub(crate) fn batch_stats(mean: Vec<f32>, squares: &[f64], count: usize, eps: f3
     s
 }
 
-/// `y = x·scale + shift` per channel of one block, then a ReLU if `relu`.
-pub(crate) fn affine(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
-    vectorized!(affine_in(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], relu: bool));
+vectorized! {
+    /// `y = x·scale + shift` per channel of one block, then a ReLU if `relu`.
+    pub(crate) fn affine = affine_in(
+        x: &[f32],
+        y: &mut [f32],
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+    );
 }
 
 #[inline(always)]

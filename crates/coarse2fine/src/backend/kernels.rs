@@ -184,7 +184,27 @@ pub fn gemm_simd() -> Simd {
 /// body is compiled out of line, for the baseline. Element-wise loops give the same bits
 /// on every instruction set, as the compiler neither reorders floating-point sums nor
 /// fuses multiplications and additions.
+///
+/// Two forms: `vectorized!(name_in(a: A, b: B))` is the call, for a loop inside a longer
+/// function, and
+///
+/// ```text
+/// vectorized! {
+///     /// What `name` does.
+///     pub(crate) fn name = name_in(a: A, b: B);
+/// }
+/// ```
+///
+/// defines `name`, with `name_in`'s signature, as that call.
 macro_rules! vectorized {
+    ($(#[$m:meta])* $vis:vis fn $name:ident = $f:ident($($arg:ident: $ty:ty),* $(,)?)
+        $(-> $ret:ty)?;) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            $crate::backend::kernels::vectorized!($f($($arg: $ty),*) $(-> $ret)?)
+        }
+    };
     ($f:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {{
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         {
@@ -231,9 +251,9 @@ pub(crate) fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
 /// pace.
 const SUM_LANES: usize = 16;
 
-/// `Σ xs` in `f32`.
-pub(crate) fn sum(xs: &[f32]) -> f32 {
-    vectorized!(sum_in(xs: &[f32]) -> f32)
+vectorized! {
+    /// `Σ xs` in `f32`.
+    pub(crate) fn sum = sum_in(xs: &[f32]) -> f32;
 }
 
 #[inline(always)]
@@ -532,28 +552,21 @@ impl Window {
     }
 }
 
-/// Unfolds images `first..first + count` of the block `x` into `col`
-/// (`C·k·k × count·OH·OW`). `padded` is scratch of [`Window::padded_plane`] values.
-///
-/// Each input plane is first copied into a zero-padded plane (when the window pads), so
-/// that every read is inside it: the copies of a row of output positions then need no
-/// bounds logic, which at 8–16 pixel widths is most of the cost.
-pub(crate) fn im2col(
-    g: &Window,
-    x: &[f32],
-    first: usize,
-    count: usize,
-    col: &mut [f32],
-    padded: &mut [f32],
-) {
-    vectorized!(im2col_in(
+vectorized! {
+    /// Unfolds images `first..first + count` of the block `x` into `col`
+    /// (`C·k·k × count·OH·OW`). `padded` is scratch of [`Window::padded_plane`] values.
+    ///
+    /// Each input plane is first copied into a zero-padded plane (when the window pads), so
+    /// that every read is inside it: the copies of a row of output positions then need no
+    /// bounds logic, which at 8–16 pixel widths is most of the cost.
+    pub(crate) fn im2col = im2col_in(
         g: &Window,
         x: &[f32],
         first: usize,
         count: usize,
         col: &mut [f32],
-        padded: &mut [f32]
-    ))
+        padded: &mut [f32],
+    );
 }
 
 #[inline(always)]
@@ -602,25 +615,18 @@ fn im2col_in(
     }
 }
 
-/// Folds `col` (`C·k·k × count·OH·OW`) back into images `first..first + count` of the
-/// block `dx`, overwriting them and summing overlaps: the adjoint of [`im2col`], with the
-/// same scratch.
-pub(crate) fn col2im(
-    g: &Window,
-    col: &[f32],
-    first: usize,
-    count: usize,
-    dx: &mut [f32],
-    padded: &mut [f32],
-) {
-    vectorized!(col2im_in(
+vectorized! {
+    /// Folds `col` (`C·k·k × count·OH·OW`) back into images `first..first + count` of the
+    /// block `dx`, overwriting them and summing overlaps: the adjoint of [`im2col`], with the
+    /// same scratch.
+    pub(crate) fn col2im = col2im_in(
         g: &Window,
         col: &[f32],
         first: usize,
         count: usize,
         dx: &mut [f32],
-        padded: &mut [f32]
-    ))
+        padded: &mut [f32],
+    );
 }
 
 #[inline(always)]
@@ -672,10 +678,10 @@ fn col2im_in(
     }
 }
 
-/// Max pooling of the block `x` into `y`; `arg` receives the in-plane index of each
-/// maximum for the backward pass. The first maximum wins ties.
-pub(crate) fn max_pool(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
-    vectorized!(max_pool_in(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]))
+vectorized! {
+    /// Max pooling of the block `x` into `y`; `arg` receives the in-plane index of each
+    /// maximum for the backward pass. The first maximum wins ties.
+    pub(crate) fn max_pool = max_pool_in(g: &Window, x: &[f32], y: &mut [f32], arg: &mut [u32]);
 }
 
 #[inline(always)]
@@ -762,9 +768,14 @@ fn pool_2x2(g: &Window, src: &[f32], y: &mut [f32], arg: &mut [u32]) {
     }
 }
 
-/// Gradient of [`max_pool`]: each output's gradient goes to its maximum's position.
-pub(crate) fn max_pool_backward(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
-    vectorized!(max_pool_backward_in(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]))
+vectorized! {
+    /// Gradient of [`max_pool`]: each output's gradient goes to its maximum's position.
+    pub(crate) fn max_pool_backward = max_pool_backward_in(
+        g: &Window,
+        dy: &[f32],
+        arg: &[u32],
+        dx: &mut [f32],
+    );
 }
 
 #[inline(always)]
@@ -779,10 +790,10 @@ fn max_pool_backward_in(g: &Window, dy: &[f32], arg: &[u32], dx: &mut [f32]) {
     }
 }
 
-/// Average pooling of the block `x` into `y`: each window's sum over its input positions
-/// divided by `kernel²`, so padded cells count as zeros.
-pub(crate) fn avg_pool(g: &Window, x: &[f32], y: &mut [f32]) {
-    vectorized!(avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]))
+vectorized! {
+    /// Average pooling of the block `x` into `y`: each window's sum over its input positions
+    /// divided by `kernel²`, so padded cells count as zeros.
+    pub(crate) fn avg_pool = avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]);
 }
 
 #[inline(always)]
@@ -824,10 +835,10 @@ fn avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Gradient of [`avg_pool`]: each output's gradient, over `kernel²`, to every input
-/// position of its window.
-pub(crate) fn avg_pool_backward(g: &Window, dy: &[f32], dx: &mut [f32]) {
-    vectorized!(avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]))
+vectorized! {
+    /// Gradient of [`avg_pool`]: each output's gradient, over `kernel²`, to every input
+    /// position of its window.
+    pub(crate) fn avg_pool_backward = avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]);
 }
 
 #[inline(always)]
@@ -904,10 +915,16 @@ impl LrnParams {
     }
 }
 
-/// [`LrnParams`] forward; `s` receives `s` and `scale` receives `s^−β` for the backward
-/// pass.
-pub(crate) fn lrn(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f32]) {
-    vectorized!(lrn_in(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f32]))
+vectorized! {
+    /// [`LrnParams`] forward; `s` receives `s` and `scale` receives `s^−β` for the backward
+    /// pass.
+    pub(crate) fn lrn = lrn_in(
+        p: &LrnParams,
+        x: &[f32],
+        y: &mut [f32],
+        s: &mut [f32],
+        scale: &mut [f32],
+    );
 }
 
 #[inline(always)]
@@ -947,21 +964,11 @@ fn lrn_in(p: &LrnParams, x: &[f32], y: &mut [f32], s: &mut [f32], scale: &mut [f
     }
 }
 
-/// Gradient of [`lrn`]:
-/// `dx_c = dy_c·s_c^−β − 2αβ/size · x_c · Σ_{j: c ∈ window(j)} dy_j·y_j / s_j`.
-/// `tmp` is scratch of the same size as `x`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn lrn_backward(
-    p: &LrnParams,
-    x: &[f32],
-    y: &[f32],
-    s: &[f32],
-    scale: &[f32],
-    dy: &[f32],
-    tmp: &mut [f32],
-    dx: &mut [f32],
-) {
-    vectorized!(lrn_backward_in(
+vectorized! {
+    /// Gradient of [`lrn`]:
+    /// `dx_c = dy_c·s_c^−β − 2αβ/size · x_c · Σ_{j: c ∈ window(j)} dy_j·y_j / s_j`.
+    /// `tmp` is scratch of the same size as `x`.
+    pub(crate) fn lrn_backward = lrn_backward_in(
         p: &LrnParams,
         x: &[f32],
         y: &[f32],
@@ -969,8 +976,8 @@ pub(crate) fn lrn_backward(
         scale: &[f32],
         dy: &[f32],
         tmp: &mut [f32],
-        dx: &mut [f32]
-    ))
+        dx: &mut [f32],
+    );
 }
 
 #[inline(always)]

@@ -1153,9 +1153,9 @@ fn accumulate(acc: &mut [f32], g: &[f32]) {
     }
 }
 
-/// `y = max(x, 0)`.
-fn relu_into(y: &mut [f32], x: &[f32]) {
-    kernels::vectorized!(relu_into_in(y: &mut [f32], x: &[f32]));
+kernels::vectorized! {
+    /// `y = max(x, 0)`.
+    fn relu_into = relu_into_in(y: &mut [f32], x: &[f32]);
 }
 
 #[inline(always)]
@@ -1165,9 +1165,9 @@ fn relu_into_in(y: &mut [f32], x: &[f32]) {
     }
 }
 
-/// `y = a + b`, then a ReLU if `relu`.
-fn add_relu(y: &mut [f32], a: &[f32], b: &[f32], relu: bool) {
-    kernels::vectorized!(add_relu_in(y: &mut [f32], a: &[f32], b: &[f32], relu: bool));
+kernels::vectorized! {
+    /// `y = a + b`, then a ReLU if `relu`.
+    fn add_relu = add_relu_in(y: &mut [f32], a: &[f32], b: &[f32], relu: bool);
 }
 
 #[inline(always)]
@@ -1177,9 +1177,9 @@ fn add_relu_in(y: &mut [f32], a: &[f32], b: &[f32], relu: bool) {
     }
 }
 
-/// The gradient through a ReLU whose output was `y`: `dy` where `y > 0`, else 0.
-fn relu_gradient(dx: &mut [f32], dy: &[f32], y: &[f32]) {
-    kernels::vectorized!(relu_gradient_in(dx: &mut [f32], dy: &[f32], y: &[f32]));
+kernels::vectorized! {
+    /// The gradient through a ReLU whose output was `y`: `dy` where `y > 0`, else 0.
+    fn relu_gradient = relu_gradient_in(dx: &mut [f32], dy: &[f32], y: &[f32]);
 }
 
 #[inline(always)]
@@ -1426,9 +1426,9 @@ fn transpose_blocks(src: &[f32], dst: &mut [f32], a: usize, b: usize, plane: usi
     }
 }
 
-/// Adds `bias` to every row of a row-major matrix with `bias.len()` columns, then a ReLU.
-fn add_bias_cols(y: &mut [f32], bias: &[f32], relu: bool) {
-    kernels::vectorized!(add_bias_cols_in(y: &mut [f32], bias: &[f32], relu: bool));
+kernels::vectorized! {
+    /// Adds `bias` to every row of a row-major matrix with `bias.len()` columns, then a ReLU.
+    fn add_bias_cols = add_bias_cols_in(y: &mut [f32], bias: &[f32], relu: bool);
 }
 
 #[inline(always)]
@@ -1440,9 +1440,9 @@ fn add_bias_cols_in(y: &mut [f32], bias: &[f32], relu: bool) {
     }
 }
 
-/// Zeroes the gradient where a ReLU's output was zero.
-fn relu_mask(dy: &mut [f32], y: &[f32]) {
-    kernels::vectorized!(relu_mask_in(dy: &mut [f32], y: &[f32]));
+kernels::vectorized! {
+    /// Zeroes the gradient where a ReLU's output was zero.
+    fn relu_mask = relu_mask_in(dy: &mut [f32], y: &[f32]);
 }
 
 #[inline(always)]

@@ -165,23 +165,16 @@ pub(crate) fn filter_gradient(du: &[f32], filters: usize, channels: usize, dwt: 
     }
 }
 
-/// [`transform_input_in`] compiled for the running CPU.
-fn transform_input(
-    g: &Window,
-    x: &[f32],
-    first: usize,
-    count: usize,
-    v: &mut [f32],
-    padded: &mut [f32],
-) {
-    kernels::vectorized!(transform_input_in(
+kernels::vectorized! {
+    /// [`transform_input_in`] compiled for the running CPU.
+    fn transform_input = transform_input_in(
         g: &Window,
         x: &[f32],
         first: usize,
         count: usize,
         v: &mut [f32],
-        padded: &mut [f32]
-    ))
+        padded: &mut [f32],
+    );
 }
 
 /// The input tiles of images `first..first + count` of the block `x`, transformed:
@@ -223,23 +216,16 @@ fn transform_input_in(
     }
 }
 
-/// [`transform_output_in`] compiled for the running CPU.
-fn transform_output(
-    g: &Window,
-    filters: usize,
-    m: &[f32],
-    first: usize,
-    count: usize,
-    y: &mut [f32],
-) {
-    kernels::vectorized!(transform_output_in(
+kernels::vectorized! {
+    /// [`transform_output_in`] compiled for the running CPU.
+    fn transform_output = transform_output_in(
         g: &Window,
         filters: usize,
         m: &[f32],
         first: usize,
         count: usize,
-        y: &mut [f32]
-    ))
+        y: &mut [f32],
+    );
 }
 
 /// `Y = Aᵀ M A` of the products `m` (`16 × K × P`) into images `first..first + count` of
@@ -280,23 +266,16 @@ fn transform_output_in(
     }
 }
 
-/// [`transform_output_gradient_in`] compiled for the running CPU.
-fn transform_output_gradient(
-    g: &Window,
-    filters: usize,
-    dy: &[f32],
-    first: usize,
-    count: usize,
-    dm: &mut [f32],
-) {
-    kernels::vectorized!(transform_output_gradient_in(
+kernels::vectorized! {
+    /// [`transform_output_gradient_in`] compiled for the running CPU.
+    fn transform_output_gradient = transform_output_gradient_in(
         g: &Window,
         filters: usize,
         dy: &[f32],
         first: usize,
         count: usize,
-        dm: &mut [f32]
-    ))
+        dm: &mut [f32],
+    );
 }
 
 /// `dM = A dY Aᵀ`: the output gradient of images `first..first + count` of the block `dy`
@@ -339,23 +318,16 @@ fn transform_output_gradient_in(
     }
 }
 
-/// [`transform_input_gradient_in`] compiled for the running CPU.
-fn transform_input_gradient(
-    g: &Window,
-    dv: &[f32],
-    first: usize,
-    count: usize,
-    dx: &mut [f32],
-    padded: &mut [f32],
-) {
-    kernels::vectorized!(transform_input_gradient_in(
+kernels::vectorized! {
+    /// [`transform_input_gradient_in`] compiled for the running CPU.
+    fn transform_input_gradient = transform_input_gradient_in(
         g: &Window,
         dv: &[f32],
         first: usize,
         count: usize,
         dx: &mut [f32],
-        padded: &mut [f32]
-    ))
+        padded: &mut [f32],
+    );
 }
 
 /// `dd = B dV Bᵀ` of the tile gradients `dv` (`16 × C × P`), summed where tiles overlap,
