@@ -131,20 +131,14 @@ fn affine_in(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], relu: bool)
 /// Per-channel `Σ dy` and `Σ dy·x̂` of one block, `x̂ = (x − mean)·inv_std`.
 pub(crate) fn gradient_sums(x: &[f32], dy: &[f32], s: &BatchStats) -> Vec<f64> {
     let mut sums = vec![0.0; 2 * s.mean.len()];
-    let (mean, inv_std, out) = (&s.mean[..], &s.inv_std[..], &mut sums[..]);
-    vectorized!(gradient_sums_in(
-        x: &[f32],
-        dy: &[f32],
-        mean: &[f32],
-        inv_std: &[f32],
-        out: &mut [f64]
-    ));
+    let out = &mut sums[..];
+    vectorized!(gradient_sums_in(x: &[f32], dy: &[f32], s: &BatchStats, out: &mut [f64]));
     sums
 }
 
 #[inline(always)]
-fn gradient_sums_in(x: &[f32], dy: &[f32], mean: &[f32], inv_std: &[f32], out: &mut [f64]) {
-    let channels = mean.len();
+fn gradient_sums_in(x: &[f32], dy: &[f32], s: &BatchStats, out: &mut [f64]) {
+    let channels = s.mean.len();
     let run = x.len() / channels.max(1);
     let (sums_dy, sums_dx) = out.split_at_mut(channels);
     for (c, (xs, ds)) in x
@@ -153,7 +147,7 @@ fn gradient_sums_in(x: &[f32], dy: &[f32], mean: &[f32], inv_std: &[f32], out: &
         .take(channels)
         .enumerate()
     {
-        let (m, inv) = (mean[c], inv_std[c]);
+        let (m, inv) = (s.mean[c], s.inv_std[c]);
         let (mut sd, mut sdx) = ([0.0f64; LANES], [0.0f64; LANES]);
         let mut add = |v: &[f32], d: &[f32]| {
             for (((a, b), &v), &d) in sd.iter_mut().zip(sdx.iter_mut()).zip(v).zip(d) {
@@ -171,42 +165,29 @@ fn gradient_sums_in(x: &[f32], dy: &[f32], mean: &[f32], inv_std: &[f32], out: &
     }
 }
 
-/// Input gradient of one block in training mode:
-/// `dx = γ·inv_std/M · (M·dy − Σdy − x̂·Σ(dy·x̂))` over the `count` values per channel.
-pub(crate) fn input_gradient(
+vectorized! {
+    /// Input gradient of one block in training mode:
+    /// `dx = γ·inv_std/M · (M·dy − Σdy − x̂·Σ(dy·x̂))` over the `count` values per channel,
+    /// with `sums` = (Σdy, Σdy·x̂).
+    pub(crate) fn input_gradient = input_gradient_in(
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        s: &BatchStats,
+        gamma: &[f32],
+        sums: (&[f32], &[f32]),
+        count: usize,
+    );
+}
+
+#[inline(always)]
+fn input_gradient_in(
     x: &[f32],
     dy: &[f32],
     dx: &mut [f32],
     s: &BatchStats,
     gamma: &[f32],
     (sum_dy, sum_dy_xhat): (&[f32], &[f32]),
-    count: usize,
-) {
-    let (mean, inv_std) = (&s.mean[..], &s.inv_std[..]);
-    vectorized!(input_gradient_in(
-        x: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-        mean: &[f32],
-        inv_std: &[f32],
-        gamma: &[f32],
-        sum_dy: &[f32],
-        sum_dy_xhat: &[f32],
-        count: usize
-    ));
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn input_gradient_in(
-    x: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    mean: &[f32],
-    inv_std: &[f32],
-    gamma: &[f32],
-    sum_dy: &[f32],
-    sum_dy_xhat: &[f32],
     count: usize,
 ) {
     let run = x.len() / gamma.len().max(1);
@@ -217,7 +198,7 @@ fn input_gradient_in(
         .zip(dx.chunks_exact_mut(run.max(1)))
         .enumerate()
     {
-        let (mean, inv) = (mean[c], inv_std[c]);
+        let (mean, inv) = (s.mean[c], s.inv_std[c]);
         let k = gamma[c] * inv / m;
         let (a, b) = (sum_dy[c], sum_dy_xhat[c]);
         for ((o, &v), &d) in dxs.iter_mut().zip(xs).zip(ds) {
