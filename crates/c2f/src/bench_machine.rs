@@ -98,17 +98,25 @@ fn clock_ghz(info: &str) -> Option<f64> {
 /// Peak single-precision GFLOP/s of one core, estimated from /proc/cpuinfo: vector width
 /// (AVX-512: 16, AVX2: 8, else 4 floats) × 2 (fused multiply-add) × 2 FMA units × GHz.
 /// AMD's first Zen cores (family 23, models below 0x30) run each 256-bit operation as two
-/// 128-bit halves, so they count 4 floats. The width is that of the kernels c2f's products
-/// use, so a build without AVX-512 kernels is measured against an AVX2 peak.
+/// 128-bit halves, so they count 4 floats; Zen 4 (family 25) runs each 512-bit one as two
+/// 256-bit halves, so it counts 8 (PyTorch's own 1024-cube product reaches about that
+/// peak there, not twice it). The width is that of the kernels c2f's products use, so a
+/// build without AVX-512 kernels is measured against an AVX2 peak.
 fn core_peak_gflops(info: &str, ghz: f64) -> f64 {
     let number = |key: &str| cpuinfo_field(info, key).and_then(|v| v.parse::<u32>().ok());
-    let half_width_fma = cpuinfo_field(info, "vendor_id").is_some_and(|v| v == "AuthenticAMD")
-        && number("cpu family") == Some(23)
-        && number("model").is_some_and(|m| m < 0x30);
-    let width = match backend::gemm_simd() {
+    let amd = cpuinfo_field(info, "vendor_id").is_some_and(|v| v == "AuthenticAMD");
+    let family = number("cpu family");
+    let half_width_256 = amd && family == Some(23) && number("model").is_some_and(|m| m < 0x30);
+    let half_width_512 = amd && family == Some(25);
+    let issued: f64 = match backend::gemm_simd() {
         backend::Simd::Avx512 => 16.0,
-        backend::Simd::Avx2 if !half_width_fma => 8.0,
+        backend::Simd::Avx2 => 8.0,
         _ => 4.0,
+    };
+    let width = match (half_width_256, half_width_512) {
+        (true, _) => issued.min(4.0),
+        (_, true) => issued.min(8.0),
+        _ => issued,
     };
     width * 4.0 * ghz
 }
@@ -131,7 +139,6 @@ impl Machine {
             ),
             _ => String::new(),
         };
-        let on_off = |on: bool| if on { "on" } else { "off" };
         Machine {
             cpu_model: cpuinfo_field(&info, "model name").unwrap_or_else(|| "unknown".into()),
             allowed_cpus: cpuinfo_field(&status, "Cpus_allowed_list")
@@ -149,7 +156,9 @@ impl Machine {
             c2f_loops: format!(
                 "{}{capped}, Winograd 3×3 convolutions {}, direct convolutions {}",
                 backend::simd().name(),
-                on_off(backend::winograd_requested() == Ok(true)),
+                backend::winograd_requested()
+                    .unwrap_or(backend::SwitchMode::Auto)
+                    .name(),
                 backend::direct_requested()
                     .unwrap_or(backend::SwitchMode::Auto)
                     .name(),
@@ -185,5 +194,41 @@ impl Machine {
             self.c2f_loops,
             self.pytorch.as_deref().unwrap_or("not timed"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpuinfo(vendor: &str, family: u32, model: u32) -> String {
+        format!(
+            "vendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: X\n"
+        )
+    }
+
+    /// Floats per FMA per unit on each kind of core, for the products' kernels this
+    /// machine dispatches: Zen 4 halves AVX-512, the first Zen halves AVX2, others run
+    /// their full width.
+    #[test]
+    fn peak_counts_the_width_the_core_executes() {
+        let (zen1, zen4) = (
+            cpuinfo("AuthenticAMD", 23, 1),
+            cpuinfo("AuthenticAMD", 25, 17),
+        );
+        let (zen5, intel) = (
+            cpuinfo("AuthenticAMD", 26, 2),
+            cpuinfo("GenuineIntel", 6, 143),
+        );
+        let width = |info: &str| core_peak_gflops(info, 1.0) / 4.0;
+        let full = match backend::gemm_simd() {
+            backend::Simd::Avx512 => 16.0,
+            backend::Simd::Avx2 => 8.0,
+            _ => 4.0,
+        };
+        assert_eq!(width(&zen5), full);
+        assert_eq!(width(&intel), full);
+        assert_eq!(width(&zen4), full.min(8.0));
+        assert_eq!(width(&zen1), full.min(4.0));
     }
 }

@@ -15,14 +15,14 @@
 
 use super::kernels::{self, Mat, MatMut, SwitchMode, Window};
 
-/// The environment variable that turns Winograd convolutions on (`on`; `off`, the
-/// default, keeps every convolution unfolded). They are off by default because they are
-/// slower than the unfolded convolution as they stand (docs/performance.md).
+/// The environment variable that chooses where Winograd convolutions run: `auto`, the
+/// default, on the windows [`applies`] accepts and [`pays`] expects to be faster; `on`
+/// on every window [`applies`] accepts; `off` nowhere.
 pub const WINOGRAD_ENV: &str = "C2F_WINOGRAD";
 
-/// Whether `C2F_WINOGRAD` turns Winograd convolutions on; an unknown value is an error.
-pub fn winograd_requested() -> Result<bool, String> {
-    SWITCH.requested().map(|m| m == SwitchMode::On)
+/// The mode `C2F_WINOGRAD` asks for; an unknown value is an error.
+pub fn winograd_requested() -> Result<SwitchMode, String> {
+    SWITCH.requested()
 }
 
 /// Positions of a 4×4 tile.
@@ -32,11 +32,7 @@ pub(crate) const XI: usize = 16;
 /// products are too small to run near the machine's speed.
 const MIN_CHANNELS: usize = 16;
 
-static SWITCH: kernels::Switch = kernels::Switch::new(WINOGRAD_ENV, SwitchMode::Off);
-
-fn enabled() -> bool {
-    SWITCH.mode() == SwitchMode::On
-}
+static SWITCH: kernels::Switch = kernels::Switch::new(WINOGRAD_ENV, SwitchMode::Auto);
 
 /// Turns Winograd convolutions on for the nets built after it, whatever the environment
 /// says: the engine's tests run with them on.
@@ -46,14 +42,35 @@ pub(crate) fn force_on() {
 }
 
 /// Whether a convolution runs as Winograd F(2×2, 3×3): a 3×3 window, stride 1, no
-/// dilation, and enough channels and filters.
+/// dilation, and enough channels and filters; under `C2F_WINOGRAD=auto`, also where it
+/// [`pays`].
 pub(crate) fn applies(g: &Window, filters: usize) -> bool {
-    g.kernel == 3
+    let possible = g.kernel == 3
         && g.stride == 1
         && g.dilation == 1
         && g.channels >= MIN_CHANNELS
-        && filters >= MIN_CHANNELS
-        && enabled()
+        && filters >= MIN_CHANNELS;
+    possible
+        && match SWITCH.mode() {
+            SwitchMode::Off => false,
+            SwitchMode::On => true,
+            SwitchMode::Auto => pays(g, filters),
+        }
+}
+
+/// Fewest output rows and columns, and fewest channels and filters, of a convolution
+/// that `auto` runs as Winograd.
+const AUTO_MIN_SIDE: usize = 8;
+const AUTO_MIN_CHANNELS: usize = 32;
+
+/// Where Winograd convolutions were measured faster than the unfolded and direct ones
+/// (docs/performance.md): outputs at least 8 × 8, so that an image has at least 16 tiles
+/// and the transforms run on whole vectors of them, and at least 32 input channels and
+/// filters, so that the 16 products are wide enough to outweigh the transforms. Slower or
+/// no faster were 4 × 4 and 2 × 2 maps (ResNet-8's later stages), and 16–24 channels
+/// (alexnet-s4; ResNet-20's first stage, which the direct convolution runs faster).
+fn pays(g: &Window, filters: usize) -> bool {
+    g.oh >= AUTO_MIN_SIDE && g.ow >= AUTO_MIN_SIDE && g.channels.min(filters) >= AUTO_MIN_CHANNELS
 }
 
 /// Tiles per image: rows, columns.
@@ -61,10 +78,11 @@ pub(crate) fn tiles(g: &Window) -> (usize, usize) {
     (g.oh.div_ceil(2), g.ow.div_ceil(2))
 }
 
-/// Values of the zero-padded input plane the tiles read: `(2·TH + 2) × (2·TW + 2)`.
+/// Scratch values of one image plane's transforms: eight phase planes of `(TH + 1) × TW`
+/// values and one padded row ([`Phases`]).
 pub(crate) fn padded_plane(g: &Window) -> usize {
     let (th, tw) = tiles(g);
-    (2 * th + 2) * (2 * tw + 2)
+    8 * (th + 1) * tw + 2 * tw + 2
 }
 
 /// Images of a block handled at once, so that the transformed tiles of a run
@@ -165,6 +183,202 @@ pub(crate) fn filter_gradient(du: &[f32], filters: usize, channels: usize, dwt: 
     }
 }
 
+// The tile transforms run over an image's tiles `L` at a time, each of a tile's 16 (or 4)
+// values one array of `L` lanes: the loops over lanes compile to vector operations.
+// Tile `q = ty·TW + tx` reads the zero-padded input at rows `2ty + i` and columns
+// `2tx + j` (`i, j < 4`), so the input is kept as phase planes ([`Phases`]): plane
+// `(a, b, s)` holds the values at rows `2r + a` and columns `2(t + s) + b`, `TW` columns a
+// row; value `(i, j)` of tile `q` is then at `q + (i / 2)·TW` of plane
+// `(i mod 2, j mod 2, j / 2)`, and the same offset for every tile makes the reads of `L`
+// consecutive tiles one contiguous run. The output side has four planes, `(i, j)` for
+// `i, j < 2`, with value `(i, j)` of tile `q` at `q`.
+
+type Lanes<const L: usize> = [f32; L];
+
+#[inline(always)]
+fn ld<const L: usize>(s: &[f32], at: usize) -> Lanes<L> {
+    let mut a = [0.0; L];
+    a.copy_from_slice(&s[at..at + L]);
+    a
+}
+
+#[inline(always)]
+fn st<const L: usize>(s: &mut [f32], at: usize, a: &Lanes<L>) {
+    s[at..at + L].copy_from_slice(a);
+}
+
+#[inline(always)]
+fn add_to<const L: usize>(s: &mut [f32], at: usize, a: &Lanes<L>) {
+    for (d, v) in s[at..at + L].iter_mut().zip(a) {
+        *d += v;
+    }
+}
+
+/// `f` applied lane by lane to four arrays (one tile value each).
+#[inline(always)]
+fn lanes4<const L: usize, const M: usize>(
+    x: [&Lanes<L>; 4],
+    f: impl Fn([f32; 4]) -> [f32; M],
+) -> [Lanes<L>; M] {
+    let mut out = [[0.0; L]; M];
+    for l in 0..L {
+        let y = f([x[0][l], x[1][l], x[2][l], x[3][l]]);
+        for (o, v) in out.iter_mut().zip(y) {
+            o[l] = v;
+        }
+    }
+    out
+}
+
+/// `f` applied lane by lane to two arrays.
+#[inline(always)]
+fn lanes2<const L: usize>(x: [&Lanes<L>; 2], f: impl Fn([f32; 2]) -> [f32; 4]) -> [Lanes<L>; 4] {
+    let mut out = [[0.0; L]; 4];
+    for l in 0..L {
+        let y = f([x[0][l], x[1][l]]);
+        for (o, v) in out.iter_mut().zip(y) {
+            o[l] = v;
+        }
+    }
+    out
+}
+
+/// Four consecutive rows of tile values, `stride` apart in `s`, from `at`.
+#[inline(always)]
+fn ld4<const L: usize>(s: &[f32], at: usize, stride: usize) -> [Lanes<L>; 4] {
+    [
+        ld(s, at),
+        ld(s, at + stride),
+        ld(s, at + 2 * stride),
+        ld(s, at + 3 * stride),
+    ]
+}
+
+/// Runs `$body` with `$q` the first tile and `$l` a constant lane count, over tiles
+/// `0..$n`: runs of 16, then 8, 4 and single tiles.
+macro_rules! by_lanes {
+    ($n:expr, |$q:ident, $l:ident| $body:expr) => {{
+        let mut $q = 0;
+        while $q + 16 <= $n {
+            {
+                const $l: usize = 16;
+                $body;
+            }
+            $q += 16;
+        }
+        while $q + 8 <= $n {
+            {
+                const $l: usize = 8;
+                $body;
+            }
+            $q += 8;
+        }
+        while $q + 4 <= $n {
+            {
+                const $l: usize = 4;
+                $body;
+            }
+            $q += 4;
+        }
+        while $q < $n {
+            {
+                const $l: usize = 1;
+                $body;
+            }
+            $q += 1;
+        }
+    }};
+}
+/// An image plane's eight phase planes, `(TH + 1) × TW` values each, and a row of the
+/// zero-padded plane (`2·TW + 2` values) they are filled from and read back through.
+struct Phases<'a> {
+    planes: &'a mut [f32],
+    row: &'a mut [f32],
+    len: usize,
+    tw: usize,
+}
+
+impl<'a> Phases<'a> {
+    /// Phase planes over `scratch` (at least [`padded_plane`] values), all zero.
+    #[inline(always)]
+    fn new(scratch: &'a mut [f32], th: usize, tw: usize) -> Self {
+        let len = (th + 1) * tw;
+        let (planes, rest) = scratch.split_at_mut(8 * len);
+        let row = &mut rest[..2 * tw + 2];
+        planes.fill(0.0);
+        row.fill(0.0);
+        Phases {
+            planes,
+            row,
+            len,
+            tw,
+        }
+    }
+
+    #[inline(always)]
+    fn plane(&self, k: usize) -> &[f32] {
+        &self.planes[k * self.len..][..self.len]
+    }
+
+    #[inline(always)]
+    fn plane_mut(&mut self, k: usize) -> &mut [f32] {
+        &mut self.planes[k * self.len..][..self.len]
+    }
+
+    /// Input-side plane `(a, b, s)`.
+    #[inline(always)]
+    fn input(a: usize, b: usize, s: usize) -> usize {
+        4 * a + 2 * b + s
+    }
+
+    /// Row `r'` (`TW` values) of the four planes `(a, ·, ·)`, in the order `(b, s)` =
+    /// `(0, 0), (0, 1), (1, 0), (1, 1)`.
+    #[inline(always)]
+    fn rows_mut(planes: &mut [f32], len: usize, a: usize, at: usize, tw: usize) -> [&mut [f32]; 4] {
+        let quad = &mut planes[4 * a * len..][..4 * len];
+        let (p0, rest) = quad.split_at_mut(len);
+        let (p1, rest) = rest.split_at_mut(len);
+        let (p2, p3) = rest.split_at_mut(len);
+        [p0, p1, p2, p3].map(|p| &mut p[at..at + tw])
+    }
+
+    /// Row `r` of the padded plane, `line` from column `col` on (zero elsewhere, as
+    /// every call writes the same columns), into the planes `(r mod 2, ·, ·)`.
+    #[inline(always)]
+    fn put_input_row(&mut self, r: usize, col: usize, line: &[f32]) {
+        let tw = self.tw;
+        self.row[col..col + line.len()].copy_from_slice(line);
+        let [e0, e1, o0, o1] = Self::rows_mut(self.planes, self.len, r % 2, (r / 2) * tw, tw);
+        for (s, (even, odd)) in [(e0, o0), (e1, o1)].into_iter().enumerate() {
+            let pairs = self.row[2 * s..2 * s + 2 * tw].as_chunks::<2>().0;
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        }
+    }
+
+    /// Row `r` of the padded plane, from column `col` on, into `line`: the values of
+    /// planes `(r mod 2, ·, 0)` plus those of `(r mod 2, ·, 1)`, one column to the right.
+    #[inline(always)]
+    fn get_input_row(&mut self, r: usize, col: usize, line: &mut [f32]) {
+        let tw = self.tw;
+        let [e0, e1, o0, o1] = Self::rows_mut(self.planes, self.len, r % 2, (r / 2) * tw, tw);
+        let row = &mut *self.row;
+        row.fill(0.0);
+        let pairs = row[..2 * tw].as_chunks_mut::<2>().0;
+        for (pair, (e, o)) in pairs.iter_mut().zip(e0.iter().zip(o0.iter())) {
+            *pair = [*e, *o];
+        }
+        let pairs = row[2..2 * tw + 2].as_chunks_mut::<2>().0;
+        for (pair, (e, o)) in pairs.iter_mut().zip(e1.iter().zip(o1.iter())) {
+            pair[0] += e;
+            pair[1] += o;
+        }
+        line.copy_from_slice(&row[col..col + line.len()]);
+    }
+}
+
 kernels::vectorized! {
     /// [`transform_input_in`] compiled for the running CPU.
     fn transform_input = transform_input_in(
@@ -173,12 +387,12 @@ kernels::vectorized! {
         first: usize,
         count: usize,
         v: &mut [f32],
-        padded: &mut [f32],
+        scratch: &mut [f32],
     );
 }
 
 /// The input tiles of images `first..first + count` of the block `x`, transformed:
-/// `v` (`16 × C × P`, `P` = count · tiles). `padded` holds [`padded_plane`] values.
+/// `v` (`16 × C × P`, `P` = count · tiles). `scratch` holds [`padded_plane`] values.
 #[inline(always)]
 fn transform_input_in(
     g: &Window,
@@ -186,32 +400,43 @@ fn transform_input_in(
     first: usize,
     count: usize,
     v: &mut [f32],
-    padded: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let (th, tw) = tiles(g);
-    let (plane, wp, t) = (g.h * g.w, 2 * tw + 2, th * tw);
+    let (plane, t) = (g.h * g.w, th * tw);
     let cp = g.channels * count * t;
-    let padded = &mut padded[..padded_plane(g)];
-    padded.fill(0.0);
+    let mut d = Phases::new(scratch, th, tw);
     for c in 0..g.channels {
         for n in 0..count {
             let src = &x[(c * g.images + first + n) * plane..][..plane];
-            for (iy, line) in src.chunks_exact(g.w).enumerate() {
-                padded[(iy + g.pad) * wp + g.pad..][..g.w].copy_from_slice(line);
+            for (iy, line) in src.chunks_exact(g.w.max(1)).enumerate() {
+                d.put_input_row(iy + g.pad, g.pad, line);
             }
-            let col0 = (c * count + n) * t;
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let o = 2 * ty * wp + 2 * tx;
-                    let d: [[f32; 4]; 4] =
-                        std::array::from_fn(|i| std::array::from_fn(|j| padded[o + i * wp + j]));
-                    let tile = two_d(d, bt);
-                    let col = col0 + ty * tw + tx;
-                    for (xi, val) in tile.iter().flatten().enumerate() {
-                        v[xi * cp + col] = *val;
-                    }
-                }
-            }
+            let col = (c * count + n) * t;
+            by_lanes!(t, |q, L| input_tiles::<L>(&d, q, v, cp, col + q));
+        }
+    }
+}
+
+/// `V = Bᵀ d B` of tiles `q .. q + L` into column `col` of the 16 rows of `v`.
+#[inline(always)]
+fn input_tiles<const L: usize>(d: &Phases<'_>, q: usize, v: &mut [f32], cp: usize, col: usize) {
+    let mut rows = [[[0.0; L]; 4]; 4];
+    for (i, row) in rows.iter_mut().enumerate() {
+        let at = q + (i / 2) * d.tw;
+        let a = i % 2;
+        let x: [Lanes<L>; 4] = [
+            ld(d.plane(Phases::input(a, 0, 0)), at),
+            ld(d.plane(Phases::input(a, 1, 0)), at),
+            ld(d.plane(Phases::input(a, 0, 1)), at),
+            ld(d.plane(Phases::input(a, 1, 1)), at),
+        ];
+        *row = lanes4([&x[0], &x[1], &x[2], &x[3]], bt);
+    }
+    for j in 0..4 {
+        let out = lanes4([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]], bt);
+        for (i, o) in out.iter().enumerate() {
+            st(v, (4 * i + j) * cp + col, o);
         }
     }
 }
@@ -225,6 +450,7 @@ kernels::vectorized! {
         first: usize,
         count: usize,
         y: &mut [f32],
+        scratch: &mut [f32],
     );
 }
 
@@ -238,30 +464,50 @@ fn transform_output_in(
     first: usize,
     count: usize,
     y: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let (th, tw) = tiles(g);
     let (p, t) = (g.out_plane(), th * tw);
     let kp = filters * count * t;
+    let staged = &mut scratch[..4 * t];
     for k in 0..filters {
         for n in 0..count {
+            let col = (k * count + n) * t;
+            by_lanes!(t, |q, L| output_tiles::<L>(m, kp, col + q, staged, t, q));
             let dst = &mut y[(k * g.images + first + n) * p..][..p];
-            let col0 = (k * count + n) * t;
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let col = col0 + ty * tw + tx;
-                    let mm: [[f32; 4]; 4] =
-                        std::array::from_fn(|i| std::array::from_fn(|j| m[(4 * i + j) * kp + col]));
-                    let out = two_d(mm, at);
-                    for (i, row) in out.iter().enumerate() {
-                        for (j, val) in row.iter().enumerate() {
-                            let (oy, ox) = (2 * ty + i, 2 * tx + j);
-                            if oy < g.oh && ox < g.ow {
-                                dst[oy * g.ow + ox] = *val;
-                            }
-                        }
+            for (oy, line) in dst.chunks_exact_mut(g.ow.max(1)).enumerate() {
+                let row = (oy / 2) * tw;
+                for j in 0..2.min(line.len()) {
+                    let src = &staged[(2 * (oy % 2) + j) * t + row..][..tw];
+                    for (pair, s) in line[j..].chunks_mut(2).zip(src) {
+                        pair[0] = *s;
                     }
                 }
             }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A` of tiles `q .. q + L`, read from column `col` of the 16 rows of `m`,
+/// into the four output planes of `staged` (`t` values each).
+#[inline(always)]
+fn output_tiles<const L: usize>(
+    m: &[f32],
+    kp: usize,
+    col: usize,
+    staged: &mut [f32],
+    t: usize,
+    q: usize,
+) {
+    let mut rows = [[[0.0; L]; 2]; 4];
+    for (i, row) in rows.iter_mut().enumerate() {
+        let x = ld4::<L>(m, 4 * i * kp + col, kp);
+        *row = lanes4([&x[0], &x[1], &x[2], &x[3]], at);
+    }
+    for j in 0..2 {
+        let out = lanes4([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]], at);
+        for (i, o) in out.iter().enumerate() {
+            st(staged, (2 * i + j) * t + q, o);
         }
     }
 }
@@ -275,6 +521,7 @@ kernels::vectorized! {
         first: usize,
         count: usize,
         dm: &mut [f32],
+        scratch: &mut [f32],
     );
 }
 
@@ -288,32 +535,59 @@ fn transform_output_gradient_in(
     first: usize,
     count: usize,
     dm: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let (th, tw) = tiles(g);
     let (p, t) = (g.out_plane(), th * tw);
     let kp = filters * count * t;
+    let staged = &mut scratch[..4 * t];
+    // Only the image's own positions are rewritten below; those past the edge stay zero.
+    staged.fill(0.0);
     for k in 0..filters {
         for n in 0..count {
             let src = &dy[(k * g.images + first + n) * p..][..p];
-            let col0 = (k * count + n) * t;
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let at_ = |i: usize, j: usize| {
-                        let (oy, ox) = (2 * ty + i, 2 * tx + j);
-                        if oy < g.oh && ox < g.ow {
-                            src[oy * g.ow + ox]
-                        } else {
-                            0.0
-                        }
-                    };
-                    let d = [[at_(0, 0), at_(0, 1)], [at_(1, 0), at_(1, 1)]];
-                    let tile = two_d(d, a);
-                    let col = col0 + ty * tw + tx;
-                    for (xi, val) in tile.iter().flatten().enumerate() {
-                        dm[xi * kp + col] = *val;
+            for (oy, line) in src.chunks_exact(g.ow.max(1)).enumerate() {
+                let row = (oy / 2) * tw;
+                for j in 0..2.min(line.len()) {
+                    let dst = &mut staged[(2 * (oy % 2) + j) * t + row..][..tw];
+                    for (d, pair) in dst.iter_mut().zip(line[j..].chunks(2)) {
+                        *d = pair[0];
                     }
                 }
             }
+            let col = (k * count + n) * t;
+            by_lanes!(t, |q, L| output_gradient_tiles::<L>(
+                staged,
+                t,
+                q,
+                dm,
+                kp,
+                col + q
+            ));
+        }
+    }
+}
+
+/// `dM = A dY Aᵀ` of tiles `q .. q + L`, from the four output planes of `staged`, into
+/// column `col` of the 16 rows of `dm`.
+#[inline(always)]
+fn output_gradient_tiles<const L: usize>(
+    staged: &[f32],
+    t: usize,
+    q: usize,
+    dm: &mut [f32],
+    kp: usize,
+    col: usize,
+) {
+    let mut rows = [[[0.0; L]; 4]; 2];
+    for (i, row) in rows.iter_mut().enumerate() {
+        let x: [Lanes<L>; 2] = [ld(staged, 2 * i * t + q), ld(staged, (2 * i + 1) * t + q)];
+        *row = lanes2([&x[0], &x[1]], a);
+    }
+    for j in 0..4 {
+        let out = lanes2([&rows[0][j], &rows[1][j]], a);
+        for (i, o) in out.iter().enumerate() {
+            st(dm, (4 * i + j) * kp + col, o);
         }
     }
 }
@@ -326,7 +600,7 @@ kernels::vectorized! {
         first: usize,
         count: usize,
         dx: &mut [f32],
-        padded: &mut [f32],
+        scratch: &mut [f32],
     );
 }
 
@@ -339,35 +613,53 @@ fn transform_input_gradient_in(
     first: usize,
     count: usize,
     dx: &mut [f32],
-    padded: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let (th, tw) = tiles(g);
-    let (plane, wp, t) = (g.h * g.w, 2 * tw + 2, th * tw);
+    let (plane, t) = (g.h * g.w, th * tw);
     let cp = g.channels * count * t;
-    let acc = &mut padded[..padded_plane(g)];
+    let mut acc = Phases::new(scratch, th, tw);
     for c in 0..g.channels {
         for n in 0..count {
-            acc.fill(0.0);
-            let col0 = (c * count + n) * t;
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let col = col0 + ty * tw + tx;
-                    let d: [[f32; 4]; 4] = std::array::from_fn(|i| {
-                        std::array::from_fn(|j| dv[(4 * i + j) * cp + col])
-                    });
-                    let tile = two_d(d, b);
-                    let o = 2 * ty * wp + 2 * tx;
-                    for (i, row) in tile.iter().enumerate() {
-                        for (j, val) in row.iter().enumerate() {
-                            acc[o + i * wp + j] += val;
-                        }
-                    }
-                }
-            }
+            acc.planes.fill(0.0);
+            let col = (c * count + n) * t;
+            by_lanes!(t, |q, L| input_gradient_tiles::<L>(
+                dv,
+                cp,
+                col + q,
+                &mut acc,
+                q
+            ));
             let dst = &mut dx[(c * g.images + first + n) * plane..][..plane];
-            for (iy, line) in dst.chunks_exact_mut(g.w).enumerate() {
-                line.copy_from_slice(&acc[(iy + g.pad) * wp + g.pad..][..g.w]);
+            for (iy, line) in dst.chunks_exact_mut(g.w.max(1)).enumerate() {
+                acc.get_input_row(iy + g.pad, g.pad, line);
             }
+        }
+    }
+}
+
+/// `dd = B dV Bᵀ` of tiles `q .. q + L`, read from column `col` of the 16 rows of `dv`,
+/// added into the phase planes `acc`: the values tiles share are added one after the
+/// other, never by two lanes at once.
+#[inline(always)]
+fn input_gradient_tiles<const L: usize>(
+    dv: &[f32],
+    cp: usize,
+    col: usize,
+    acc: &mut Phases<'_>,
+    q: usize,
+) {
+    let mut rows = [[[0.0; L]; 4]; 4];
+    for (i, row) in rows.iter_mut().enumerate() {
+        let x = ld4::<L>(dv, 4 * i * cp + col, cp);
+        *row = lanes4([&x[0], &x[1], &x[2], &x[3]], b);
+    }
+    let tw = acc.tw;
+    for j in 0..4 {
+        let out = lanes4([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]], b);
+        for (i, o) in out.iter().enumerate() {
+            let plane = acc.plane_mut(Phases::input(i % 2, j % 2, j / 2));
+            add_to(plane, q + (i / 2) * tw, o);
         }
     }
 }
@@ -407,7 +699,7 @@ pub(crate) fn forward_run(
             false,
         );
     }
-    transform_output(g, filters, s.m, first, count, y);
+    transform_output(g, filters, s.m, first, count, y, s.padded);
 }
 
 /// Backward pass of images `first..first + count` of a block: adds the filter-tile
@@ -429,7 +721,7 @@ pub(crate) fn backward_run(
     let (th, tw) = tiles(g);
     let (c, p) = (g.channels, count * th * tw);
     transform_input(g, x, first, count, s.v, s.padded);
-    transform_output_gradient(g, filters, dy, first, count, s.m);
+    transform_output_gradient(g, filters, dy, first, count, s.m, s.padded);
     for xi in 0..XI {
         let dm = Mat::rows(&s.m[xi * filters * p..][..filters * p], filters, p);
         kernels::matmul(
@@ -601,5 +893,20 @@ mod tests {
                 "{case}: max errors y, dx, dw {errs:?}"
             );
         }
+    }
+
+    /// `auto`'s rule on the shapes it was measured on: ResNet-20's second and third
+    /// stages, cifar32's and alexnet-s3's convolutions run as Winograd; ResNet-20's first
+    /// stage, alexnet-s4's convolutions and the 4 × 4 maps of ResNet-8 and bn-cnn do not.
+    #[test]
+    fn auto_runs_winograd_on_wide_layers_of_large_maps() {
+        assert!(pays(&geometry(8, 32, 16, 16, 1), 32));
+        assert!(pays(&geometry(8, 64, 8, 8, 1), 64));
+        assert!(pays(&geometry(8, 128, 8, 8, 1), 256));
+        assert!(pays(&geometry(8, 48, 15, 15, 1), 32));
+        assert!(!pays(&geometry(8, 16, 32, 32, 1), 16));
+        assert!(!pays(&geometry(8, 24, 15, 15, 1), 24));
+        assert!(!pays(&geometry(8, 32, 4, 4, 1), 64));
+        assert!(!pays(&geometry(8, 32, 4, 4, 1), 32));
     }
 }
