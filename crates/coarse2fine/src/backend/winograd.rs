@@ -243,6 +243,18 @@ fn lanes2<const L: usize>(x: [&Lanes<L>; 2], f: impl Fn([f32; 2]) -> [f32; 4]) -
     out
 }
 
+/// Column `j` of four rows of tile values.
+#[inline(always)]
+fn column4<const L: usize, const M: usize>(rows: &[[Lanes<L>; M]; 4], j: usize) -> [&Lanes<L>; 4] {
+    [&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]]
+}
+
+/// Column `j` of two rows of tile values.
+#[inline(always)]
+fn column2<const L: usize, const M: usize>(rows: &[[Lanes<L>; M]; 2], j: usize) -> [&Lanes<L>; 2] {
+    [&rows[0][j], &rows[1][j]]
+}
+
 /// Four consecutive rows of tile values, `stride` apart in `s`, from `at`.
 #[inline(always)]
 fn ld4<const L: usize>(s: &[f32], at: usize, stride: usize) -> [Lanes<L>; 4] {
@@ -434,7 +446,7 @@ fn input_tiles<const L: usize>(d: &Phases<'_>, q: usize, v: &mut [f32], cp: usiz
         *row = lanes4([&x[0], &x[1], &x[2], &x[3]], bt);
     }
     for j in 0..4 {
-        let out = lanes4([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]], bt);
+        let out = lanes4(column4(&rows, j), bt);
         for (i, o) in out.iter().enumerate() {
             st(v, (4 * i + j) * cp + col, o);
         }
@@ -505,7 +517,7 @@ fn output_tiles<const L: usize>(
         *row = lanes4([&x[0], &x[1], &x[2], &x[3]], at);
     }
     for j in 0..2 {
-        let out = lanes4([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]], at);
+        let out = lanes4(column4(&rows, j), at);
         for (i, o) in out.iter().enumerate() {
             st(staged, (2 * i + j) * t + q, o);
         }
@@ -585,7 +597,7 @@ fn output_gradient_tiles<const L: usize>(
         *row = lanes2([&x[0], &x[1]], a);
     }
     for j in 0..4 {
-        let out = lanes2([&rows[0][j], &rows[1][j]], a);
+        let out = lanes2(column2(&rows, j), a);
         for (i, o) in out.iter().enumerate() {
             st(dm, (4 * i + j) * kp + col, o);
         }
@@ -656,7 +668,7 @@ fn input_gradient_tiles<const L: usize>(
     }
     let tw = acc.tw;
     for j in 0..4 {
-        let out = lanes4([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]], b);
+        let out = lanes4(column4(&rows, j), b);
         for (i, o) in out.iter().enumerate() {
             let plane = acc.plane_mut(Phases::input(i % 2, j % 2, j / 2));
             add_to(plane, q + (i / 2) * tw, o);
