@@ -99,7 +99,7 @@ fn clock_ghz(info: &str) -> Option<f64> {
 /// (AVX-512: 16, AVX2: 8, else 4 floats) × 2 (fused multiply-add) × 2 FMA units × GHz.
 /// AMD's first Zen cores (family 23, models below 0x30) run each 256-bit operation as two
 /// 128-bit halves, so they count 4 floats; Zen 4 (family 25) runs each 512-bit one as two
-/// 256-bit halves, so it counts 8 (PyTorch's own 1024-cube product reaches about that
+/// 256-bit halves, so it counts 8 (PyTorch's own 2048-cube product reaches about that
 /// peak there, not twice it). The width is that of the kernels c2f's products use, so a
 /// build without AVX-512 kernels is measured against an AVX2 peak.
 fn core_peak_gflops(info: &str, ghz: f64) -> f64 {
