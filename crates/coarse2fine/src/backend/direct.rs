@@ -54,12 +54,7 @@ pub(crate) fn applies(g: &Window, filters: usize) -> bool {
         && g.kernel > 1
         && g.pad < g.kernel
         && kernels::simd() != Simd::Baseline;
-    possible
-        && match SWITCH.mode() {
-            SwitchMode::Off => false,
-            SwitchMode::On => true,
-            SwitchMode::Auto => pays(g, filters),
-        }
+    possible && SWITCH.chooses(|| pays(g, filters))
 }
 
 /// Fewest output columns and most filters of a convolution that `auto` runs directly.

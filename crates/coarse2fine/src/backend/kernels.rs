@@ -143,6 +143,16 @@ impl Switch {
         }
     }
 
+    /// Whether a layer the switch can apply to runs with it: never (`off`), always (`on`),
+    /// or where the switch's rule `pays` (`auto`).
+    pub(crate) fn chooses(&self, pays: impl FnOnce() -> bool) -> bool {
+        match self.mode() {
+            SwitchMode::Off => false,
+            SwitchMode::On => true,
+            SwitchMode::Auto => pays(),
+        }
+    }
+
     fn set(&self, m: SwitchMode) {
         let i = Self::MODES.iter().position(|&x| x == m).unwrap_or(0);
         self.mode.store(i as u8 + 1, Ordering::Relaxed);
@@ -492,7 +502,6 @@ impl Window {
         self.oh * self.ow
     }
 
-    /// Input row (or column) read by output `o` at kernel offset `k`, if inside the map.
     /// Without padding, and with every window inside the map, no position needs a check.
     fn inside(&self) -> bool {
         let span = (self.kernel - 1) * self.dilation;
@@ -501,6 +510,7 @@ impl Window {
             && (self.ow.max(1) - 1) * self.stride + span < self.w
     }
 
+    /// Input row (or column) read by output `o` at kernel offset `k`, if inside the map.
     fn source(&self, o: usize, k: usize, size: usize) -> Option<usize> {
         (o * self.stride + k * self.dilation)
             .checked_sub(self.pad)

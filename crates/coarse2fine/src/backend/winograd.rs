@@ -50,12 +50,7 @@ pub(crate) fn applies(g: &Window, filters: usize) -> bool {
         && g.dilation == 1
         && g.channels >= MIN_CHANNELS
         && filters >= MIN_CHANNELS;
-    possible
-        && match SWITCH.mode() {
-            SwitchMode::Off => false,
-            SwitchMode::On => true,
-            SwitchMode::Auto => pays(g, filters),
-        }
+    possible && SWITCH.chooses(|| pays(g, filters))
 }
 
 /// Fewest output rows and columns, and fewest channels and filters, of a convolution
@@ -133,37 +128,64 @@ fn gt(u: [f32; 4]) -> [f32; 3] {
     [u[0] + s, d, s + u[3]]
 }
 
-/// `f` along each row of `x`, then along each column of the result.
-#[inline(always)]
-fn two_d<const N: usize, const M: usize>(
-    x: [[f32; N]; N],
-    f: impl Fn([f32; N]) -> [f32; M],
-) -> [[f32; M]; M] {
-    let mut rows = [[0.0; M]; N];
-    for i in 0..N {
-        rows[i] = f(x[i]);
-    }
-    let mut out = [[0.0; M]; M];
-    for j in 0..M {
-        let col = f(std::array::from_fn(|i| rows[i][j]));
-        for i in 0..M {
-            out[i][j] = col[i];
+/// Runs `$body` with `$q` the first tile (or filter) and `$l` a constant lane count, over
+/// `0..$n`: runs of 16, then 8, 4 and single ones.
+macro_rules! by_lanes {
+    ($n:expr, |$q:ident, $l:ident| $body:expr) => {{
+        let mut $q = 0;
+        while $q + 16 <= $n {
+            {
+                const $l: usize = 16;
+                $body;
+            }
+            $q += 16;
         }
-    }
-    out
+        while $q + 8 <= $n {
+            {
+                const $l: usize = 8;
+                $body;
+            }
+            $q += 8;
+        }
+        while $q + 4 <= $n {
+            {
+                const $l: usize = 4;
+                $body;
+            }
+            $q += 4;
+        }
+        while $q < $n {
+            {
+                const $l: usize = 1;
+                $body;
+            }
+            $q += 1;
+        }
+    }};
 }
 
 /// `U[ξ] (K × C) = G g Gᵀ` of every filter of `wt` (`K × C × 3 × 3`) into `u`
 /// (`16 × K × C`).
 pub(crate) fn transform_filters(wt: &[f32], filters: usize, channels: usize, u: &mut [f32]) {
     let kc = filters * channels;
-    for (f, g) in wt[..kc * 9].chunks_exact(9).enumerate() {
-        let t = two_d(
-            [[g[0], g[1], g[2]], [g[3], g[4], g[5]], [g[6], g[7], g[8]]],
-            gm,
-        );
-        for (xi, v) in t.iter().flatten().enumerate() {
-            u[xi * kc + f] = *v;
+    by_lanes!(kc, |q, L| filter_tiles::<L>(wt, u, kc, q));
+}
+
+/// `G g Gᵀ` of filters `q .. q + L`.
+#[inline(always)]
+fn filter_tiles<const L: usize>(wt: &[f32], u: &mut [f32], kc: usize, q: usize) {
+    let mut x = [[[0.0; L]; 3]; 3];
+    for l in 0..L {
+        let g = &wt[(q + l) * 9..][..9];
+        for (i, row) in x.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                v[l] = g[3 * i + j];
+            }
+        }
+    }
+    for (i, row) in two_d(&x, gm).iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            st(u, (4 * i + j) * kc + q, v);
         }
     }
 }
@@ -172,13 +194,34 @@ pub(crate) fn transform_filters(wt: &[f32], filters: usize, channels: usize, u: 
 /// (`C·9 × K`, the layout the engine sums blocks in).
 pub(crate) fn filter_gradient(du: &[f32], filters: usize, channels: usize, dwt: &mut [f32]) {
     let kc = filters * channels;
-    for f in 0..kc {
-        let d: [[f32; 4]; 4] =
-            std::array::from_fn(|i| std::array::from_fn(|j| du[(4 * i + j) * kc + f]));
-        let g = two_d(d, gt);
-        let (k, c) = (f / channels, f % channels);
-        for (j, v) in g.iter().flatten().enumerate() {
-            dwt[(c * 9 + j) * filters + k] = *v;
+    by_lanes!(kc, |q, L| filter_gradient_tiles::<L>(
+        du,
+        (filters, channels),
+        q,
+        dwt
+    ));
+}
+
+/// `Gᵀ dU G` of filter-channel pairs `q .. q + L` (`q = k·C + c`).
+#[inline(always)]
+fn filter_gradient_tiles<const L: usize>(
+    du: &[f32],
+    (filters, channels): (usize, usize),
+    q: usize,
+    dwt: &mut [f32],
+) {
+    let kc = filters * channels;
+    let mut x = [[[0.0; L]; 4]; 4];
+    for (i, row) in x.iter_mut().enumerate() {
+        *row = ld4(du, 4 * i * kc + q, kc);
+    }
+    let g = two_d(&x, gt);
+    for l in 0..L {
+        let (k, c) = ((q + l) / channels, (q + l) % channels);
+        for (i, row) in g.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                dwt[(c * 9 + 3 * i + j) * filters + k] = v[l];
+            }
         }
     }
 }
@@ -214,45 +257,45 @@ fn add_to<const L: usize>(s: &mut [f32], at: usize, a: &Lanes<L>) {
     }
 }
 
-/// `f` applied lane by lane to four arrays (one tile value each).
+/// `f` applied lane by lane to `N` arrays (one tile value each).
 #[inline(always)]
-fn lanes4<const L: usize, const M: usize>(
-    x: [&Lanes<L>; 4],
-    f: impl Fn([f32; 4]) -> [f32; M],
+fn lanes<const L: usize, const N: usize, const M: usize>(
+    x: &[Lanes<L>; N],
+    f: impl Fn([f32; N]) -> [f32; M],
 ) -> [Lanes<L>; M] {
     let mut out = [[0.0; L]; M];
     for l in 0..L {
-        let y = f([x[0][l], x[1][l], x[2][l], x[3][l]]);
-        for (o, v) in out.iter_mut().zip(y) {
-            o[l] = v;
+        let mut v = [0.0; N];
+        for (v, x) in v.iter_mut().zip(x) {
+            *v = x[l];
+        }
+        for (o, y) in out.iter_mut().zip(f(v)) {
+            o[l] = y;
         }
     }
     out
 }
 
-/// `f` applied lane by lane to two arrays.
+/// `f` along each row of the tile `x`, then along each column of the result, lane by
+/// lane (`x[i][j]` holds value `(i, j)` of `L` tiles).
 #[inline(always)]
-fn lanes2<const L: usize>(x: [&Lanes<L>; 2], f: impl Fn([f32; 2]) -> [f32; 4]) -> [Lanes<L>; 4] {
-    let mut out = [[0.0; L]; 4];
-    for l in 0..L {
-        let y = f([x[0][l], x[1][l]]);
-        for (o, v) in out.iter_mut().zip(y) {
-            o[l] = v;
+fn two_d<const L: usize, const N: usize, const M: usize>(
+    x: &[[Lanes<L>; N]; N],
+    f: impl Fn([f32; N]) -> [f32; M] + Copy,
+) -> [[Lanes<L>; M]; M] {
+    let mut columns = [[[0.0; L]; N]; M];
+    for (i, row) in x.iter().enumerate() {
+        for (j, v) in lanes(row, f).into_iter().enumerate() {
+            columns[j][i] = v;
+        }
+    }
+    let mut out = [[[0.0; L]; M]; M];
+    for (j, column) in columns.iter().enumerate() {
+        for (i, v) in lanes(column, f).into_iter().enumerate() {
+            out[i][j] = v;
         }
     }
     out
-}
-
-/// Column `j` of four rows of tile values.
-#[inline(always)]
-fn column4<const L: usize, const M: usize>(rows: &[[Lanes<L>; M]; 4], j: usize) -> [&Lanes<L>; 4] {
-    [&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j]]
-}
-
-/// Column `j` of two rows of tile values.
-#[inline(always)]
-fn column2<const L: usize, const M: usize>(rows: &[[Lanes<L>; M]; 2], j: usize) -> [&Lanes<L>; 2] {
-    [&rows[0][j], &rows[1][j]]
 }
 
 /// Four consecutive rows of tile values, `stride` apart in `s`, from `at`.
@@ -266,41 +309,6 @@ fn ld4<const L: usize>(s: &[f32], at: usize, stride: usize) -> [Lanes<L>; 4] {
     ]
 }
 
-/// Runs `$body` with `$q` the first tile and `$l` a constant lane count, over tiles
-/// `0..$n`: runs of 16, then 8, 4 and single tiles.
-macro_rules! by_lanes {
-    ($n:expr, |$q:ident, $l:ident| $body:expr) => {{
-        let mut $q = 0;
-        while $q + 16 <= $n {
-            {
-                const $l: usize = 16;
-                $body;
-            }
-            $q += 16;
-        }
-        while $q + 8 <= $n {
-            {
-                const $l: usize = 8;
-                $body;
-            }
-            $q += 8;
-        }
-        while $q + 4 <= $n {
-            {
-                const $l: usize = 4;
-                $body;
-            }
-            $q += 4;
-        }
-        while $q < $n {
-            {
-                const $l: usize = 1;
-                $body;
-            }
-            $q += 1;
-        }
-    }};
-}
 /// An image plane's eight phase planes, `(TH + 1) × TW` values each, and a row of the
 /// zero-padded plane (`2·TW + 2` values) they are filled from and read back through.
 struct Phases<'a> {
@@ -433,21 +441,18 @@ fn transform_input_in(
 /// `V = Bᵀ d B` of tiles `q .. q + L` into column `col` of the 16 rows of `v`.
 #[inline(always)]
 fn input_tiles<const L: usize>(d: &Phases<'_>, q: usize, v: &mut [f32], cp: usize, col: usize) {
-    let mut rows = [[[0.0; L]; 4]; 4];
-    for (i, row) in rows.iter_mut().enumerate() {
-        let at = q + (i / 2) * d.tw;
-        let a = i % 2;
-        let x: [Lanes<L>; 4] = [
+    let mut x = [[[0.0; L]; 4]; 4];
+    for (i, row) in x.iter_mut().enumerate() {
+        let (a, at) = (i % 2, q + (i / 2) * d.tw);
+        *row = [
             ld(d.plane(Phases::input(a, 0, 0)), at),
             ld(d.plane(Phases::input(a, 1, 0)), at),
             ld(d.plane(Phases::input(a, 0, 1)), at),
             ld(d.plane(Phases::input(a, 1, 1)), at),
         ];
-        *row = lanes4([&x[0], &x[1], &x[2], &x[3]], bt);
     }
-    for j in 0..4 {
-        let out = lanes4(column4(&rows, j), bt);
-        for (i, o) in out.iter().enumerate() {
+    for (i, row) in two_d(&x, bt).iter().enumerate() {
+        for (j, o) in row.iter().enumerate() {
             st(v, (4 * i + j) * cp + col, o);
         }
     }
@@ -511,14 +516,12 @@ fn output_tiles<const L: usize>(
     t: usize,
     q: usize,
 ) {
-    let mut rows = [[[0.0; L]; 2]; 4];
-    for (i, row) in rows.iter_mut().enumerate() {
-        let x = ld4::<L>(m, 4 * i * kp + col, kp);
-        *row = lanes4([&x[0], &x[1], &x[2], &x[3]], at);
+    let mut x = [[[0.0; L]; 4]; 4];
+    for (i, row) in x.iter_mut().enumerate() {
+        *row = ld4(m, 4 * i * kp + col, kp);
     }
-    for j in 0..2 {
-        let out = lanes4(column4(&rows, j), at);
-        for (i, o) in out.iter().enumerate() {
+    for (i, row) in two_d(&x, at).iter().enumerate() {
+        for (j, o) in row.iter().enumerate() {
             st(staged, (2 * i + j) * t + q, o);
         }
     }
@@ -591,14 +594,12 @@ fn output_gradient_tiles<const L: usize>(
     kp: usize,
     col: usize,
 ) {
-    let mut rows = [[[0.0; L]; 4]; 2];
-    for (i, row) in rows.iter_mut().enumerate() {
-        let x: [Lanes<L>; 2] = [ld(staged, 2 * i * t + q), ld(staged, (2 * i + 1) * t + q)];
-        *row = lanes2([&x[0], &x[1]], a);
+    let mut x = [[[0.0; L]; 2]; 2];
+    for (i, row) in x.iter_mut().enumerate() {
+        *row = [ld(staged, 2 * i * t + q), ld(staged, (2 * i + 1) * t + q)];
     }
-    for j in 0..4 {
-        let out = lanes2(column2(&rows, j), a);
-        for (i, o) in out.iter().enumerate() {
+    for (i, row) in two_d(&x, a).iter().enumerate() {
+        for (j, o) in row.iter().enumerate() {
             st(dm, (4 * i + j) * kp + col, o);
         }
     }
@@ -661,15 +662,13 @@ fn input_gradient_tiles<const L: usize>(
     acc: &mut Phases<'_>,
     q: usize,
 ) {
-    let mut rows = [[[0.0; L]; 4]; 4];
-    for (i, row) in rows.iter_mut().enumerate() {
-        let x = ld4::<L>(dv, 4 * i * cp + col, cp);
-        *row = lanes4([&x[0], &x[1], &x[2], &x[3]], b);
+    let mut x = [[[0.0; L]; 4]; 4];
+    for (i, row) in x.iter_mut().enumerate() {
+        *row = ld4(dv, 4 * i * cp + col, cp);
     }
     let tw = acc.tw;
-    for j in 0..4 {
-        let out = lanes4(column4(&rows, j), b);
-        for (i, o) in out.iter().enumerate() {
+    for (i, row) in two_d(&x, b).iter().enumerate() {
+        for (j, o) in row.iter().enumerate() {
             let plane = acc.plane_mut(Phases::input(i % 2, j % 2, j / 2));
             add_to(plane, q + (i / 2) * tw, o);
         }
