@@ -2,10 +2,8 @@
 //!
 //! A block holds `C × images × H × W` values, so each channel is one contiguous run per
 //! block. Training needs statistics over the whole batch, that is over every block: each
-//! block sums its runs (in `f64`), and the sums are added in block order, so the result
-//! does not depend on how many threads ran the blocks. The mean comes first and the
-//! variance is summed around it (two passes), which keeps it accurate when the mean is
-//! large against the spread.
+//! block sums its runs and their squares (in `f64`, one pass), and the sums are added in
+//! block order, so the result does not depend on how many threads ran the blocks.
 
 use super::kernels::{add_lanes, vectorized};
 
@@ -27,46 +25,43 @@ pub(crate) struct BatchStats {
 /// dependent additions to wait on.
 const LANES: usize = 16;
 
-/// `Σ (x − m)²` in `f64`, or `Σ x` with `squares` false (then `m` is unused).
+/// `(Σ x, Σ x²)` of one channel run, in `f64`.
 #[inline(always)]
-fn run_sum(xs: &[f32], m: f64, squares: bool) -> f64 {
-    let mut acc = [0.0f64; LANES];
+fn run_moments(xs: &[f32]) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let mut add = |c: &[f32]| {
+        for ((a, b), &v) in s1.iter_mut().zip(s2.iter_mut()).zip(c) {
+            let v = f64::from(v);
+            *a += v;
+            *b += v * v;
+        }
+    };
     let (whole, tail) = xs.as_chunks::<LANES>();
     for c in whole {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += if squares {
-                (f64::from(v) - m) * (f64::from(v) - m)
-            } else {
-                f64::from(v)
-            };
-        }
+        add(c);
     }
-    for (a, &v) in acc.iter_mut().zip(tail) {
-        *a += if squares {
-            (f64::from(v) - m) * (f64::from(v) - m)
-        } else {
-            f64::from(v)
-        };
-    }
-    add_lanes(acc)
+    add(tail);
+    (add_lanes(s1), add_lanes(s2))
 }
 
-/// Per-channel sums of one block: `Σ x`, or with `mean`, `Σ (x − mean)²`.
-pub(crate) fn channel_sums(x: &[f32], channels: usize, mean: Option<&[f32]>) -> Vec<f64> {
-    let mut sums = vec![0.0; channels];
+/// Per-channel `Σ x` and `Σ x²` of one block: `2 × C` values, the sums first. One pass
+/// over the block: squares of `f32` values are exact in `f64` and the sums keep 29 more
+/// bits than `f32`, so the variance `Σx²/M − mean²` loses to cancellation only when the
+/// mean is some 10⁴ standard deviations from zero or more.
+pub(crate) fn channel_moments(x: &[f32], channels: usize) -> Vec<f64> {
+    let mut sums = vec![0.0; 2 * channels];
     let out = &mut sums[..];
-    vectorized!(channel_sums_in(x: &[f32], mean: Option<&[f32]>, out: &mut [f64]));
+    vectorized!(channel_moments_in(x: &[f32], out: &mut [f64]));
     sums
 }
 
 #[inline(always)]
-fn channel_sums_in(x: &[f32], mean: Option<&[f32]>, out: &mut [f64]) {
-    let run = x.len() / out.len().max(1);
-    for (c, (o, xs)) in out.iter_mut().zip(x.chunks_exact(run.max(1))).enumerate() {
-        *o = match mean {
-            None => run_sum(xs, 0.0, false),
-            Some(m) => run_sum(xs, f64::from(m[c]), true),
-        };
+fn channel_moments_in(x: &[f32], out: &mut [f64]) {
+    let channels = out.len() / 2;
+    let run = x.len() / channels.max(1);
+    let (s1, s2) = out.split_at_mut(channels);
+    for ((a, b), xs) in s1.iter_mut().zip(s2).zip(x.chunks_exact(run.max(1))) {
+        (*a, *b) = run_moments(xs);
     }
 }
 
@@ -81,20 +76,17 @@ pub(crate) fn add_blocks(parts: &[Vec<f64>], channels: usize) -> Vec<f64> {
     total
 }
 
-/// Per-channel means of `count` values from their sums.
-pub(crate) fn means(sums: &[f64], count: usize) -> Vec<f32> {
-    sums.iter().map(|s| (s / count as f64) as f32).collect()
-}
-
-/// The batch statistics of `count` values per channel from their means and the sums of
-/// squared deviations from them.
-pub(crate) fn batch_stats(mean: Vec<f32>, squares: &[f64], count: usize, eps: f32) -> BatchStats {
+/// The batch statistics of `count` values per channel from their moments
+/// ([`channel_moments`], summed over the blocks).
+pub(crate) fn batch_stats(moments: &[f64], count: usize, eps: f32) -> BatchStats {
     let m = count as f64;
-    let mut s = BatchStats {
-        mean,
-        ..BatchStats::default()
-    };
-    for &sq in squares {
+    let (s1, s2) = moments.split_at(moments.len() / 2);
+    let mut s = BatchStats::default();
+    for (&a, &b) in s1.iter().zip(s2) {
+        let mean = a / m;
+        // Σ(x − mean)², never below zero however the sums rounded.
+        let sq = (b - a * mean).max(0.0);
+        s.mean.push(mean as f32);
         s.inv_std
             .push((1.0 / (sq / m + f64::from(eps)).sqrt()) as f32);
         s.var_unbiased.push((sq / (m - 1.0).max(1.0)) as f32);
@@ -103,41 +95,79 @@ pub(crate) fn batch_stats(mean: Vec<f32>, squares: &[f64], count: usize, eps: f3
 }
 
 vectorized! {
-    /// `y = x·scale + shift` per channel of one block, then a ReLU if `relu`.
+    /// `y = x·scale + shift` per channel of one block, plus `z` (a residual block's other
+    /// branch) if given, then a ReLU if `relu`.
     pub(crate) fn affine = affine_in(
         x: &[f32],
         y: &mut [f32],
-        scale: &[f32],
-        shift: &[f32],
+        affine: (&[f32], &[f32]),
+        z: Option<&[f32]>,
         relu: bool,
     );
 }
 
 #[inline(always)]
-fn affine_in(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
+fn affine_in(
+    x: &[f32],
+    y: &mut [f32],
+    (scale, shift): (&[f32], &[f32]),
+    z: Option<&[f32]>,
+    relu: bool,
+) {
     let run = x.len() / scale.len().max(1);
-    for ((xs, ys), (&a, &b)) in x
+    let per_channel = x
         .chunks_exact(run.max(1))
         .zip(y.chunks_exact_mut(run.max(1)))
-        .zip(scale.iter().zip(shift))
-    {
-        for (o, &v) in ys.iter_mut().zip(xs) {
-            let t = v * a + b;
-            *o = if relu { t.max(0.0) } else { t };
+        .zip(scale.iter().zip(shift));
+    match z {
+        None => {
+            for ((xs, ys), (&a, &b)) in per_channel {
+                for (o, &v) in ys.iter_mut().zip(xs) {
+                    let t = v * a + b;
+                    *o = if relu { t.max(0.0) } else { t };
+                }
+            }
+        }
+        Some(z) => {
+            for (((xs, ys), (&a, &b)), zs) in per_channel.zip(z.chunks_exact(run.max(1))) {
+                for ((o, &v), &w) in ys.iter_mut().zip(xs).zip(zs) {
+                    let t = (v * a + b) + w;
+                    *o = if relu { t.max(0.0) } else { t };
+                }
+            }
         }
     }
 }
 
-/// Per-channel `Σ dy` and `Σ dy·x̂` of one block, `x̂ = (x − mean)·inv_std`.
-pub(crate) fn gradient_sums(x: &[f32], dy: &[f32], s: &BatchStats) -> Vec<f64> {
+/// Per-channel `Σ dy` and `Σ dy·x̂` of one block, `x̂ = (x − mean)·inv_std`. With `y`,
+/// the output of the ReLU that followed, `dy` is first zeroed where `y ≤ 0`, in place:
+/// the ReLU's backward pass without a pass of its own.
+pub(crate) fn gradient_sums(
+    x: &[f32],
+    dy: &mut [f32],
+    y: Option<&[f32]>,
+    s: &BatchStats,
+) -> Vec<f64> {
     let mut sums = vec![0.0; 2 * s.mean.len()];
     let out = &mut sums[..];
-    vectorized!(gradient_sums_in(x: &[f32], dy: &[f32], s: &BatchStats, out: &mut [f64]));
+    vectorized!(gradient_sums_in(
+        x: &[f32],
+        dy: &mut [f32],
+        y: Option<&[f32]>,
+        s: &BatchStats,
+        out: &mut [f64]
+    ));
     sums
 }
 
 #[inline(always)]
-fn gradient_sums_in(x: &[f32], dy: &[f32], s: &BatchStats, out: &mut [f64]) {
+fn gradient_sums_in(x: &[f32], dy: &mut [f32], y: Option<&[f32]>, s: &BatchStats, out: &mut [f64]) {
+    if let Some(y) = y {
+        for (d, &v) in dy.iter_mut().zip(y) {
+            *d = if v <= 0.0 { 0.0 } else { *d };
+        }
+    }
+    let dy = &*dy;
     let channels = s.mean.len();
     let run = x.len() / channels.max(1);
     let (sums_dy, sums_dx) = out.split_at_mut(channels);
@@ -223,14 +253,11 @@ mod tests {
         let gamma = [1.5f32, -0.5];
         let beta = [0.2f32, 0.1];
         let eps = 1e-5;
-        let sums = channel_sums(&x, c, None);
-        let mean = means(&sums, m);
-        let sq = channel_sums(&x, c, Some(&mean));
-        let st = batch_stats(mean, &sq, m, eps);
+        let st = batch_stats(&channel_moments(&x, c), m, eps);
         let scale: Vec<f32> = (0..c).map(|i| gamma[i] * st.inv_std[i]).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - st.mean[i] * scale[i]).collect();
         let mut y = vec![0.0; c * m];
-        affine(&x, &mut y, &scale, &shift, false);
+        affine(&x, &mut y, (&scale, &shift), None, false);
         // Loss L = Σ w·y with fixed weights w: dL/dy = w.
         let w: Vec<f32> = (0..c * m).map(|i| (i as f32 * 0.37).sin()).collect();
         let loss = |x: &[f64]| -> f64 {
@@ -248,7 +275,7 @@ mod tests {
             l
         };
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-        let g = gradient_sums(&x, &w, &st);
+        let g = gradient_sums(&x, &mut w.clone(), None, &st);
         let (sd, sdx): (Vec<f32>, Vec<f32>) = (
             g[..c].iter().map(|&v| v as f32).collect(),
             g[c..].iter().map(|&v| v as f32).collect(),

@@ -57,17 +57,16 @@ pub(crate) fn applies(g: &Window, filters: usize) -> bool {
     possible && SWITCH.chooses(|| pays(g, filters))
 }
 
-/// Fewest output columns and most filters of a convolution that `auto` runs directly.
-const AUTO_MIN_WIDTH: usize = 13;
-const AUTO_MAX_FILTERS: usize = 24;
+/// Most filters of a convolution that `auto` runs directly.
+const AUTO_MAX_FILTERS: usize = 64;
 
-/// Where direct convolutions were measured faster than unfolded ones (docs/
-/// performance.md): few filters, where the unfolded product is thin (16 rows for
-/// ResNet-20's first stage) and the unfolding's writes cost as much as the arithmetic;
-/// and maps 13 or more wide, since the shared padding computes `(W + P)(H + P)` positions
-/// for `W·H` outputs (27 % more at 8×8, 6 % at 32×32).
-fn pays(g: &Window, filters: usize) -> bool {
-    filters <= AUTO_MAX_FILTERS && g.ow >= AUTO_MIN_WIDTH
+/// Where direct convolutions were measured at least as fast as unfolded ones (docs/
+/// performance.md): with the weight gradient direct too, every bench net with up to 64
+/// filters a layer, on maps from 2×2 to 32×32 (the unfolded product is thin there, and
+/// unfolding writes every input value `k²` times). Wider layers were not measured
+/// without Winograd taking them, so they stay unfolded.
+fn pays(_g: &Window, filters: usize) -> bool {
+    filters <= AUTO_MAX_FILTERS
 }
 
 /// Filters per packed block and output positions per strip, for the running CPU: as
@@ -353,6 +352,233 @@ fn unstage(
     }
 }
 
+/// (Channel, kernel offset) rows of the weight gradient summed at once: one accumulator
+/// register of filters each, leaving registers for the output gradient's vector and the
+/// broadcast input value (32 vector registers on AVX-512, 16 on AVX2).
+fn grad_tile() -> usize {
+    match kernels::simd() {
+        Simd::Avx512 => 24,
+        _ => 12,
+    }
+}
+
+/// Values of a position's row of the position-major output gradient: the filters rounded
+/// up to 16, whole vectors on AVX2 and AVX-512 alike.
+fn grad_width(filters: usize) -> usize {
+    filters.next_multiple_of(16)
+}
+
+/// Images of a block whose padded input and position-major output gradient fit in
+/// `budget` values.
+fn grad_images_per_run(g: &Window, filters: usize, budget: usize) -> usize {
+    let per_image = g.channels * (g.h + g.pad) * pitch(g) + g.out_plane() * grad_width(filters);
+    (budget / per_image.max(1)).clamp(1, g.images.max(1))
+}
+
+/// Scratch of one block's direct weight gradients.
+pub(crate) struct GradScratch<'a> {
+    pub padded: &'a mut Vec<f32>,
+    /// The output gradient of a run, position-major ([`grad_width`] values a position).
+    pub dyt: &'a mut Vec<f32>,
+    /// The gradient being summed, `C·k·k` rows of [`grad_width`] values.
+    pub acc: &'a mut Vec<f32>,
+}
+
+/// The weight gradient of one block, transposed: `dwt` (`C·k·k × filters`, overwritten)
+/// gets `Σ dy[f](o) · x[c](o + offset)` over the output positions `o` of every image,
+/// for each channel `c`, kernel offset and filter `f` — the unfolded product
+/// `unfold(x) · dyᵀ` without the unfolded matrix. Each row's filters are one vector
+/// register, the input value a broadcast, and every sum runs over the positions in
+/// order with fused multiply-adds, so the result depends neither on the thread count nor
+/// on the instruction set (the tile only chooses which rows are summed together).
+pub(crate) fn weight_gradient(
+    g: &Window,
+    filters: usize,
+    x: &[f32],
+    dy: &[f32],
+    dwt: &mut [f32],
+    budget: usize,
+    mut s: GradScratch<'_>,
+) {
+    let (fw, rows) = (grad_width(filters), g.col_rows());
+    let run = grad_images_per_run(g, filters, budget);
+    let at_least = |v: &mut Vec<f32>, n: usize| {
+        if v.len() < n {
+            v.resize(n, 0.0);
+        }
+    };
+    at_least(s.padded, g.channels * channel_len(g, run));
+    at_least(s.dyt, run * g.out_plane() * fw);
+    at_least(s.acc, rows * fw);
+    s.acc[..rows * fw].fill(0.0);
+    let op = WeightGradient {
+        g,
+        filters,
+        x,
+        dy,
+        run,
+        s: &mut s,
+    };
+    kernels::dispatch(op);
+    for (dst, src) in dwt.chunks_exact_mut(filters).zip(s.acc.chunks_exact(fw)) {
+        dst.copy_from_slice(&src[..filters]);
+    }
+}
+
+/// [`weight_gradient`]'s loops as a [`pulp::WithSimd`] operation (see [`Convolve`]).
+struct WeightGradient<'a, 'b, 'c> {
+    g: &'a Window,
+    filters: usize,
+    x: &'a [f32],
+    dy: &'a [f32],
+    run: usize,
+    s: &'c mut GradScratch<'b>,
+}
+
+impl pulp::WithSimd for WeightGradient<'_, '_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let WeightGradient {
+            g,
+            filters,
+            x,
+            dy,
+            run,
+            s,
+        } = self;
+        let (fw, k, rows) = (grad_width(filters), g.kernel, g.col_rows());
+        let taps = k * k;
+        for first in (0..g.images).step_by(run) {
+            let count = run.min(g.images - first);
+            pad_run(g, x, first, count, s.padded);
+            to_positions(g, filters, dy, (first, count), &mut s.dyt[..], fw);
+            let cs = channel_len(g, count);
+            let offsets: Vec<usize> = (0..rows)
+                .map(|r| (r / taps) * cs + (r % taps / k) * pitch(g) + r % k)
+                .collect();
+            let run = GradRun {
+                g,
+                count,
+                fw,
+                x: &s.padded[..],
+                dyt: &s.dyt[..],
+            };
+            for group in (0..fw).step_by(S::F32_LANES) {
+                let mut r = 0;
+                while r < rows {
+                    let left = rows - r;
+                    let acc = &mut s.acc[..];
+                    let (o, wide) = (&offsets[r..], grad_tile() >= 24);
+                    // A 3×3 kernel's rows come in threes (one kernel row of a channel),
+                    // read at consecutive offsets from one address.
+                    r += match (k, left) {
+                        (3, 24..) if wide => grad_rows::<S, 8, 3>(simd, &run, o, group, (r, acc)),
+                        (3, 12..) => grad_rows::<S, 4, 3>(simd, &run, o, group, (r, acc)),
+                        (3, _) => grad_rows::<S, 1, 3>(simd, &run, o, group, (r, acc)),
+                        (_, 8..) => grad_rows::<S, 8, 1>(simd, &run, o, group, (r, acc)),
+                        (_, 4..) => grad_rows::<S, 4, 1>(simd, &run, o, group, (r, acc)),
+                        _ => grad_rows::<S, 1, 1>(simd, &run, o, group, (r, acc)),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Images `first..first + count` of a block's output gradient `dy` (`filters × images ×
+/// OH × OW`) position by position: `fw` values a position, zero past the last filter.
+#[inline(always)]
+fn to_positions(
+    g: &Window,
+    filters: usize,
+    dy: &[f32],
+    (first, count): (usize, usize),
+    dyt: &mut [f32],
+    fw: usize,
+) {
+    let out = g.out_plane();
+    let rows: Vec<&[f32]> = (0..filters)
+        .map(|f| &dy[(f * g.images + first) * out..][..count * out])
+        .collect();
+    // Position by position, so that the writes are contiguous: filter by filter, they
+    // were compiled into scatters, which cost more than the gradient's products.
+    for (q, to) in dyt[..count * out * fw].chunks_exact_mut(fw).enumerate() {
+        let (head, tail) = to.split_at_mut(filters);
+        for (d, row) in head.iter_mut().zip(&rows) {
+            *d = row[q];
+        }
+        tail.fill(0.0);
+    }
+}
+
+/// One run of a block as [`grad_rows`] reads it: the padded input and the position-major
+/// output gradient of `count` images.
+struct GradRun<'a> {
+    g: &'a Window,
+    count: usize,
+    fw: usize,
+    x: &'a [f32],
+    dyt: &'a [f32],
+}
+
+/// Adds the run's terms to `NB × R` rows of the gradient from `r` on, for the filters
+/// `group..group + lanes`; returns the row count. Row `b·R + i` reads the input at
+/// `offsets[b·R] + i` (its offset in `offsets`, checked): a 3×3 kernel's rows in threes
+/// of one address, or any rows one by one with `R = 1`. The accumulators are nested
+/// arrays of at most 8, which the compiler keeps in registers (a flat array of 24 was
+/// left in memory).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
+    simd: S,
+    run: &GradRun<'_>,
+    offsets: &[usize],
+    group: usize,
+    (r, acc): (usize, &mut [f32]),
+) -> usize {
+    let (g, fw, lanes) = (run.g, run.fw, S::F32_LANES);
+    let (wp, ow) = (pitch(g), g.ow);
+    let starts: [usize; NB] = std::array::from_fn(|b| offsets[b * R]);
+    let consecutive = (0..NB * R).all(|q| offsets[q] == starts[q / R] + q % R);
+    assert!(consecutive, "direct weight gradient: rows not consecutive");
+    let last = (run.count.max(1) - 1) * (g.h + g.pad) * wp + (g.oh.max(1) - 1) * wp + ow;
+    let reach = starts.iter().max().map_or(0, |&o| o + R - 1 + last);
+    // Every read below is at `start + i + base + ox` with `base + ox < last`, `i < R`.
+    assert!(
+        reach <= run.x.len(),
+        "direct weight gradient: input run too short"
+    );
+    let at = |b: usize, i: usize| (r + b * R + i) * fw + group;
+    let mut a: [[S::f32s; R]; NB] =
+        std::array::from_fn(|b| std::array::from_fn(|i| load::<S>(&acc[at(b, i)..][..lanes])));
+    for n in 0..run.count {
+        for oy in 0..g.oh {
+            let base = (n * (g.h + g.pad) + oy) * wp;
+            let ds = &run.dyt[(n * g.oh + oy) * ow * fw..][..ow * fw];
+            for ox in 0..ow {
+                let d = load::<S>(&ds[ox * fw + group..][..lanes]);
+                let at = base + ox;
+                for (ab, &start) in a.iter_mut().zip(&starts) {
+                    for (i, ai) in ab.iter_mut().enumerate() {
+                        // SAFETY: `start + i + at < reach <= x.len()`, checked above.
+                        let v = unsafe { *run.x.get_unchecked(start + at + i) };
+                        *ai = simd.mul_add_f32s(simd.splat_f32s(v), d, *ai);
+                    }
+                }
+            }
+        }
+    }
+    for (b, ab) in a.iter().enumerate() {
+        for (i, ai) in ab.iter().enumerate() {
+            let values: &[f32] = pulp::bytemuck::cast_slice(std::slice::from_ref(ai));
+            acc[at(b, i)..][..lanes].copy_from_slice(values);
+        }
+    }
+    NB * R
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +698,59 @@ mod tests {
         }
     }
 
+    /// The unfolded weight gradient `unfold(x) · dyᵀ` (`C·k·k × filters`).
+    fn unfolded_weight_gradient(g: &Window, filters: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (k, cols) = (g.col_rows(), g.images * g.out_plane());
+        let mut col = vec![0.0; k * cols];
+        let mut padded = vec![0.0; g.padded_plane().max(1)];
+        im2col(g, x, 0, g.images, &mut col, &mut padded);
+        let mut dwt = vec![0.0; k * filters];
+        matmul(
+            MatMut::rows(&mut dwt, k, filters),
+            Mat::rows(&col, k, cols),
+            Mat::transposed(dy, cols, filters),
+            false,
+            false,
+        );
+        dwt
+    }
+
+    #[test]
+    fn direct_weight_gradient_matches_the_unfolded_one() {
+        // Channels, images, height, width, kernel, padding, filters, budget: filters below,
+        // at and past one vector of 16, row counts that leave every tile size a remainder,
+        // and budgets of one image per run and several.
+        let cases = [
+            (1, 1, 5, 5, 3, 1, 1, 1 << 17),
+            (16, 3, 32, 32, 3, 1, 16, 1 << 17),
+            (16, 5, 12, 10, 3, 1, 16, 3000),
+            (3, 4, 8, 8, 3, 1, 20, 1 << 17),
+            (5, 2, 6, 6, 2, 0, 9, 1 << 17),
+            (4, 5, 9, 5, 5, 2, 7, 300),
+            (2, 3, 4, 4, 5, 4, 33, 1 << 17),
+            (17, 2, 7, 9, 3, 1, 13, 200),
+        ];
+        for (i, &(c, images, h, w, k, pad, filters, budget)) in cases.iter().enumerate() {
+            let g = window(c, images, h, w, k, pad);
+            let x = values(c * images * h * w, 300 + i as u64);
+            let dy = values(filters * images * g.out_plane(), 400 + i as u64);
+            let want = unfolded_weight_gradient(&g, filters, &x, &dy);
+            let mut dwt = vec![f32::NAN; want.len()];
+            let (mut padded, mut dyt, mut acc) = (Vec::new(), Vec::new(), Vec::new());
+            let s = GradScratch {
+                padded: &mut padded,
+                dyt: &mut dyt,
+                acc: &mut acc,
+            };
+            weight_gradient(&g, filters, &x, &dy, &mut dwt, budget, s);
+            // Sums of up to 3 072 terms below 1/4 in `f32`, in another order: measured 3e-5 at
+            // most, against errors of order 1 from a wrong offset or filter.
+            let scale = (images * g.out_plane()) as f32;
+            let err = worst(&dwt, &want);
+            assert!(err <= 1e-7 * scale, "case {i}: off by {err}");
+        }
+    }
+
     #[test]
     fn strided_dilated_and_pointwise_windows_stay_unfolded() {
         let g = window(4, 1, 8, 8, 3, 1);
@@ -481,15 +760,16 @@ mod tests {
         assert!(!applies(&Window { pad: 3, ..g }, 8));
     }
 
-    /// `auto`'s rule on the shapes it was measured on: ResNet-20's first stage and
-    /// tiny16's convolution run directly; ResNet-20's second and third stages, cifar32's
-    /// convolutions and the 8×8 nets' stay unfolded.
+    /// `auto`'s rule on the shapes it was measured on: ResNet-20's first stage, tiny16's
+    /// convolution, ResNet-8's three stages (16 filters at 8×8 to 64 at 2×2), net-4's
+    /// 6×6 and alexnet-s5's 8×8 layers run directly; 128 filters and more stay unfolded.
     #[test]
-    fn auto_runs_directly_few_filters_on_wide_maps() {
+    fn auto_runs_directly_up_to_64_filters() {
         assert!(pays(&window(16, 8, 32, 32, 3, 1), 16));
         assert!(pays(&window(3, 8, 16, 16, 4, 0), 6));
-        assert!(!pays(&window(16, 8, 16, 16, 3, 1), 32));
+        assert!(pays(&window(16, 8, 8, 8, 3, 1), 16));
+        assert!(pays(&window(64, 8, 2, 2, 3, 1), 64));
+        assert!(pays(&window(6, 8, 6, 6, 3, 1), 16));
         assert!(!pays(&window(64, 8, 32, 32, 3, 1), 128));
-        assert!(!pays(&window(3, 8, 8, 8, 3, 1), 16));
     }
 }

@@ -62,6 +62,9 @@ enum Step {
         plane: usize,
         eps: f32,
         momentum: f32,
+        /// An activation added after the affine map (before the ReLU): the other branch of
+        /// a residual block whose body ends here, so the block's sum is no pass of its own.
+        add: Option<usize>,
         relu: bool,
     },
     Lrn(LrnParams),
@@ -133,9 +136,12 @@ struct Scratch {
     /// Winograd convolutions: input-tile gradients, and filter-tile gradients.
     dv: Vec<f32>,
     du: Vec<f32>,
-    /// Direct convolutions: the padded input run, and staged outputs.
+    /// Direct convolutions: the padded input run, and staged outputs; for the weight
+    /// gradient, the output gradient position by position and the gradient's sums.
     direct_in: Vec<f32>,
     stage: Vec<f32>,
+    dyt: Vec<f32>,
+    acc: Vec<f32>,
 }
 
 impl Scratch {
@@ -168,17 +174,19 @@ impl Scratch {
             at_least(&mut self.padded, winograd::padded_plane(g));
             return;
         }
-        let run = images_per_run(g).min(g.images);
-        at_least(&mut self.col, g.col_rows() * g.out_plane() * run);
-        at_least(&mut self.dcol, g.col_rows() * g.out_plane() * run);
-        at_least(&mut self.padded, g.padded_plane());
         if algo == Algo::Direct {
+            // The weight gradient's buffers grow on first use.
             for d in [*g, direct::transposed_window(g, filters)] {
                 let (p, s) = direct::scratch_len(&d, direct::images_per_run(&d, COL_BUDGET));
                 at_least(&mut self.direct_in, p);
                 at_least(&mut self.stage, s);
             }
+            return;
         }
+        let run = images_per_run(g).min(g.images);
+        at_least(&mut self.col, g.col_rows() * g.out_plane() * run);
+        at_least(&mut self.dcol, g.col_rows() * g.out_plane() * run);
+        at_least(&mut self.padded, g.padded_plane());
     }
 
     fn direct(&mut self) -> direct::RunScratch<'_> {
@@ -315,6 +323,22 @@ impl Compiler {
         self.cur = self.steps.len();
     }
 
+    /// Makes the last step, a batch norm whose output only the residual block's sum reads,
+    /// add activation `other` itself; false if it cannot.
+    fn add_to_batch_norm(&mut self, other: usize) -> bool {
+        let last = self.steps.len();
+        match self.steps.last_mut() {
+            Some(Step::BatchNorm { add, relu, .. })
+                if add.is_none() && !*relu && self.cur == last =>
+            {
+                *add = Some(other);
+                self.fusable = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Compiles `layers` reading maps of `shape`; `top` is the spec layer they belong to
     /// (`None`: each is one).
     fn layers(
@@ -377,6 +401,7 @@ impl Compiler {
                         plane: h * w,
                         eps: b.eps,
                         momentum: b.momentum,
+                        add: None,
                         relu: false,
                     }
                 }
@@ -434,20 +459,19 @@ impl Compiler {
                     self.fusable = false;
                     self.layers(spec, names, &r.body, shape, Some(li))?;
                     let body = self.cur;
-                    if r.shortcut.is_empty() {
-                        Step::Add {
-                            other: input,
-                            relu: false,
-                        }
+                    let other = if r.shortcut.is_empty() {
+                        input
                     } else {
                         self.cur = input;
                         self.fusable = false;
                         self.layers(spec, names, &r.shortcut, shape, Some(li))?;
-                        Step::Add {
-                            other: body,
-                            relu: false,
-                        }
+                        body
+                    };
+                    if self.add_to_batch_norm(other) {
+                        shape = out;
+                        continue;
                     }
+                    Step::Add { other, relu: false }
                 }
             };
             self.push(step, li, out);
@@ -489,7 +513,11 @@ impl NativeNet {
         let mut readers = vec![0usize; c.sizes.len()];
         for (i, s) in c.steps.iter().enumerate() {
             readers[c.src[i]] += 1;
-            if let Step::Add { other, .. } = s {
+            if let Step::Add { other, .. }
+            | Step::BatchNorm {
+                add: Some(other), ..
+            } = s
+            {
                 readers[*other] += 1;
             }
         }
@@ -676,6 +704,7 @@ impl NativeNet {
                     channels,
                     plane,
                     eps,
+                    add,
                     relu,
                     ..
                 } => {
@@ -690,10 +719,18 @@ impl NativeNet {
                         let inv: Vec<f32> = p[3].iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
                         bn_affine(&p[0], &p[1], &p[2], &inv)
                     };
-                    blocks(x, &starts, sx)
-                        .into_par_iter()
-                        .zip(blocks_mut(y, &starts, sy))
-                        .for_each(|(xb, yb)| bn::affine(xb, yb, &scale, &shift, *relu));
+                    let ab = (&scale[..], &shift[..]);
+                    match add {
+                        None => blocks(x, &starts, sx)
+                            .into_par_iter()
+                            .zip(blocks_mut(y, &starts, sy))
+                            .for_each(|(xb, yb)| bn::affine(xb, yb, ab, None, *relu)),
+                        Some(o) => blocks(x, &starts, sx)
+                            .into_par_iter()
+                            .zip(blocks(&before[*o], &starts, sy))
+                            .zip(blocks_mut(y, &starts, sy))
+                            .for_each(|((xb, zb), yb)| bn::affine(xb, yb, ab, Some(zb), *relu)),
+                    }
                 }
                 Step::Lrn(p) => {
                     blocks(x, &starts, sx)
@@ -900,15 +937,18 @@ impl NativeNet {
         let starts = ws.starts.clone();
         let counts = block_images(&starts);
 
-        for s in &mut ws.stash {
-            s.fill(0.0);
-        }
+        // No gradient has reached any activation off the chain yet.
+        let mut fresh = vec![true; ws.stash.len()];
         for (i, step) in self.steps.iter().enumerate().rev() {
             let src = self.src[i];
             let (sx, sy) = (self.sizes[src], self.sizes[i + 1]);
             if !self.chain[i + 1] {
                 // Every reader of this activation came later, so its sum is complete.
-                ws.grad_out[..sy * n].copy_from_slice(&ws.stash[i + 1]);
+                let sum = &mut ws.grad_out[..sy * n];
+                match fresh[i + 1] {
+                    true => sum.fill(0.0),
+                    false => copy_into(sum, &ws.stash[i + 1]),
+                }
             }
             let x = &ws.acts[src][..];
             let y = &ws.acts[i + 1][..];
@@ -997,21 +1037,21 @@ impl NativeNet {
                     param,
                     channels,
                     plane,
+                    add,
                     relu,
                     ..
                 } => {
-                    if *relu {
-                        blocks_mut(dy, &starts, sy)
-                            .into_par_iter()
-                            .zip(blocks(y, &starts, sy))
-                            .for_each(|(dyb, yb)| relu_mask(dyb, yb));
-                    }
+                    // With a ReLU after it, its mask is applied to `dy` on the way.
                     let st = &ws.bn[i];
                     let parts: Vec<Vec<f64>> = blocks(x, &starts, sx)
                         .into_par_iter()
-                        .zip(blocks(dy, &starts, sy))
-                        .map(|(xb, dyb)| bn::gradient_sums(xb, dyb, st))
+                        .zip(blocks_mut(dy, &starts, sy))
+                        .zip(blocks(y, &starts, sy))
+                        .map(|((xb, dyb), yb)| bn::gradient_sums(xb, dyb, relu.then_some(yb), st))
                         .collect();
+                    if let Some(o) = add {
+                        stash_add(&mut ws.stash[*o], &mut fresh[*o], dy);
+                    }
                     let sums: Vec<f32> = bn::add_blocks(&parts, 2 * channels)
                         .into_iter()
                         .map(|v| v as f32)
@@ -1102,10 +1142,10 @@ impl NativeNet {
                     if *relu {
                         relu_mask(dy, y);
                     }
-                    add_into(&mut ws.stash[*other], dy);
+                    stash_add(&mut ws.stash[*other], &mut fresh[*other], dy);
                     // The gradient of the main input is `dy` itself, left where it is.
                     if !self.chain[src] {
-                        add_into(&mut ws.stash[src], dy);
+                        stash_add(&mut ws.stash[src], &mut fresh[src], dy);
                     }
                     continue;
                 }
@@ -1114,7 +1154,7 @@ impl NativeNet {
                 if self.chain[src] {
                     std::mem::swap(&mut ws.grad_out, &mut ws.grad_in);
                 } else {
-                    add_into(&mut ws.stash[src], dx);
+                    stash_add(&mut ws.stash[src], &mut fresh[src], dx);
                 }
             }
         }
@@ -1137,6 +1177,23 @@ fn elementwise(
         .zip(a.par_chunks(ELEMENTWISE_CHUNK))
         .zip(b.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|((o, a), b)| f(o, a, b));
+}
+
+/// Adds `g` to the gradient summed in `acc`, or copies it there if it is the first
+/// (`fresh`): the sums start without a pass that zeroes them.
+fn stash_add(acc: &mut [f32], fresh: &mut bool, g: &[f32]) {
+    if std::mem::replace(fresh, false) {
+        copy_into(acc, g);
+    } else {
+        add_into(acc, g);
+    }
+}
+
+/// `to = from`, in parallel chunks.
+fn copy_into(to: &mut [f32], from: &[f32]) {
+    to.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(from.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(t, f)| t.copy_from_slice(f));
 }
 
 /// `acc += g`, element by element.
@@ -1294,7 +1351,13 @@ fn conv_block_backward(
             winograd::filter_gradient(&s.du, filters, g.channels, &mut s.partial[..k * filters]);
         }
         Algo::Direct => {
-            conv_block_backward_unfolded(g, filters, w.wt, x, dy, None, s);
+            let dwt = &mut s.partial[..k * filters];
+            let grad = direct::GradScratch {
+                padded: &mut s.direct_in,
+                dyt: &mut s.dyt,
+                acc: &mut s.acc,
+            };
+            direct::weight_gradient(g, filters, x, dy, dwt, COL_BUDGET, grad);
             if let Some(dx) = dx {
                 let gt = direct::transposed_window(g, filters);
                 direct::convolve(&gt, g.channels, w.prepared, dy, dx, COL_BUDGET, s.direct());
@@ -1360,19 +1423,13 @@ fn conv_block_backward_unfolded(
     }
 }
 
-/// Sums the blocks' partial gradients in block order: `gw` (`C_out × K`) and `gb`.
 /// A batch norm's batch statistics over every block of `x`, summed in block order.
 fn batch_statistics(x: Vec<&[f32]>, channels: usize, count: usize, eps: f32) -> BatchStats {
     let parts: Vec<Vec<f64>> = x
         .par_iter()
-        .map(|xb| bn::channel_sums(xb, channels, None))
+        .map(|xb| bn::channel_moments(xb, channels))
         .collect();
-    let mean = bn::means(&bn::add_blocks(&parts, channels), count);
-    let parts: Vec<Vec<f64>> = x
-        .par_iter()
-        .map(|xb| bn::channel_sums(xb, channels, Some(&mean)))
-        .collect();
-    bn::batch_stats(mean, &bn::add_blocks(&parts, channels), count, eps)
+    bn::batch_stats(&bn::add_blocks(&parts, 2 * channels), count, eps)
 }
 
 /// A batch norm as one affine map per channel: `scale = γ·inv_std`,
@@ -1388,6 +1445,7 @@ fn bn_affine(gamma: &[f32], beta: &[f32], mean: &[f32], inv_std: &[f32]) -> (Vec
     (scale, shift)
 }
 
+/// Sums the blocks' partial gradients in block order: `gw` (`C_out × K`) and `gb`.
 fn sum_partials(scratch: &[Scratch], filters: usize, k: usize, gw: &mut [f32], gb: &mut [f32]) {
     gw.par_chunks_mut(k)
         .zip(gb.par_iter_mut())
