@@ -465,7 +465,9 @@ impl pulp::WithSimd for WeightGradient<'_, '_, '_> {
                 x: &s.padded[..],
                 dyt: &s.dyt[..],
             };
-            for group in (0..fw).step_by(S::F32_LANES) {
+            // Vectors of filters wholly past the last one (AVX2, at most 8 filters) are
+            // zero and never read back: skipped.
+            for group in (0..filters).step_by(S::F32_LANES) {
                 let mut r = 0;
                 while r < rows {
                     let left = rows - r;
