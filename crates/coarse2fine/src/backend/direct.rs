@@ -17,9 +17,9 @@
 //!
 //! The input gradient of such a convolution is the same operation on the output gradient,
 //! with padding `k − 1 − P` and the kernels transposed and turned by 180°
-//! ([`pack_transposed`]). The weight gradient stays an unfolded matrix product (a direct
-//! one, tried, was slower). Every output is a sum over channels and offsets in a fixed
-//! order, with fused multiply-adds, so results depend neither on the thread count nor on
+//! ([`pack_transposed`]). The weight gradient reads the same padded buffer, with the
+//! output gradient laid out position by position ([`weight_gradient`]). Every output is a
+//! sum in a fixed order, with fused multiply-adds, so results depend neither on the thread count nor on
 //! the instruction set (the tile sizes only choose which sums are computed together).
 
 use super::kernels::{self, Simd, SwitchMode, Window};
@@ -352,16 +352,6 @@ fn unstage(
     }
 }
 
-/// (Channel, kernel offset) rows of the weight gradient summed at once: one accumulator
-/// register of filters each, leaving registers for the output gradient's vector and the
-/// broadcast input value (32 vector registers on AVX-512, 16 on AVX2).
-fn grad_tile() -> usize {
-    match kernels::simd() {
-        Simd::Avx512 => 24,
-        _ => 12,
-    }
-}
-
 /// Values of a position's row of the position-major output gradient: the filters rounded
 /// up to 16, whole vectors on AVX2 and AVX-512 alike.
 fn grad_width(filters: usize) -> usize {
@@ -467,12 +457,16 @@ impl pulp::WithSimd for WeightGradient<'_, '_, '_> {
             };
             // Vectors of filters wholly past the last one (AVX2, at most 8 filters) are
             // zero and never read back: skipped.
+            // Rows summed at once: one accumulator register of filters each, leaving
+            // registers for the output gradient's vector and the broadcast input value —
+            // 24 of AVX-512's 32 vector registers, 12 of AVX2's 16.
+            let wide = S::F32_LANES >= 16;
             for group in (0..filters).step_by(S::F32_LANES) {
                 let mut r = 0;
                 while r < rows {
                     let left = rows - r;
                     let acc = &mut s.acc[..];
-                    let (o, wide) = (&offsets[r..], grad_tile() >= 24);
+                    let o = &offsets[r..];
                     // A 3×3 kernel's rows come in threes (one kernel row of a channel),
                     // read at consecutive offsets from one address.
                     r += match (k, left) {

@@ -101,8 +101,8 @@ enum Algo {
     Unfolded,
     /// Winograd F(2×2, 3×3) ([`winograd::applies`]).
     Winograd,
-    /// Shifted reads of a padded copy ([`direct::applies`]) for the output and the input
-    /// gradient; the weight gradient is still an unfolded product.
+    /// Shifted reads of a padded copy ([`direct::applies`]) for the output, the input
+    /// gradient and the weight gradient.
     Direct,
 }
 
