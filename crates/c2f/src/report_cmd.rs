@@ -5,10 +5,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use coarse2fine::events::What;
-use coarse2fine::fsutil::{self, OutputLock, Ownership};
+use coarse2fine::fsutil::{self, OutputLock, Ownership, StagedFiles};
 use coarse2fine::report::{self, RunData, Summary};
 use plotters::prelude::*;
 
@@ -116,26 +116,26 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     let inputs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
     fsutil::check_output(&a.out, &REPORT, &inputs)?;
     fsutil::create_dir_all(&a.out)?;
+    // All or nothing: a failed write (a full disk) leaves an earlier report as it was.
+    let mut files = fsutil::StagedFiles::new(&a.out);
     for plot in PLOTS {
         let figure = Figure::Curves(plot, &summary.curves, &title);
-        write_plot(&a.out, plot.file(), &figure)?;
+        write_plot(&mut files, plot.file(), &figure)?;
     }
     if !fronts.is_empty() {
-        write_plot(&a.out, "frontier", &Figure::Frontier(&fronts, &title))?;
+        write_plot(&mut files, "frontier", &Figure::Frontier(&fronts, &title))?;
     }
     let mats = matrices(&runs);
     if !mats.is_empty() {
-        write_plot(&a.out, "confusion", &Figure::Confusion(&mats))?;
+        write_plot(&mut files, "confusion", &Figure::Confusion(&mats))?;
     }
-    write_csv(&a.out, &summary)?;
-    fsutil::write_json_atomic(
-        &a.out.join("summary.json"),
-        &serde_json::json!({
-            "format": SUMMARY_FORMAT, "rows": summary.rows, "dips": summary.dips,
-            "decisions": summary.decisions,
-            "frontiers": fronts, "payoffs": pays,
-        }),
-    )?;
+    write_csv(&mut files, &summary)?;
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "format": SUMMARY_FORMAT, "rows": summary.rows, "dips": summary.dips,
+        "decisions": summary.decisions,
+        "frontiers": fronts, "payoffs": pays,
+    }))?;
+    files.write_bytes("summary.json", format!("{json}\n").as_bytes())?;
     let mut verdict: Vec<String> = pays.iter().map(payoff_verdict).collect();
     if pays.is_empty() {
         verdict.extend(verdicts(&summary));
@@ -152,14 +152,9 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
         sweep: sweep_table(&all),
         confusion: !mats.is_empty(),
     };
-    fsutil::write_bytes_atomic(
-        &a.out.join("report.md"),
-        doc.render(Format::Markdown).as_bytes(),
-    )?;
-    fsutil::write_bytes_atomic(
-        &a.out.join("report.html"),
-        doc.render(Format::Html).as_bytes(),
-    )?;
+    files.write_bytes("report.md", doc.render(Format::Markdown).as_bytes())?;
+    files.write_bytes("report.html", doc.render(Format::Html).as_bytes())?;
+    files.commit()?;
     #[cfg(feature = "tensorboard")]
     if let Some(tb) = &a.tensorboard {
         let start = std::time::SystemTime::now()
@@ -368,22 +363,17 @@ fn matrices(runs: &[RunData]) -> Vec<Matrix<'_>> {
         .collect()
 }
 
-/// Draws `figure` into `NAME.svg` and `NAME.png` in `dir`, each through a temporary file
-/// renamed into place, like every other output; a failed drawing leaves no temporary file.
-fn write_plot(dir: &Path, name: &str, figure: &Figure<'_>) -> Result<()> {
+/// Draws `figure` into `NAME.svg` and `NAME.png`, staged with the report's other files.
+fn write_plot(files: &mut StagedFiles, name: &str, figure: &Figure<'_>) -> Result<()> {
     for ext in ["svg", "png"] {
-        let dest = dir.join(format!("{name}.{ext}"));
-        let tmp = dir.join(format!(".{name}.tmp.{ext}"));
+        let dest = format!("{name}.{ext}");
+        let tmp = files.path_for(&dest)?;
         let drawn = if ext == "svg" {
             figure.draw(SVGBackend::new(&tmp, figure.size(960, 600)).into_drawing_area())
         } else {
             figure.draw(BitMapBackend::new(&tmp, figure.size(1280, 800)).into_drawing_area())
         };
-        let placed = drawn.and_then(|()| std::fs::rename(&tmp, &dest).map_err(Into::into));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.context(dest.display().to_string()));
-        }
+        drawn.with_context(|| tmp.with_file_name(&dest).display().to_string())?;
     }
     Ok(())
 }
@@ -418,7 +408,7 @@ impl Figure<'_> {
 }
 
 /// `curves.csv`: every point of every curve.
-fn write_csv(dir: &Path, summary: &Summary) -> Result<()> {
+fn write_csv(files: &mut StagedFiles, summary: &Summary) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "run", "curve", "kind", "stage", "size", "iter", "images", "time_s", "wall_s", "top1",
@@ -454,7 +444,7 @@ fn write_csv(dir: &Path, summary: &Summary) -> Result<()> {
         }
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("CSV: {e}"))?;
-    fsutil::write_bytes_atomic(&dir.join("curves.csv"), &bytes)?;
+    files.write_bytes("curves.csv", &bytes)?;
     Ok(())
 }
 

@@ -278,6 +278,71 @@ impl Drop for StagedDir {
     }
 }
 
+/// Files written into one folder as a set: each goes to a temporary name there, and
+/// [`StagedFiles::commit`] renames them all into place only once every one is complete, so
+/// a write that fails (a full disk) changes none of the folder's files. Dropped without
+/// commit, the temporaries are removed.
+#[derive(Debug)]
+pub struct StagedFiles {
+    dir: PathBuf,
+    files: Vec<(tempfile::TempPath, PathBuf)>,
+}
+
+impl StagedFiles {
+    /// Starts a set of files for `dir`, which must exist.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+        }
+    }
+
+    /// A new empty temporary file that will become `dir/name`, for writers that want a path
+    /// (an image encoder, which picks its format by the extension the temporary keeps); it
+    /// belongs to the set from now on.
+    pub fn path_for(&mut self, name: &str) -> Result<PathBuf> {
+        let prefix = format!(".c2f-tmp-{}-", std::process::id());
+        let suffix = Path::new(name)
+            .extension()
+            .map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+        let tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(&suffix)
+            .tempfile_in(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?
+            .into_temp_path();
+        let path = tmp.to_path_buf();
+        self.files.push((tmp, self.dir.join(name)));
+        Ok(path)
+    }
+
+    /// Stages `dir/name` with `bytes`.
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let dest = self.dir.join(name);
+        let tmp = self.path_for(name)?;
+        fs::write(&tmp, bytes).map_err(|e| Error::io(&dest, e))
+    }
+
+    /// Syncs every staged file, then renames each over its destination.
+    pub fn commit(self) -> Result<()> {
+        for (tmp, dest) in &self.files {
+            let file = fs::File::open(tmp).map_err(|e| Error::io(dest, e))?;
+            file.sync_all().map_err(|e| Error::io(dest, e))?;
+            // Temporary files are created private (0600); the results are ordinary files.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(tmp, fs::Permissions::from_mode(0o644))
+                    .map_err(|e| Error::io(dest, e))?;
+            }
+        }
+        for (tmp, dest) in self.files {
+            tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+        }
+        Ok(())
+    }
+}
+
 /// How to recognise an output folder that c2f made, so that it may be replaced or written
 /// into again, while any other folder is left alone.
 #[derive(Debug, Clone, Copy)]

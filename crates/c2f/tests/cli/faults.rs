@@ -332,8 +332,8 @@ fn sigkill_every_verb_20_times() {
 
 // ------------------------------------------------------------ a full disk
 
-/// Runs c2f with every file limited to `blocks` 512-byte blocks (`ulimit -f`, with the
-/// signal ignored so writes fail with "File too large" as on a full disk).
+/// Runs c2f with every file limited to `blocks` KiB (bash's `ulimit -f` counts 1024-byte
+/// blocks; the signal is ignored so writes fail with "File too large" as on a full disk).
 #[cfg(unix)]
 fn with_file_limit(blocks: u64, args: &[&str]) -> std::process::Output {
     let script =
@@ -384,7 +384,7 @@ fn fails_on_full_disk(blocks: u64, args: &[&str], needle: &str, watch: &Path, un
 #[test]
 fn full_disk_for_every_verb_that_writes() {
     let fx = Fx::new();
-    // prepare: the 8×8 shards exceed 2 KiB.
+    // prepare: the 8×8 shards exceed 4 KiB.
     let prepared = fx.path("prepared");
     let args = [
         "prepare",
@@ -416,15 +416,17 @@ fn full_disk_for_every_verb_that_writes() {
     for (args, made) in cases {
         fails_on_full_disk(8, args, made, fx.tmp.path(), true);
     }
+    // report: all or nothing, into an empty folder and over an earlier report, whether the
+    // limit stops the first plot (8 KiB: only the tables fit) or only a later one (32 KiB:
+    // the curves' SVGs fit, their PNGs do not).
     let rep = fx.path("report");
     std::fs::create_dir_all(&rep).expect("mkdir");
-    fails_on_full_disk(
-        16,
-        &["report", s(&run), "--out", s(&rep)],
-        "report",
-        &rep,
-        true,
-    );
+    let args = ["report", s(&run), "--out", s(&rep)];
+    fails_on_full_disk(8, &args, "report", &rep, true);
+    for name in ["report.md", "accuracy_vs_time.svg"] {
+        std::fs::write(rep.join(name), "an earlier report\n").expect("write");
+    }
+    fails_on_full_disk(32, &args, "report", &rep, true);
 }
 
 // ------------------------------------------------------------ a read-only output
