@@ -15,6 +15,10 @@
 //! Positions go `S` at a time (two vector registers) for `FB` filters at once, so each
 //! vector of input read feeds `FB` fused multiply-adds from registers.
 //!
+//! On maps of at most 4×4 outputs the padding positions would be a third or more of the
+//! work, so there the outputs are computed position by position instead, the filters in
+//! vector lanes and the input value a broadcast ([`Layout::Positions`]).
+//!
 //! The input gradient of such a convolution is the same operation on the output gradient,
 //! with padding `k − 1 − P` and the kernels transposed and turned by 180°
 //! ([`pack_transposed`]). The weight gradient reads the same padded buffer, with the
@@ -98,17 +102,46 @@ pub(crate) fn transposed_window(g: &Window, filters: usize) -> Window {
     }
 }
 
-/// Values of the packed weights of `filters` filters over `channels` channels.
-pub(crate) fn packed_len(g: &Window, filters: usize) -> usize {
-    filters.div_ceil(tile().fb) * tile().fb * g.col_rows()
+/// How a window's outputs are computed. `Strips`: positions in vector lanes, a run of
+/// padded rows at a time (the module docs), which also computes the positions in the
+/// padding columns and rows — on a 4×4 map with padding 1, 25 for 16 outputs; on 2×2, 9
+/// for 4. `Positions`: the output positions one by one with the filters in vector lanes
+/// and the input value a broadcast, so only valid positions are computed; it needs more
+/// loads per multiply-add, so it is used where the strips would waste most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Strips,
+    Positions,
 }
 
-/// Packs `wt` (`filters × C·k·k`, row-major) in blocks of `fb` filters:
-/// `[block][c·k·k + ky·k + kx][f]`, zero for filters past the last.
+/// Largest output map (positions) computed position by position: measured faster on
+/// ResNet-8's 4×4 and 2×2 stages and bn-cnn's 4×4 layer, slower on 8×8 maps
+/// (docs/performance.md).
+const POSITIONS_MAX_PLANE: usize = 16;
+
+fn layout(g: &Window) -> Layout {
+    if g.out_plane() <= POSITIONS_MAX_PLANE {
+        Layout::Positions
+    } else {
+        Layout::Strips
+    }
+}
+
+/// Packs `wt` (`filters × C·k·k`, row-major) for `convolve` over `g`: in blocks of `fb`
+/// filters, `[block][c·k·k + ky·k + kx][f]` (strips), or transposed, `[c·k·k + ky·k +
+/// kx][f]` with [`grad_width`] values a row (positions); zero for filters past the last.
 pub(crate) fn pack(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
-    let (fb, rows) = (tile().fb, g.col_rows());
+    pack_in(layout(g), wt, filters, g, out);
+}
+
+fn pack_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
+    let rows = g.col_rows();
+    let (fb, blocks) = match layout {
+        Layout::Strips => (tile().fb, filters.div_ceil(tile().fb)),
+        Layout::Positions => (grad_width(filters), 1),
+    };
     out.clear();
-    out.resize(packed_len(g, filters), 0.0);
+    out.resize(blocks * fb * rows, 0.0);
     for (f, wf) in wt.chunks_exact(rows).take(filters).enumerate() {
         let block = &mut out[(f / fb) * rows * fb..][..rows * fb];
         for (r, &v) in wf.iter().enumerate() {
@@ -118,13 +151,22 @@ pub(crate) fn pack(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
 }
 
 /// Packs the kernels of the input gradient: for the transposed window (channels =
-/// `filters`, filters = `C`), kernel `(c, f)` is kernel `(f, c)` of `wt` turned by 180°.
+/// `filters`, filters = `C`), kernel `(c, f)` is kernel `(f, c)` of `wt` turned by 180°,
+/// laid out as [`pack`] lays out a forward window's.
 pub(crate) fn pack_transposed(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
-    let (fb, k, c_in) = (tile().fb, g.kernel, g.channels);
+    pack_transposed_in(layout(&transposed_window(g, filters)), wt, filters, g, out);
+}
+
+fn pack_transposed_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
+    let (k, c_in) = (g.kernel, g.channels);
     let taps = k * k;
     let rows = filters * taps;
+    let (fb, blocks) = match layout {
+        Layout::Strips => (tile().fb, c_in.div_ceil(tile().fb)),
+        Layout::Positions => (grad_width(c_in), 1),
+    };
     out.clear();
-    out.resize(c_in.div_ceil(fb) * fb * rows, 0.0);
+    out.resize(blocks * fb * rows, 0.0);
     for (f, wf) in wt.chunks_exact(c_in * taps).take(filters).enumerate() {
         for (c, kernel) in wf.chunks_exact(taps).enumerate() {
             let block = &mut out[(c / fb) * rows * fb..][..rows * fb];
@@ -159,13 +201,18 @@ pub(crate) fn images_per_run(g: &Window, budget: usize) -> usize {
     (budget / per_image.max(1)).clamp(1, g.images.max(1))
 }
 
-/// Scratch values a run needs: the padded input, and the staged outputs of one block of
-/// filters.
-pub(crate) fn scratch_len(g: &Window, run: usize) -> (usize, usize) {
-    (
-        g.channels * channel_len(g, run),
-        tile().fb * positions(g, run),
-    )
+/// Scratch values a run needs: the padded input, and the staged outputs (of one block of
+/// filters for strips, of every filter for positions).
+pub(crate) fn scratch_len(g: &Window, filters: usize, run: usize) -> (usize, usize) {
+    scratch_len_in(layout(g), g, filters, run)
+}
+
+fn scratch_len_in(layout: Layout, g: &Window, filters: usize, run: usize) -> (usize, usize) {
+    let stage = match layout {
+        Layout::Strips => tile().fb * positions(g, run),
+        Layout::Positions => run * g.out_plane() * grad_width(filters),
+    };
+    (g.channels * channel_len(g, run), stage)
 }
 
 /// Scratch of one block's direct convolutions.
@@ -186,8 +233,20 @@ pub(crate) fn convolve(
     budget: usize,
     s: RunScratch<'_>,
 ) {
+    convolve_in(layout(g), g, filters, packed, (x, y), budget, s);
+}
+
+fn convolve_in(
+    layout: Layout,
+    g: &Window,
+    filters: usize,
+    packed: &[f32],
+    (x, y): (&[f32], &mut [f32]),
+    budget: usize,
+    s: RunScratch<'_>,
+) {
     let run = images_per_run(g, budget);
-    let (pn, sn) = scratch_len(g, run);
+    let (pn, sn) = scratch_len_in(layout, g, filters, run);
     if s.padded.len() < pn {
         s.padded.resize(pn, 0.0);
     }
@@ -195,6 +254,7 @@ pub(crate) fn convolve(
         s.stage.resize(sn, 0.0);
     }
     let op = Convolve {
+        layout,
         g,
         filters,
         packed,
@@ -211,6 +271,7 @@ pub(crate) fn convolve(
 /// fused and vectorised (a closure may be left out of line, compiled for the baseline,
 /// where `mul_add` is a library call).
 struct Convolve<'a, 'b> {
+    layout: Layout,
     g: &'a Window,
     filters: usize,
     packed: &'a [f32],
@@ -226,6 +287,7 @@ impl pulp::WithSimd for Convolve<'_, '_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let Convolve {
+            layout,
             g,
             filters,
             packed,
@@ -237,6 +299,12 @@ impl pulp::WithSimd for Convolve<'_, '_> {
         for first in (0..g.images).step_by(run) {
             let count = run.min(g.images - first);
             pad_run(g, x, first, count, s.padded);
+            if layout == Layout::Positions {
+                let stage = &mut s.stage[..];
+                by_positions(simd, (g, filters, count), s.padded, packed, stage);
+                unstage_positions(g, filters, (first, count), stage, y);
+                continue;
+            }
             let cs = channel_len(g, count);
             for block in 0..filters.div_ceil(tile().fb) {
                 let w = &packed[block * tile().fb * g.col_rows()..][..tile().fb * g.col_rows()];
@@ -348,6 +416,132 @@ fn unstage(
             for (oy, line) in dst.chunks_exact_mut(g.ow.max(1)).enumerate() {
                 kernels::copy_run(line, &from[base + oy * wp..][..g.ow]);
             }
+        }
+    }
+}
+
+/// Every output of a run position by position ([`Layout::Positions`]) into `stage`
+/// ([`grad_width`] values a position, positions in order): tiles of `R` positions for
+/// `NB` vectors of filters, as many as leave registers for the weights and the broadcast
+/// input value — 24 accumulators of AVX-512's 32 vector registers, 10 of AVX2's 16.
+/// Vectors of filters wholly past the last one (AVX2, at most 8 filters) are skipped.
+#[inline(always)]
+fn by_positions<S: pulp::Simd>(
+    simd: S,
+    (g, filters, count): (&Window, usize, usize),
+    padded: &[f32],
+    w: &[f32],
+    stage: &mut [f32],
+) {
+    let (wp, k, lanes) = (pitch(g), g.kernel, S::F32_LANES);
+    let bases: Vec<usize> = (0..count * g.oh)
+        .flat_map(|r| {
+            let row = ((r / g.oh) * (g.h + g.pad) + r % g.oh) * wp;
+            (0..g.ow).map(move |ox| row + ox)
+        })
+        .collect();
+    let run = PositionRun {
+        channels: g.channels,
+        cs: channel_len(g, count),
+        fw: grad_width(filters),
+        offsets: (0..k * k).map(|t| (t / k) * wp + t % k).collect(),
+        bases,
+        x: padded,
+        w,
+    };
+    let vectors = filters.div_ceil(lanes);
+    let wide = lanes >= 16;
+    let mut v = 0;
+    while v < vectors {
+        v += match (wide, vectors - v) {
+            (true, 4..) => position_tiles::<S, 4, 6>(simd, &run, v, stage),
+            (true, 3) => position_tiles::<S, 3, 8>(simd, &run, v, stage),
+            (true, 2) => position_tiles::<S, 2, 12>(simd, &run, v, stage),
+            (true, _) => position_tiles::<S, 1, 24>(simd, &run, v, stage),
+            (false, 2..) => position_tiles::<S, 2, 5>(simd, &run, v, stage),
+            (false, _) => position_tiles::<S, 1, 10>(simd, &run, v, stage),
+        };
+    }
+}
+
+/// A run as [`position_tiles`] reads it.
+struct PositionRun<'a> {
+    channels: usize,
+    /// Values of one channel of the padded input.
+    cs: usize,
+    /// Values of a row of the packed weights and of a position in the stage.
+    fw: usize,
+    /// Kernel offsets in the padded input.
+    offsets: Vec<usize>,
+    /// Each valid output position's place in the padded input.
+    bases: Vec<usize>,
+    x: &'a [f32],
+    w: &'a [f32],
+}
+
+/// The outputs of filter vectors `v..v + NB` at every position, `R` positions at a time
+/// (a last short tile repeats its last position, whose copies are not stored); returns
+/// `NB`. Each output is the sum over channels and kernel offsets in order, as in [`strip`],
+/// so the two layouts give the same bits.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn position_tiles<S: pulp::Simd, const NB: usize, const R: usize>(
+    simd: S,
+    run: &PositionRun<'_>,
+    v: usize,
+    stage: &mut [f32],
+) -> usize {
+    let (lanes, fw, taps) = (S::F32_LANES, run.fw, run.offsets.len());
+    let (Some(&last), Some(&reach)) = (run.bases.last(), run.offsets.iter().max()) else {
+        return NB;
+    };
+    // Every read below is at `c·cs + base + offset` with `c < channels`.
+    let end = (run.channels.max(1) - 1) * run.cs + last + reach;
+    assert!(end < run.x.len(), "direct convolution: input run too short");
+    let n = run.bases.len();
+    for p0 in (0..n).step_by(R) {
+        let tile: [usize; R] = std::array::from_fn(|i| run.bases[(p0 + i).min(n - 1)]);
+        let mut acc = [[simd.splat_f32s(0.0); NB]; R];
+        for c in 0..run.channels {
+            let xc = c * run.cs;
+            let wc = &run.w[c * taps * fw..][..taps * fw];
+            for (t, &off) in run.offsets.iter().enumerate() {
+                let wr = &wc[t * fw + v * lanes..][..NB * lanes];
+                let wv: [S::f32s; NB] =
+                    std::array::from_fn(|b| load::<S>(&wr[b * lanes..][..lanes]));
+                for (ai, &base) in acc.iter_mut().zip(&tile) {
+                    // SAFETY: `xc + base + off <= end < x.len()`, checked above.
+                    let xv = simd.splat_f32s(unsafe { *run.x.get_unchecked(xc + base + off) });
+                    for (a, &wb) in ai.iter_mut().zip(&wv) {
+                        *a = simd.mul_add_f32s(wb, xv, *a);
+                    }
+                }
+            }
+        }
+        for (i, ai) in acc.iter().enumerate().take(n - p0) {
+            let at = (p0 + i) * fw + v * lanes;
+            let values: &[f32] = pulp::bytemuck::cast_slice(ai.as_slice());
+            stage[at..][..NB * lanes].copy_from_slice(values);
+        }
+    }
+    NB
+}
+
+/// Copies a run's outputs from the position-major `stage` into `y`: the run's valid
+/// positions are consecutive in each filter's map.
+#[inline(always)]
+fn unstage_positions(
+    g: &Window,
+    filters: usize,
+    (first, count): (usize, usize),
+    stage: &[f32],
+    y: &mut [f32],
+) {
+    let (out, fw) = (g.out_plane(), grad_width(filters));
+    for f in 0..filters {
+        let dst = &mut y[(f * g.images + first) * out..][..count * out];
+        for (d, from) in dst.iter_mut().zip(stage.chunks_exact(fw)) {
+            *d = from[f];
         }
     }
 }
@@ -691,6 +885,59 @@ mod tests {
                 ey < 1e-5 && edx < 1e-5,
                 "case {i}: output off by {ey}, input gradient by {edx}"
             );
+        }
+    }
+
+    /// Both layouts on windows where either could be chosen: the same bits, forward and
+    /// input gradient (each output is the same sum in the same order).
+    #[test]
+    fn positions_and_strips_give_the_same_bits() {
+        // Channels, images, height, width, kernel, padding, filters, budget: maps of 2×2 to
+        // 8×8, filters below, at and past vectors of 8 and 16, tiles with a short remainder.
+        let cases = [
+            (64, 5, 2, 2, 3, 1, 64, 1 << 17),
+            (32, 3, 4, 4, 3, 1, 32, 1 << 17),
+            (16, 4, 8, 8, 3, 1, 16, 3000),
+            (3, 2, 4, 4, 3, 1, 7, 1 << 17),
+            (5, 3, 3, 5, 2, 0, 40, 200),
+            (9, 2, 6, 6, 5, 2, 50, 1 << 17),
+        ];
+        for (i, &(c, images, h, w, k, pad, filters, budget)) in cases.iter().enumerate() {
+            let g = window(c, images, h, w, k, pad);
+            let gt = transposed_window(&g, filters);
+            let wt = values(filters * g.col_rows(), 500 + i as u64);
+            let x = values(c * images * h * w, 600 + i as u64);
+            let dy = values(filters * images * g.out_plane(), 700 + i as u64);
+            let run = |layout: Layout| {
+                let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
+                let mut y = vec![f32::NAN; filters * images * g.out_plane()];
+                pack_in(layout, &wt, filters, &g, &mut packed);
+                let s = RunScratch {
+                    padded: &mut padded,
+                    stage: &mut stage,
+                };
+                convolve_in(layout, &g, filters, &packed, (&x, &mut y), budget, s);
+                let mut dx = vec![f32::NAN; x.len()];
+                pack_transposed_in(layout, &wt, filters, &g, &mut packed);
+                let s = RunScratch {
+                    padded: &mut padded,
+                    stage: &mut stage,
+                };
+                convolve_in(layout, &gt, c, &packed, (&dy, &mut dx), budget, s);
+                (y, dx)
+            };
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let ((ys, dxs), (yp, dxp)) = (run(Layout::Strips), run(Layout::Positions));
+            assert!(
+                ys.iter().all(|v| v.is_finite()),
+                "case {i}: output not written"
+            );
+            assert!(
+                dxs.iter().all(|v| v.is_finite()),
+                "case {i}: gradient not written"
+            );
+            assert_eq!(bits(&ys), bits(&yp), "case {i}: outputs differ");
+            assert_eq!(bits(&dxs), bits(&dxp), "case {i}: input gradients differ");
         }
     }
 
