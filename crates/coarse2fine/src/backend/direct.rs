@@ -1,4 +1,4 @@
-//! Direct convolutions for stride-1, undilated windows: no unfolded input.
+//! Direct convolutions for undilated windows: no unfolded input.
 //!
 //! An unfolded 3×3 convolution writes every input value 9 times and the matrix product
 //! packs it again; with 16 filters each unfolded value then feeds only 32 FLOPs, so at
@@ -17,7 +17,10 @@
 //!
 //! On maps of at most 4×4 outputs the padding positions would be a third or more of the
 //! work, so there the outputs are computed position by position instead, the filters in
-//! vector lanes and the input value a broadcast ([`Layout::Positions`]).
+//! vector lanes and the input value a broadcast ([`Layout::Positions`]); so are those of
+//! a strided convolution, whose output `(oy, ox)` reads the same buffer from
+//! `(n·(H + P) + s·oy)·wp + s·ox`, and whose weight gradient visits the positions the
+//! same way. Its input gradient is no plain convolution, and stays unfolded.
 //!
 //! The input gradient of such a convolution is the same operation on the output gradient,
 //! with padding `k − 1 − P` and the kernels transposed and turned by 180°
@@ -48,16 +51,15 @@ pub(crate) fn force_on() {
 }
 
 /// Whether a convolution runs directly: on a CPU with fused multiply-adds (AVX2 or
-/// AVX-512: without them `mul_add` is a library call), stride 1, no dilation, a kernel
-/// wider than one (a 1×1 one is a plain product already), and padding below the kernel's
-/// width (so the padded rows can share their zeros, and the input gradient is a direct
-/// convolution too); under `C2F_DIRECT=auto`, also where it [`pays`].
+/// AVX-512: without them `mul_add` is a library call), no dilation, a kernel wider than
+/// one (a 1×1 one is a plain product already), and padding below the kernel's width (so
+/// the padded rows can share their zeros, and the input gradient is a direct convolution
+/// too); under `C2F_DIRECT=auto`, also where it [`pays`]. A strided one runs its output
+/// position by position and its weight gradient directly; its input gradient, which is
+/// no plain convolution, stays unfolded ([`input_gradient_is_direct`]).
 pub(crate) fn applies(g: &Window, filters: usize) -> bool {
-    let possible = g.stride == 1
-        && g.dilation == 1
-        && g.kernel > 1
-        && g.pad < g.kernel
-        && kernels::simd() != Simd::Baseline;
+    let possible =
+        g.dilation == 1 && g.kernel > 1 && g.pad < g.kernel && kernels::simd() != Simd::Baseline;
     possible && SWITCH.chooses(|| pays(g, filters))
 }
 
@@ -88,6 +90,12 @@ fn tile() -> Tile {
     }
 }
 
+/// Whether the input gradient runs directly too: at stride 1, where it is the
+/// convolution of the output gradient with the turned kernels ([`transposed_window`]).
+pub(crate) fn input_gradient_is_direct(g: &Window) -> bool {
+    g.stride == 1
+}
+
 /// The backward pass's window: the output gradient (`filters` channels, `OH × OW`) in,
 /// the input gradient (`C` channels, `H × W`) out.
 pub(crate) fn transposed_window(g: &Window, filters: usize) -> Window {
@@ -107,7 +115,8 @@ pub(crate) fn transposed_window(g: &Window, filters: usize) -> Window {
 /// padding columns and rows — on a 4×4 map with padding 1, 25 for 16 outputs; on 2×2, 9
 /// for 4. `Positions`: the output positions one by one with the filters in vector lanes
 /// and the input value a broadcast, so only valid positions are computed; it needs more
-/// loads per multiply-add, so it is used where the strips would waste most.
+/// loads per multiply-add, so it is used where the strips would waste most, and for
+/// strided windows, which strips cannot run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Strips,
@@ -120,7 +129,7 @@ enum Layout {
 const POSITIONS_MAX_PLANE: usize = 16;
 
 fn layout(g: &Window) -> Layout {
-    if g.out_plane() <= POSITIONS_MAX_PLANE {
+    if g.stride > 1 || g.out_plane() <= POSITIONS_MAX_PLANE {
         Layout::Positions
     } else {
         Layout::Strips
@@ -434,10 +443,11 @@ fn by_positions<S: pulp::Simd>(
     stage: &mut [f32],
 ) {
     let (wp, k, lanes) = (pitch(g), g.kernel, S::F32_LANES);
+    let st = g.stride;
     let bases: Vec<usize> = (0..count * g.oh)
         .flat_map(|r| {
-            let row = ((r / g.oh) * (g.h + g.pad) + r % g.oh) * wp;
-            (0..g.ow).map(move |ox| row + ox)
+            let row = ((r / g.oh) * (g.h + g.pad) + (r % g.oh) * st) * wp;
+            (0..g.ow).map(move |ox| row + ox * st)
         })
         .collect();
     let run = PositionRun {
@@ -733,7 +743,9 @@ fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
     let starts: [usize; NB] = std::array::from_fn(|b| offsets[b * R]);
     let consecutive = (0..NB * R).all(|q| offsets[q] == starts[q / R] + q % R);
     assert!(consecutive, "direct weight gradient: rows not consecutive");
-    let last = (run.count.max(1) - 1) * (g.h + g.pad) * wp + (g.oh.max(1) - 1) * wp + ow;
+    let st = g.stride;
+    let last_row = (run.count.max(1) - 1) * (g.h + g.pad) + (g.oh.max(1) - 1) * st;
+    let last = last_row * wp + (ow.max(1) - 1) * st + 1;
     let reach = starts.iter().max().map_or(0, |&o| o + R - 1 + last);
     // Every read below is at `start + i + base + ox` with `base + ox < last`, `i < R`.
     assert!(
@@ -745,11 +757,11 @@ fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
         std::array::from_fn(|b| std::array::from_fn(|i| load::<S>(&acc[at(b, i)..][..lanes])));
     for n in 0..run.count {
         for oy in 0..g.oh {
-            let base = (n * (g.h + g.pad) + oy) * wp;
+            let base = (n * (g.h + g.pad) + oy * st) * wp;
             let ds = &run.dyt[(n * g.oh + oy) * ow * fw..][..ow * fw];
             for ox in 0..ow {
                 let d = load::<S>(&ds[ox * fw + group..][..lanes]);
-                let at = base + ox;
+                let at = base + ox * st;
                 for (ab, &start) in a.iter_mut().zip(&starts) {
                     for (i, ai) in ab.iter_mut().enumerate() {
                         // SAFETY: `start + i + at < reach <= x.len()`, checked above.
@@ -888,6 +900,74 @@ mod tests {
         }
     }
 
+    /// A window of stride `stride`, as [`window`] makes them.
+    fn strided(
+        c: usize,
+        images: usize,
+        hw: (usize, usize),
+        k: usize,
+        pad: usize,
+        stride: usize,
+    ) -> Window {
+        let (h, w) = hw;
+        Window {
+            oh: (h + 2 * pad - k) / stride + 1,
+            ow: (w + 2 * pad - k) / stride + 1,
+            stride,
+            ..window(c, images, h, w, k, pad)
+        }
+    }
+
+    #[test]
+    fn strided_convolution_and_weight_gradient_match_the_unfolded_ones() {
+        // Channels, images, height, width, kernel, padding, stride, filters, budget:
+        // ResNet's 3×3 stride-2 layers (even and odd maps), strides 2 and 3 with kernels 2
+        // to 5, runs of one image and several.
+        let cases = [
+            (16, 3, 8, 8, 3, 1, 2, 32, 1 << 17),
+            (32, 2, 4, 4, 3, 1, 2, 64, 1 << 17),
+            (3, 4, 9, 7, 3, 1, 2, 20, 200),
+            (5, 2, 8, 8, 2, 0, 2, 9, 1 << 17),
+            (4, 3, 11, 10, 5, 2, 3, 7, 300),
+            (2, 2, 6, 6, 3, 0, 3, 17, 1 << 17),
+        ];
+        for (i, &(c, images, h, w, k, pad, stride, filters, budget)) in cases.iter().enumerate() {
+            let g = strided(c, images, (h, w), k, pad, stride);
+            let wt = values(filters * g.col_rows(), 800 + i as u64);
+            let x = values(c * images * h * w, 900 + i as u64);
+            let dy = values(filters * images * g.out_plane(), 1000 + i as u64);
+            let (want_y, _) = unfolded(&g, filters, &wt, &x, &dy);
+            let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
+            let mut y = vec![f32::NAN; want_y.len()];
+            pack(&wt, filters, &g, &mut packed);
+            let s = RunScratch {
+                padded: &mut padded,
+                stage: &mut stage,
+            };
+            convolve(&g, filters, &packed, &x, &mut y, budget, s);
+            let want_dw = unfolded_weight_gradient(&g, filters, &x, &dy);
+            let mut dwt = vec![f32::NAN; want_dw.len()];
+            let (mut dyt, mut acc) = (Vec::new(), Vec::new());
+            let s = GradScratch {
+                padded: &mut padded,
+                dyt: &mut dyt,
+                acc: &mut acc,
+            };
+            weight_gradient(&g, filters, &x, &dy, &mut dwt, budget, s);
+            let scale = (images * g.out_plane()) as f32;
+            let (ey, edw) = (worst(&y, &want_y), worst(&dwt, &want_dw));
+            assert!(ey < 1e-5, "case {i}: output off by {ey}");
+            assert!(
+                edw <= 1e-7 * scale,
+                "case {i}: weight gradient off by {edw}"
+            );
+            assert!(
+                !input_gradient_is_direct(&g),
+                "case {i}: no direct input gradient"
+            );
+        }
+    }
+
     /// Both layouts on windows where either could be chosen: the same bits, forward and
     /// input gradient (each output is the same sum in the same order).
     #[test]
@@ -995,9 +1075,8 @@ mod tests {
     }
 
     #[test]
-    fn strided_dilated_and_pointwise_windows_stay_unfolded() {
+    fn dilated_and_pointwise_windows_stay_unfolded() {
         let g = window(4, 1, 8, 8, 3, 1);
-        assert!(!applies(&Window { stride: 2, ..g }, 8));
         assert!(!applies(&Window { dilation: 2, ..g }, 8));
         assert!(!applies(&window(4, 1, 8, 8, 1, 0), 8));
         assert!(!applies(&Window { pad: 3, ..g }, 8));

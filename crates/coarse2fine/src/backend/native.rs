@@ -101,8 +101,8 @@ enum Algo {
     Unfolded,
     /// Winograd F(2×2, 3×3) ([`winograd::applies`]).
     Winograd,
-    /// Shifted reads of a padded copy ([`direct::applies`]) for the output, the input
-    /// gradient and the weight gradient.
+    /// Shifted reads of a padded copy ([`direct::applies`]) for the output, the weight
+    /// gradient and, at stride 1, the input gradient (unfolded otherwise).
     Direct,
 }
 
@@ -174,6 +174,7 @@ impl Scratch {
             at_least(&mut self.padded, winograd::padded_plane(g));
             return;
         }
+        let run = images_per_run(g).min(g.images);
         if algo == Algo::Direct {
             // The weight gradient's buffers grow on first use.
             let gt = direct::transposed_window(g, filters);
@@ -182,9 +183,12 @@ impl Scratch {
                 at_least(&mut self.direct_in, p);
                 at_least(&mut self.stage, s);
             }
+            if !direct::input_gradient_is_direct(g) {
+                at_least(&mut self.dcol, g.col_rows() * g.out_plane() * run);
+                at_least(&mut self.padded, g.padded_plane());
+            }
             return;
         }
-        let run = images_per_run(g).min(g.images);
         at_least(&mut self.col, g.col_rows() * g.out_plane() * run);
         at_least(&mut self.dcol, g.col_rows() * g.out_plane() * run);
         at_least(&mut self.padded, g.padded_plane());
@@ -972,7 +976,9 @@ impl NativeNet {
                     let prepared = match algo {
                         Algo::Direct => {
                             let packed = &mut ws.packed_t[i];
-                            direct::pack_transposed(wt, *filters, geom, packed);
+                            if direct::input_gradient_is_direct(geom) {
+                                direct::pack_transposed(wt, *filters, geom, packed);
+                            }
                             &packed[..]
                         }
                         _ => &ws.wino_u[i][..],
@@ -1363,9 +1369,19 @@ fn conv_block_backward(
                 acc: &mut s.acc,
             };
             direct::weight_gradient(g, filters, x, dy, dwt, COL_BUDGET, grad);
-            if let Some(dx) = dx {
-                let gt = direct::transposed_window(g, filters);
-                direct::convolve(&gt, g.channels, w.prepared, dy, dx, COL_BUDGET, s.direct());
+            match dx {
+                Some(dx) if direct::input_gradient_is_direct(g) => {
+                    let gt = direct::transposed_window(g, filters);
+                    direct::convolve(&gt, g.channels, w.prepared, dy, dx, COL_BUDGET, s.direct());
+                }
+                Some(dx) => {
+                    let run = images_per_run(g);
+                    for first in (0..g.images).step_by(run) {
+                        let count = run.min(g.images - first);
+                        input_gradient_unfolded(g, filters, w.wt, dy, (first, count), dx, s);
+                    }
+                }
+                None => {}
             }
         }
         Algo::Unfolded => conv_block_backward_unfolded(g, filters, w.wt, x, dy, dx, s),
@@ -1389,7 +1405,6 @@ fn conv_block_backward_unfolded(
     let (k, p) = (g.col_rows(), g.out_plane());
     let run = images_per_run(g);
     let row = g.images * p;
-    let dw = &mut s.partial[..k * filters];
     for first in (0..g.images).step_by(run) {
         let count = run.min(g.images - first);
         let cols = count * p;
@@ -1402,29 +1417,45 @@ fn conv_block_backward_unfolded(
         };
         // dWᵀ (K × C_out) = unfold(x) · dyᵀ; stored so, the product runs at full speed.
         kernels::matmul(
-            MatMut::rows(dw, k, filters),
+            MatMut::rows(&mut s.partial[..k * filters], k, filters),
             input,
             dy_run.t(),
             first > 0,
             false,
         );
-        let Some(dx) = dx.as_deref_mut() else {
-            continue;
-        };
-        let w_t = Mat::transposed(wt, k, filters);
-        if is_pointwise(g) {
-            let dst = MatMut::strided(&mut dx[first * p..], k, cols, row);
-            kernels::matmul(dst, w_t, dy_run, false, false);
-        } else {
-            kernels::matmul(
-                MatMut::rows(&mut s.dcol, k, cols),
-                w_t,
-                dy_run,
-                false,
-                false,
-            );
-            kernels::col2im(g, &s.dcol, first, count, dx, &mut s.padded);
+        if let Some(dx) = dx.as_deref_mut() {
+            input_gradient_unfolded(g, filters, wt, dy, (first, count), dx, s);
         }
+    }
+}
+
+/// The input gradient of images `first..first + count` of a block, unfolded: `Wᵀ · dy`,
+/// folded back onto the input positions.
+fn input_gradient_unfolded(
+    g: &Window,
+    filters: usize,
+    wt: &[f32],
+    dy: &[f32],
+    (first, count): (usize, usize),
+    dx: &mut [f32],
+    s: &mut Scratch,
+) {
+    let (k, p) = (g.col_rows(), g.out_plane());
+    let (cols, row) = (count * p, g.images * p);
+    let dy_run = Mat::strided(&dy[first * p..], filters, cols, row);
+    let w_t = Mat::transposed(wt, k, filters);
+    if is_pointwise(g) {
+        let dst = MatMut::strided(&mut dx[first * p..], k, cols, row);
+        kernels::matmul(dst, w_t, dy_run, false, false);
+    } else {
+        kernels::matmul(
+            MatMut::rows(&mut s.dcol, k, cols),
+            w_t,
+            dy_run,
+            false,
+            false,
+        );
+        kernels::col2im(g, &s.dcol, first, count, dx, &mut s.padded);
     }
 }
 
