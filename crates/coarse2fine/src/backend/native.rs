@@ -177,15 +177,17 @@ impl Scratch {
         let run = images_per_run(g).min(g.images);
         if algo == Algo::Direct {
             // The weight gradient's buffers grow on first use.
-            let gt = direct::transposed_window(g, filters);
-            for (d, f) in [(*g, filters), (gt, g.channels)] {
+            let mut windows = vec![(*g, filters)];
+            if direct::input_gradient_is_direct(g) {
+                windows.push((direct::transposed_window(g, filters), g.channels));
+            } else {
+                at_least(&mut self.dcol, g.col_rows() * g.out_plane() * run);
+                at_least(&mut self.padded, g.padded_plane());
+            }
+            for (d, f) in windows {
                 let (p, s) = direct::scratch_len(&d, f, direct::images_per_run(&d, COL_BUDGET));
                 at_least(&mut self.direct_in, p);
                 at_least(&mut self.stage, s);
-            }
-            if !direct::input_gradient_is_direct(g) {
-                at_least(&mut self.dcol, g.col_rows() * g.out_plane() * run);
-                at_least(&mut self.padded, g.padded_plane());
             }
             return;
         }
