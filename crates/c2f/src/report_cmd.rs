@@ -117,7 +117,7 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     fsutil::check_output(&a.out, &REPORT, &inputs)?;
     fsutil::create_dir_all(&a.out)?;
     // All or nothing: a failed write (a full disk) leaves an earlier report as it was.
-    let mut files = fsutil::StagedFiles::new(&a.out);
+    let mut files = StagedFiles::new(&a.out);
     for plot in PLOTS {
         let figure = Figure::Curves(plot, &summary.curves, &title);
         write_plot(&mut files, plot.file(), &figure)?;
