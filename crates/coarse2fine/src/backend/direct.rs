@@ -136,6 +136,16 @@ fn layout(g: &Window) -> Layout {
     }
 }
 
+/// Outputs a row of packed weights holds, and how many blocks of such rows cover
+/// `outputs` outputs (filters, or channels for an input gradient): blocks of `fb` for
+/// strips, one block of [`grad_width`] for positions.
+fn packed_blocks(layout: Layout, outputs: usize) -> (usize, usize) {
+    match layout {
+        Layout::Strips => (tile().fb, outputs.div_ceil(tile().fb)),
+        Layout::Positions => (grad_width(outputs), 1),
+    }
+}
+
 /// Packs `wt` (`filters × C·k·k`, row-major) for `convolve` over `g`: in blocks of `fb`
 /// filters, `[block][c·k·k + ky·k + kx][f]` (strips), or transposed, `[c·k·k + ky·k +
 /// kx][f]` with [`grad_width`] values a row (positions); zero for filters past the last.
@@ -145,10 +155,7 @@ pub(crate) fn pack(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
 
 fn pack_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
     let rows = g.col_rows();
-    let (fb, blocks) = match layout {
-        Layout::Strips => (tile().fb, filters.div_ceil(tile().fb)),
-        Layout::Positions => (grad_width(filters), 1),
-    };
+    let (fb, blocks) = packed_blocks(layout, filters);
     out.clear();
     out.resize(blocks * fb * rows, 0.0);
     for (f, wf) in wt.chunks_exact(rows).take(filters).enumerate() {
@@ -170,10 +177,7 @@ fn pack_transposed_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, ou
     let (k, c_in) = (g.kernel, g.channels);
     let taps = k * k;
     let rows = filters * taps;
-    let (fb, blocks) = match layout {
-        Layout::Strips => (tile().fb, c_in.div_ceil(tile().fb)),
-        Layout::Positions => (grad_width(c_in), 1),
-    };
+    let (fb, blocks) = packed_blocks(layout, c_in);
     out.clear();
     out.resize(blocks * fb * rows, 0.0);
     for (f, wf) in wt.chunks_exact(c_in * taps).take(filters).enumerate() {
@@ -190,6 +194,18 @@ fn pack_transposed_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, ou
 /// Distance between rows of the padded buffer.
 fn pitch(g: &Window) -> usize {
     g.w + g.pad
+}
+
+/// Where kernel offset `t = ky·k + kx` reads the padded buffer, relative to its output.
+fn kernel_offsets(g: &Window) -> Vec<usize> {
+    let (wp, k) = (pitch(g), g.kernel);
+    (0..k * k).map(|t| (t / k) * wp + t % k).collect()
+}
+
+/// Where output row `oy` of image `n` of a run reads the padded buffer from; output `ox`
+/// of the row reads `stride · ox` further on.
+fn row_start(g: &Window, n: usize, oy: usize) -> usize {
+    (n * (g.h + g.pad) + oy * g.stride) * pitch(g)
 }
 
 /// Output positions of a run of `count` images, rounded up to whole strips.
@@ -356,8 +372,8 @@ fn strips<S: pulp::Simd, const FB: usize>(
     w: &[f32],
     stage: &mut [f32],
 ) {
-    let (wp, k, lanes) = (pitch(g), g.kernel, S::F32_LANES);
-    let offsets: Vec<usize> = (0..k * k).map(|t| (t / k) * wp + t % k).collect();
+    let lanes = S::F32_LANES;
+    let offsets = kernel_offsets(g);
     let n = positions(g, count);
     for at in (0..n).step_by(2 * lanes) {
         let acc = strip::<S, FB>(simd, g.channels, cs, &padded[at..], w, &offsets);
@@ -442,19 +458,18 @@ fn by_positions<S: pulp::Simd>(
     w: &[f32],
     stage: &mut [f32],
 ) {
-    let (wp, k, lanes) = (pitch(g), g.kernel, S::F32_LANES);
-    let st = g.stride;
+    let lanes = S::F32_LANES;
     let bases: Vec<usize> = (0..count * g.oh)
         .flat_map(|r| {
-            let row = ((r / g.oh) * (g.h + g.pad) + (r % g.oh) * st) * wp;
-            (0..g.ow).map(move |ox| row + ox * st)
+            let row = row_start(g, r / g.oh, r % g.oh);
+            (0..g.ow).map(move |ox| row + ox * g.stride)
         })
         .collect();
     let run = PositionRun {
         channels: g.channels,
         cs: channel_len(g, count),
         fw: grad_width(filters),
-        offsets: (0..k * k).map(|t| (t / k) * wp + t % k).collect(),
+        offsets: kernel_offsets(g),
         bases,
         x: padded,
         w,
@@ -644,13 +659,14 @@ impl pulp::WithSimd for WeightGradient<'_, '_, '_> {
         } = self;
         let (fw, k, rows) = (grad_width(filters), g.kernel, g.col_rows());
         let taps = k * k;
+        let kernel = kernel_offsets(g);
         for first in (0..g.images).step_by(run) {
             let count = run.min(g.images - first);
             pad_run(g, x, first, count, s.padded);
             to_positions(g, filters, dy, (first, count), &mut s.dyt[..], fw);
             let cs = channel_len(g, count);
             let offsets: Vec<usize> = (0..rows)
-                .map(|r| (r / taps) * cs + (r % taps / k) * pitch(g) + r % k)
+                .map(|r| (r / taps) * cs + kernel[r % taps])
                 .collect();
             let run = GradRun {
                 g,
@@ -739,13 +755,11 @@ fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
     (r, acc): (usize, &mut [f32]),
 ) -> usize {
     let (g, fw, lanes) = (run.g, run.fw, S::F32_LANES);
-    let (wp, ow) = (pitch(g), g.ow);
+    let (st, ow) = (g.stride, g.ow);
     let starts: [usize; NB] = std::array::from_fn(|b| offsets[b * R]);
     let consecutive = (0..NB * R).all(|q| offsets[q] == starts[q / R] + q % R);
     assert!(consecutive, "direct weight gradient: rows not consecutive");
-    let st = g.stride;
-    let last_row = (run.count.max(1) - 1) * (g.h + g.pad) + (g.oh.max(1) - 1) * st;
-    let last = last_row * wp + (ow.max(1) - 1) * st + 1;
+    let last = row_start(g, run.count.max(1) - 1, g.oh.max(1) - 1) + (ow.max(1) - 1) * st + 1;
     let reach = starts.iter().max().map_or(0, |&o| o + R - 1 + last);
     // Every read below is at `start + i + base + ox` with `base + ox < last`, `i < R`.
     assert!(
@@ -757,7 +771,7 @@ fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
         std::array::from_fn(|b| std::array::from_fn(|i| load::<S>(&acc[at(b, i)..][..lanes])));
     for n in 0..run.count {
         for oy in 0..g.oh {
-            let base = (n * (g.h + g.pad) + oy * st) * wp;
+            let base = row_start(g, n, oy);
             let ds = &run.dyt[(n * g.oh + oy) * ow * fw..][..ow * fw];
             for ox in 0..ow {
                 let d = load::<S>(&ds[ox * fw + group..][..lanes]);
