@@ -563,12 +563,8 @@ fn unstage_positions(
     y: &mut [f32],
 ) {
     let (out, fw) = (g.out_plane(), grad_width(filters));
-    for f in 0..filters {
-        let dst = &mut y[(f * g.images + first) * out..][..count * out];
-        for (d, from) in dst.iter_mut().zip(stage.chunks_exact(fw)) {
-            *d = from[f];
-        }
-    }
+    let dst = &mut y[first * out..];
+    kernels::transpose(stage, fw, (count * out, filters), dst, g.images * out);
 }
 
 /// Values of a position's row of the position-major output gradient: the filters rounded
@@ -714,18 +710,14 @@ fn to_positions(
     dyt: &mut [f32],
     fw: usize,
 ) {
-    let out = g.out_plane();
-    let rows: Vec<&[f32]> = (0..filters)
-        .map(|f| &dy[(f * g.images + first) * out..][..count * out])
-        .collect();
-    // Position by position, so that the writes are contiguous: filter by filter, they
-    // were compiled into scatters, which cost more than the gradient's products.
-    for (q, to) in dyt[..count * out * fw].chunks_exact_mut(fw).enumerate() {
-        let (head, tail) = to.split_at_mut(filters);
-        for (d, row) in head.iter_mut().zip(&rows) {
-            *d = row[q];
+    let (out, n) = (g.out_plane(), count * g.out_plane());
+    let dyt = &mut dyt[..n * fw];
+    let src = &dy[first * out..];
+    kernels::transpose(src, g.images * out, (filters, n), dyt, fw);
+    if filters < fw {
+        for to in dyt.chunks_exact_mut(fw) {
+            to[filters..].fill(0.0);
         }
-        tail.fill(0.0);
     }
 }
 

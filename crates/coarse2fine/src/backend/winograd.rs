@@ -56,14 +56,16 @@ pub(crate) fn applies(g: &Window, filters: usize) -> bool {
 /// Fewest output rows and columns, and fewest channels and filters, of a convolution
 /// that `auto` runs as Winograd.
 const AUTO_MIN_SIDE: usize = 8;
-const AUTO_MIN_CHANNELS: usize = 32;
+const AUTO_MIN_CHANNELS: usize = 64;
 
 /// Where Winograd convolutions were measured faster than the unfolded and direct ones
 /// (docs/performance.md): outputs at least 8 × 8, so that an image has at least 16 tiles
-/// and the transforms run on whole vectors of them, and at least 32 input channels and
+/// and the transforms run on whole vectors of them, and at least 64 input channels and
 /// filters, so that the 16 products are wide enough to outweigh the transforms. Slower or
-/// no faster were 4 × 4 and 2 × 2 maps (ResNet-8's later stages), and 16–24 channels
-/// (alexnet-s4; ResNet-20's first stage, which the direct convolution runs faster).
+/// no faster were 4 × 4 and 2 × 2 maps (ResNet-8's later stages), and 16–48 channels
+/// (alexnet-s4; alexnet-s3's last three layers; ResNet-20's first two stages, whose
+/// second the direct convolution runs 1.2× faster backward since its weight gradient
+/// transposes the output gradient in registers).
 fn pays(g: &Window, filters: usize) -> bool {
     g.oh >= AUTO_MIN_SIDE && g.ow >= AUTO_MIN_SIDE && g.channels.min(filters) >= AUTO_MIN_CHANNELS
 }
