@@ -56,8 +56,8 @@ const TORCH_SCRIPT: &str = include_str!("../../../bench/torch_bench.py");
 ///
 /// For every net and thread count: the median time of a training step (SGD with momentum,
 /// cross-entropy) and of an inference pass over --steps steps after --warmup, on random
-/// images at the net's native size, as images/s and GFLOP/s (against this CPU's estimated
-/// peak). With --pytorch the same nets (generated as PyTorch modules) are timed by PyTorch
+/// images at the net's native size, as images/s and GFLOP/s (against a core's peak, measured
+/// with multiply-adds from registers at start). With --pytorch the same nets (generated as PyTorch modules) are timed by PyTorch
 /// right after ours, and the table gives our/PyTorch ratios. With --data, the data loader's
 /// images/s at the smallest prepared size; with --prepare-jpegs N, `prepare` on N
 /// generated JPEGs.
@@ -534,7 +534,7 @@ fn markdown(r: &Report<'_>) -> String {
 
 fn rows_table(r: &Report<'_>) -> String {
     let mut s = String::new();
-    let peak = r.machine.core_peak_gflops;
+    let peak = r.machine.peak_gflops();
     s += "| net | input | threads | train img/s (c2f) | train img/s (PyTorch) | train c2f/PyTorch | infer img/s (c2f) | infer img/s (PyTorch) | infer c2f/PyTorch | train GFLOP/s (c2f) | % of peak | peak memory (c2f) |";
     if let Some(b) = r.reference {
         s += &format!(" train img/s ({b}) | train c2f/{b} |");

@@ -28,8 +28,14 @@ pub struct Machine {
     pub c2f_loops: String,
     /// PyTorch's version and CPU capability (its own dispatch level), when it was timed.
     pub pytorch: Option<String>,
-    /// Peak single-precision GFLOP/s of one core (see [`core_peak_gflops`]).
+    /// Peak single-precision GFLOP/s of one core estimated from the reported clock (see
+    /// [`core_peak_gflops`]).
     pub core_peak_gflops: Option<f64>,
+    /// The same peak measured: multiply-adds from registers on one thread, in the
+    /// instruction set c2f's loops use ([`backend::measured_peak_gflops`]). Shares of the
+    /// peak are of this one.
+    #[serde(default)]
+    pub measured_peak_gflops: Option<f64>,
 }
 
 const VECTOR_FLAGS: [&str; 12] = [
@@ -165,7 +171,14 @@ impl Machine {
             ),
             pytorch: None,
             core_peak_gflops: clock.map(|g| core_peak_gflops(&info, g)),
+            measured_peak_gflops: Some(backend::measured_peak_gflops()),
         }
+    }
+
+    /// The peak GFLOP/s of one core that shares are taken of: the measured one, else the
+    /// estimate.
+    pub fn peak_gflops(&self) -> Option<f64> {
+        self.measured_peak_gflops.or(self.core_peak_gflops)
     }
 
     /// The Markdown paragraph that heads the tables.
@@ -173,9 +186,16 @@ impl Machine {
         let clock = self
             .clock_ghz
             .map_or("clock unknown".into(), |g| format!("{g:.2} GHz"));
-        let peak = self.core_peak_gflops.map_or(String::new(), |p| {
-            format!(", estimated peak {p:.0} GFLOP/s per core")
+        let estimate = self.core_peak_gflops.map_or(String::new(), |p| {
+            format!(", estimated peak {p:.0} GFLOP/s per core at that clock")
         });
+        let measured = self.measured_peak_gflops.map_or(String::new(), |p| {
+            format!(
+                ", measured {p:.0} GFLOP/s (multiply-adds from registers, one thread; \
+                 the shares of peak below are of it)"
+            )
+        });
+        let peak = format!("{estimate}{measured}");
         format!(
             "Machine: {} ({} logical CPUs{}), {clock}{peak}; caches {}; vector extensions {}. \
              Workers are not pinned to cores; allowed CPUs {}.\n\
@@ -230,5 +250,24 @@ mod tests {
         assert_eq!(width(&intel), full);
         assert_eq!(width(&zen4), full.min(8.0));
         assert_eq!(width(&zen1), full.min(4.0));
+    }
+
+    /// Shares of the peak are of the measured one where there is one: the reported clock
+    /// of a virtual machine can be far below the one it runs at.
+    #[test]
+    fn shares_are_of_the_measured_peak() {
+        let mut m = Machine::detect();
+        assert!(
+            m.measured_peak_gflops
+                .is_some_and(|p| p.is_finite() && p > 0.0)
+        );
+        m.core_peak_gflops = Some(80.0);
+        m.measured_peak_gflops = Some(110.0);
+        assert_eq!(m.peak_gflops(), Some(110.0));
+        assert!(m.markdown().contains("estimated peak 80 GFLOP/s"));
+        assert!(m.markdown().contains("measured 110 GFLOP/s"));
+        m.measured_peak_gflops = None;
+        assert_eq!(m.peak_gflops(), Some(80.0));
+        assert!(!m.markdown().contains("measured"));
     }
 }

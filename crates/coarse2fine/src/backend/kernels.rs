@@ -171,6 +171,46 @@ pub fn simd() -> Simd {
     arch().0
 }
 
+/// Single-precision GFLOP/s of this thread running fused multiply-adds from registers, in
+/// the instruction set chosen at start-up: the core's arithmetic ceiling as it runs now,
+/// at the clock it really runs at (which a virtual machine may not report) and with the
+/// width its units really execute (Zen 4 runs each AVX-512 operation as two halves). The
+/// best of five bursts of a few milliseconds.
+pub fn measured_peak_gflops() -> f64 {
+    (0..5)
+        .map(|_| dispatch(FmaBurst { rounds: 2_000_000 }))
+        .fold(0.0, f64::max)
+}
+
+/// [`measured_peak_gflops`]'s burst: `rounds` times, one multiply-add on each of ten
+/// independent accumulators — more chains than two units with a latency of four cycles
+/// keep busy, and with the two operands few enough for AVX2's 16 registers.
+struct FmaBurst {
+    rounds: usize,
+}
+
+impl pulp::WithSimd for FmaBurst {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> f64 {
+        let x = simd.splat_f32s(std::hint::black_box(0.999_999));
+        let y = simd.splat_f32s(std::hint::black_box(1e-7));
+        let mut acc = [[simd.splat_f32s(1.0); 5]; 2];
+        let start = std::time::Instant::now();
+        for _ in 0..self.rounds {
+            for half in acc.iter_mut() {
+                for a in half.iter_mut() {
+                    *a = simd.mul_add_f32s(*a, x, y);
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(&acc);
+        (self.rounds * 10 * S::F32_LANES * 2) as f64 / secs.max(1e-9) / 1e9
+    }
+}
+
 /// The instruction set of the matrix products: `gemm` picks its widest kernels for the
 /// CPU, AVX-512 only when built with the `avx512` feature.
 pub fn gemm_simd() -> Simd {
@@ -1225,16 +1265,28 @@ mod tests {
     #[test]
     fn transpose_moves_every_value_once() {
         // Whole tiles, edges of every width, and strides wider than the matrix.
-        for (rows, cols, ss, ds) in [(16, 24, 24, 16), (19, 13, 21, 20), (8, 5, 9, 8), (3, 40, 40, 3)] {
+        for (rows, cols, ss, ds) in [
+            (16, 24, 24, 16),
+            (19, 13, 21, 20),
+            (8, 5, 9, 8),
+            (3, 40, 40, 3),
+        ] {
             let src: Vec<f32> = (0..(rows - 1) * ss + cols).map(|i| i as f32).collect();
             let mut dst = vec![-1.0; (cols - 1) * ds + rows];
             transpose(&src, ss, (rows, cols), &mut dst, ds);
             for c in 0..cols {
                 for r in 0..rows {
-                    assert_eq!(dst[c * ds + r], src[r * ss + c], "{rows}×{cols}: ({r}, {c})");
+                    assert_eq!(
+                        dst[c * ds + r],
+                        src[r * ss + c],
+                        "{rows}×{cols}: ({r}, {c})"
+                    );
                 }
                 let gap = &dst[(c * ds + rows).min(dst.len())..((c + 1) * ds).min(dst.len())];
-                assert!(gap.iter().all(|&v| v == -1.0), "{rows}×{cols}: wrote past a row");
+                assert!(
+                    gap.iter().all(|&v| v == -1.0),
+                    "{rows}×{cols}: wrote past a row"
+                );
             }
         }
     }

@@ -25,7 +25,9 @@ mod native;
 mod winograd;
 
 pub use direct::{DIRECT_ENV, direct_requested};
-pub use kernels::{SIMD_ENV, Simd, SwitchMode, gemm_simd, simd, simd_requested};
+pub use kernels::{
+    SIMD_ENV, Simd, SwitchMode, gemm_simd, measured_peak_gflops, simd, simd_requested,
+};
 pub use winograd::{WINOGRAD_ENV, winograd_requested};
 
 use burn::tensor::Device;
