@@ -234,6 +234,8 @@ struct Workspace {
     /// A convolution's weight and bias gradients summed over the blocks, in the blocks'
     /// layout.
     partial_sum: Vec<f32>,
+    /// A fully connected layer's output, transposed ([`fc_forward`]).
+    fc_t: Vec<f32>,
 }
 
 /// A network compiled for the native engine.
@@ -784,13 +786,7 @@ impl NativeNet {
                     relu,
                 } => {
                     let wt = &self.params[*param];
-                    kernels::matmul(
-                        MatMut::rows(y, n, *outputs),
-                        Mat::rows(x, n, *inputs),
-                        Mat::transposed(wt, *inputs, *outputs),
-                        false,
-                        true,
-                    );
+                    fc_forward(y, x, wt, (n, *inputs, *outputs), &mut ws.fc_t);
                     add_bias_cols(y, &self.params[*param + 1], *relu);
                 }
                 Step::Add { other, relu } => {
@@ -1459,6 +1455,34 @@ fn input_gradient_unfolded(
         );
         kernels::col2im(g, &s.dcol, first, count, dx, &mut s.padded);
     }
+}
+
+/// A fully connected layer's product `y = x · Wᵀ` (`n × outputs`, row-major), computed
+/// as `yᵀ = W · xᵀ` into `scratch` and transposed into `y`: `gemm` writes an output with
+/// a row per layer output and a column per image much faster than the transposed one
+/// (on one Zen 4 core, 128 images, 512 inputs and 1000 outputs: 104 against 62 GFLOP/s;
+/// 256 inputs: 111 against 86), and the transposition costs a pass over `y`. The
+/// products split the work across threads by outputs and images, never within a sum, so
+/// the bits stay independent of the thread count.
+fn fc_forward(
+    y: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    (n, inputs, outputs): (usize, usize, usize),
+    scratch: &mut Vec<f32>,
+) {
+    if scratch.len() < n * outputs {
+        scratch.resize(n * outputs, 0.0);
+    }
+    let yt = &mut scratch[..n * outputs];
+    kernels::matmul(
+        MatMut::rows(yt, outputs, n),
+        Mat::rows(wt, outputs, inputs),
+        Mat::transposed(x, inputs, n),
+        false,
+        true,
+    );
+    kernels::transpose(yt, n, (outputs, n), y, outputs);
 }
 
 /// A batch norm's batch statistics over every block of `x`, summed in block order.
