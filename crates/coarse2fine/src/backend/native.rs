@@ -1738,7 +1738,9 @@ mod tests {
     #[test]
     fn fc_forward_is_the_product_either_way() {
         for (n, inputs, outputs) in [(5, 60, 7), (3, 130, 9), (128, 300, 1000), (17, 256, 24)] {
-            let x: Vec<f32> = (0..n * inputs).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+            let x: Vec<f32> = (0..n * inputs)
+                .map(|i| ((i * 7) % 13) as f32 - 6.0)
+                .collect();
             let wt: Vec<f32> = (0..outputs * inputs)
                 .map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.0)
                 .collect();
