@@ -57,8 +57,9 @@ const TORCH_SCRIPT: &str = include_str!("../../../bench/torch_bench.py");
 /// For every net and thread count: the median time of a training step (SGD with momentum,
 /// cross-entropy) and of an inference pass over --steps steps after --warmup, on random
 /// images at the net's native size, as images/s and GFLOP/s (against a core's peak, measured
-/// with multiply-adds from registers at start). With --pytorch the same nets (generated as PyTorch modules) are timed by PyTorch
-/// right after ours, and the table gives our/PyTorch ratios. With --data, the data loader's
+/// with multiply-adds from registers at start). With --pytorch the same nets (generated as
+/// PyTorch modules) are timed by PyTorch right after ours, and the table gives our/PyTorch
+/// ratios. With --data, the data loader's
 /// images/s at the smallest prepared size; with --prepare-jpegs N, `prepare` on N
 /// generated JPEGs.
 ///

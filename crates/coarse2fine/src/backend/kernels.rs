@@ -1259,9 +1259,7 @@ mod tests {
         }
     }
 
-    /// `col2im` is the adjoint of `im2col`: ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for any x, c,
-    /// which checks both at once for every window geometry; and `im2col` against direct
-    /// indexing, on a run of images inside a block.
+    /// Every value lands at its transposed place, and nothing between the rows moves.
     #[test]
     fn transpose_moves_every_value_once() {
         // Whole tiles, edges of every width, and strides wider than the matrix.
@@ -1291,6 +1289,9 @@ mod tests {
         }
     }
 
+    /// `col2im` is the adjoint of `im2col`: ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for any x, c,
+    /// which checks both at once for every window geometry; and `im2col` against direct
+    /// indexing, on a run of images inside a block.
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         for (h, k, s, pad, d) in [
