@@ -1467,9 +1467,9 @@ const FC_TRANSPOSED_MIN_INPUTS: usize = 128;
 /// column per image much faster than the transposed one (on one Zen 4 core, 128 images,
 /// 1000 outputs: 104 against 62 GFLOP/s with 512 inputs, 111 against 86 with 256, 112
 /// against 99 with 128), and the transposition costs a pass over `y`, which with 64
-/// inputs (111 against 99) takes back what the product gains. The products split the work across threads by
-/// outputs and images, never within a sum, so the bits stay independent of the thread
-/// count.
+/// inputs (111 against 99) takes back what the product gains. The products split the
+/// work across threads by outputs and images, never within a sum, so the bits stay
+/// independent of the thread count.
 fn fc_forward(
     y: &mut [f32],
     x: &[f32],
