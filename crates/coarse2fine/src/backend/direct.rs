@@ -447,8 +447,11 @@ fn unstage(
 
 /// Every output of a run position by position ([`Layout::Positions`]) into `stage`
 /// ([`grad_width`] values a position, positions in order): tiles of `R` positions for
-/// `NB` vectors of filters, as many as leave registers for the weights and the broadcast
-/// input value — 24 accumulators of AVX-512's 32 vector registers, 10 of AVX2's 16.
+/// `NB` vectors of filters. The shapes were measured on one Zen 4 core (docs/
+/// performance.md): filling AVX-512's 32 registers with 24 accumulators runs well with
+/// four vectors of filters, but with three, two or one (8, 12 or 24 positions) the
+/// compiler spills and the tile runs at 60 % of the speed of a smaller one, so those
+/// keep 18, 16 and 16. On AVX2's 16 registers, 12 accumulators and 10 for one vector.
 /// Vectors of filters wholly past the last one (AVX2, at most 8 filters) are skipped.
 #[inline(always)]
 fn by_positions<S: pulp::Simd>(
@@ -458,50 +461,116 @@ fn by_positions<S: pulp::Simd>(
     w: &[f32],
     stage: &mut [f32],
 ) {
-    let lanes = S::F32_LANES;
-    let bases: Vec<usize> = (0..count * g.oh)
-        .flat_map(|r| {
-            let row = row_start(g, r / g.oh, r % g.oh);
-            (0..g.ow).map(move |ox| row + ox * g.stride)
-        })
-        .collect();
-    let run = PositionRun {
-        channels: g.channels,
-        cs: channel_len(g, count),
-        fw: grad_width(filters),
-        offsets: kernel_offsets(g),
-        bases,
-        x: padded,
-        w,
-    };
-    let vectors = filters.div_ceil(lanes);
-    let wide = lanes >= 16;
+    let wide = S::F32_LANES >= 16;
+    let vectors = filters.div_ceil(S::F32_LANES);
     let mut v = 0;
     while v < vectors {
-        v += match (wide, vectors - v) {
-            (true, 4..) => position_tiles::<S, 4, 6>(simd, &run, v, stage),
-            (true, 3) => position_tiles::<S, 3, 8>(simd, &run, v, stage),
-            (true, 2) => position_tiles::<S, 2, 12>(simd, &run, v, stage),
-            (true, _) => position_tiles::<S, 1, 24>(simd, &run, v, stage),
-            (false, 2..) => position_tiles::<S, 2, 5>(simd, &run, v, stage),
-            (false, _) => position_tiles::<S, 1, 10>(simd, &run, v, stage),
+        let (nb, r) = match (wide, vectors - v) {
+            (true, 4..) => (4, 6),
+            (true, 3) => (3, 6),
+            (true, 2) => (2, 8),
+            (true, _) => (1, 16),
+            (false, 2..) => (2, 6),
+            (false, _) => (1, 10),
+        };
+        let run = PositionRun::new(g, (filters, count), r, (padded, w));
+        v += match (nb, r) {
+            (4, 6) => position_tiles::<S, 4, 6>(simd, &run, v, stage),
+            (3, 6) => position_tiles::<S, 3, 6>(simd, &run, v, stage),
+            (2, 8) => position_tiles::<S, 2, 8>(simd, &run, v, stage),
+            (1, 16) => position_tiles::<S, 1, 16>(simd, &run, v, stage),
+            (2, 6) => position_tiles::<S, 2, 6>(simd, &run, v, stage),
+            _ => position_tiles::<S, 1, 10>(simd, &run, v, stage),
         };
     }
 }
 
-/// A run as [`position_tiles`] reads it.
+/// A run as [`position_tiles`] reads it: the valid output positions grouped into tiles
+/// that read the same kernel offsets, so that the offsets falling wholly in the padding
+/// are skipped. On a 4×4 map with padding 1 a third of a 3×3 kernel's reads are padding,
+/// on 2×2 over half; skipping them leaves every sum the same bits, since the accumulator
+/// starts at +0 and a product with a padding zero adds ±0.
 struct PositionRun<'a> {
     channels: usize,
     /// Values of one channel of the padded input.
     cs: usize,
     /// Values of a row of the packed weights and of a position in the stage.
     fw: usize,
-    /// Kernel offsets in the padded input.
-    offsets: Vec<usize>,
-    /// Each valid output position's place in the padded input.
+    /// Number of kernel offsets (rows of packed weights per channel).
+    taps: usize,
+    /// Each position's place in the padded input, tile by tile, and where it goes in the
+    /// stage (its index in the run's positions in order).
     bases: Vec<usize>,
+    slots: Vec<usize>,
+    /// Positions a tile.
+    tile: usize,
+    /// Per tile: its first position in `bases` and its range in `reads`.
+    tiles: Vec<(usize, std::ops::Range<usize>)>,
+    /// Kernel offsets `(t, offset in the padded input)` read by some position of a tile,
+    /// in increasing `t`.
+    reads: Vec<(usize, usize)>,
     x: &'a [f32],
     w: &'a [f32],
+}
+
+impl<'a> PositionRun<'a> {
+    /// Orders the positions of `count` images by the kernel rows and columns they read
+    /// inside the image, then cuts them into tiles of `r` positions; a tile reads the
+    /// offsets in the bounding box of its positions' ones (outside a position's own, it
+    /// reads padding zeros).
+    fn new(
+        g: &Window,
+        (filters, count): (usize, usize),
+        r: usize,
+        (x, w): (&'a [f32], &'a [f32]),
+    ) -> Self {
+        let inside = |o: usize, size: usize| {
+            let lo = g.pad.saturating_sub(o * g.stride).min(g.kernel);
+            let hi = (size + g.pad).saturating_sub(o * g.stride).min(g.kernel);
+            (lo, hi.max(lo))
+        };
+        // (kernel rows inside, kernel columns inside, place in the stage, in the input)
+        type Visit = ((usize, usize), (usize, usize), usize, usize);
+        let mut order: Vec<Visit> = (0..count * g.oh)
+            .flat_map(|row| {
+                let (n, oy) = (row / g.oh, row % g.oh);
+                let ys = inside(oy, g.h);
+                (0..g.ow).map(move |ox| {
+                    let base = row_start(g, n, oy) + ox * g.stride;
+                    (ys, inside(ox, g.w), row * g.ow + ox, base)
+                })
+            })
+            .collect();
+        order.sort_unstable();
+        let (k, wp) = (g.kernel, pitch(g));
+        let mut tiles = Vec::with_capacity(order.len().div_ceil(r));
+        let mut reads = Vec::new();
+        for (i, tile) in order.chunks(r.max(1)).enumerate() {
+            let span = |range: fn(&Visit) -> (usize, usize)| {
+                let lo = tile.iter().map(|p| range(p).0).min().unwrap_or(0);
+                (lo, tile.iter().map(|p| range(p).1).max().unwrap_or(0))
+            };
+            let ((y0, y1), (x0, x1)) = (span(|p| p.0), span(|p| p.1));
+            let from = reads.len();
+            for ky in y0..y1 {
+                reads.extend((x0..x1).map(|kx| (ky * k + kx, ky * wp + kx)));
+            }
+            tiles.push((i * r, from..reads.len()));
+        }
+        PositionRun {
+            channels: g.channels,
+            cs: channel_len(g, count),
+            fw: grad_width(filters),
+            taps: k * k,
+            tile: r,
+            bases: order.iter().map(|p| p.3).collect(),
+            slots: order.iter().map(|p| p.2).collect(),
+            tiles,
+            reads,
+            x,
+            w,
+        }
+    }
 }
 
 /// The outputs of filter vectors `v..v + NB` at every position, `R` positions at a time
@@ -516,21 +585,27 @@ fn position_tiles<S: pulp::Simd, const NB: usize, const R: usize>(
     v: usize,
     stage: &mut [f32],
 ) -> usize {
-    let (lanes, fw, taps) = (S::F32_LANES, run.fw, run.offsets.len());
-    let (Some(&last), Some(&reach)) = (run.bases.last(), run.offsets.iter().max()) else {
+    let (lanes, fw, taps) = (S::F32_LANES, run.fw, run.taps);
+    let (Some(&last), Some(reach)) = (run.bases.iter().max(), run.reads.iter().map(|r| r.1).max())
+    else {
         return NB;
     };
     // Every read below is at `c·cs + base + offset` with `c < channels`.
     let end = (run.channels.max(1) - 1) * run.cs + last + reach;
     assert!(end < run.x.len(), "direct convolution: input run too short");
+    assert_eq!(
+        run.tile, R,
+        "direct convolution: tiles cut for another kernel"
+    );
     let n = run.bases.len();
-    for p0 in (0..n).step_by(R) {
+    for (p0, reads) in &run.tiles {
+        let (p0, reads) = (*p0, &run.reads[reads.clone()]);
         let tile: [usize; R] = std::array::from_fn(|i| run.bases[(p0 + i).min(n - 1)]);
         let mut acc = [[simd.splat_f32s(0.0); NB]; R];
         for c in 0..run.channels {
             let xc = c * run.cs;
             let wc = &run.w[c * taps * fw..][..taps * fw];
-            for (t, &off) in run.offsets.iter().enumerate() {
+            for &(t, off) in reads {
                 let wr = &wc[t * fw + v * lanes..][..NB * lanes];
                 let wv: [S::f32s; NB] =
                     std::array::from_fn(|b| load::<S>(&wr[b * lanes..][..lanes]));
@@ -543,8 +618,8 @@ fn position_tiles<S: pulp::Simd, const NB: usize, const R: usize>(
                 }
             }
         }
-        for (i, ai) in acc.iter().enumerate().take(n - p0) {
-            let at = (p0 + i) * fw + v * lanes;
+        for (ai, &slot) in acc.iter().zip(&run.slots[p0..]) {
+            let at = slot * fw + v * lanes;
             let values: &[f32] = pulp::bytemuck::cast_slice(ai.as_slice());
             stage[at..][..NB * lanes].copy_from_slice(values);
         }
@@ -656,6 +731,14 @@ impl pulp::WithSimd for WeightGradient<'_, '_, '_> {
         let (fw, k, rows) = (grad_width(filters), g.kernel, g.col_rows());
         let taps = k * k;
         let kernel = kernel_offsets(g);
+        // A 3×3 kernel's rows come in threes (one kernel row of a channel), read at
+        // consecutive offsets from one address; other kernels' rows go one by one. Either
+        // way ordered by kernel row, so that a group of rows of one kernel row skips the
+        // positions whose window row lies in the padding.
+        let width = if k == 3 { 3 } else { 1 };
+        let mut heads: Vec<usize> = (0..rows).step_by(width).collect();
+        heads.sort_by_key(|&r| ((r % taps) / k, r));
+        let wide = S::F32_LANES >= 16;
         for first in (0..g.images).step_by(run) {
             let count = run.min(g.images - first);
             pad_run(g, x, first, count, s.padded);
@@ -670,28 +753,27 @@ impl pulp::WithSimd for WeightGradient<'_, '_, '_> {
                 fw,
                 x: &s.padded[..],
                 dyt: &s.dyt[..],
+                offsets: &offsets,
             };
             // Vectors of filters wholly past the last one (AVX2, at most 8 filters) are
             // zero and never read back: skipped.
-            // Rows summed at once: one accumulator register of filters each, leaving
-            // registers for the output gradient's vector and the broadcast input value —
-            // 24 of AVX-512's 32 vector registers, 12 of AVX2's 16.
-            let wide = S::F32_LANES >= 16;
             for group in (0..filters).step_by(S::F32_LANES) {
-                let mut r = 0;
-                while r < rows {
-                    let left = rows - r;
-                    let acc = &mut s.acc[..];
-                    let o = &offsets[r..];
-                    // A 3×3 kernel's rows come in threes (one kernel row of a channel),
-                    // read at consecutive offsets from one address.
-                    r += match (k, left) {
-                        (3, 24..) if wide => grad_rows::<S, 8, 3>(simd, &run, o, group, (r, acc)),
-                        (3, 12..) => grad_rows::<S, 4, 3>(simd, &run, o, group, (r, acc)),
-                        (3, _) => grad_rows::<S, 1, 3>(simd, &run, o, group, (r, acc)),
-                        (_, 8..) => grad_rows::<S, 8, 1>(simd, &run, o, group, (r, acc)),
-                        (_, 4..) => grad_rows::<S, 4, 1>(simd, &run, o, group, (r, acc)),
-                        _ => grad_rows::<S, 1, 1>(simd, &run, o, group, (r, acc)),
+                let mut i = 0;
+                while i < heads.len() {
+                    let (h, acc) = (&heads[i..], &mut s.acc[..]);
+                    // Rows summed at once: one accumulator register of filters each,
+                    // leaving registers for the output gradient's vector and the broadcast
+                    // input value. Measured on one Zen 4 core: six threes on AVX-512 ran
+                    // as fast as eight on 8×8 maps and 11–25 % faster on 4×4 and 2×2 ones
+                    // (eight spill); four on AVX2.
+                    i += match (width, h.len()) {
+                        (3, 6..) if wide => grad_rows::<S, 6, 3>(simd, &run, h, group, acc),
+                        (3, 4..) if !wide => grad_rows::<S, 4, 3>(simd, &run, h, group, acc),
+                        (3, 3..) => grad_rows::<S, 3, 3>(simd, &run, h, group, acc),
+                        (3, _) => grad_rows::<S, 1, 3>(simd, &run, h, group, acc),
+                        (_, 8..) => grad_rows::<S, 8, 1>(simd, &run, h, group, acc),
+                        (_, 4..) => grad_rows::<S, 4, 1>(simd, &run, h, group, acc),
+                        _ => grad_rows::<S, 1, 1>(simd, &run, h, group, acc),
                     };
                 }
             }
@@ -722,19 +804,32 @@ fn to_positions(
 }
 
 /// One run of a block as [`grad_rows`] reads it: the padded input and the position-major
-/// output gradient of `count` images.
+/// output gradient of `count` images, and each gradient row's offset in the input.
 struct GradRun<'a> {
     g: &'a Window,
     count: usize,
     fw: usize,
     x: &'a [f32],
     dyt: &'a [f32],
+    offsets: &'a [usize],
 }
 
-/// Adds the run's terms to `NB × R` rows of the gradient from `r` on, for the filters
-/// `group..group + lanes`; returns the row count. Row `b·R + i` reads the input at
-/// `offsets[b·R] + i` (its offset in `offsets`, checked): a 3×3 kernel's rows in threes
-/// of one address, or any rows one by one with `R = 1`. The accumulators are nested
+impl GradRun<'_> {
+    /// The output rows whose window reads kernel row `ky` inside the image: with the
+    /// others that kernel row reads only padding zeros, whose products leave every sum the
+    /// same bits, so they are skipped.
+    fn rows_inside(&self, ky: usize) -> std::ops::Range<usize> {
+        let g = self.g;
+        let lo = g.pad.saturating_sub(ky).div_ceil(g.stride);
+        let hi = (g.h + g.pad).saturating_sub(ky).div_ceil(g.stride);
+        lo.min(g.oh)..hi.min(g.oh)
+    }
+}
+
+/// Adds the run's terms to `NB` groups of `R` consecutive rows of the gradient, the groups
+/// starting at `heads[..NB]`, for the filters `group..group + lanes`; returns `NB`. Row
+/// `head + i` reads the input at `offsets[head] + i` (checked): a 3×3 kernel's rows in
+/// threes of one address, or any rows one by one with `R = 1`. The accumulators are nested
 /// arrays of at most 8, which the compiler keeps in registers (a flat array of 24 was
 /// left in memory).
 #[inline(always)]
@@ -742,14 +837,17 @@ struct GradRun<'a> {
 fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
     simd: S,
     run: &GradRun<'_>,
-    offsets: &[usize],
+    heads: &[usize],
     group: usize,
-    (r, acc): (usize, &mut [f32]),
+    acc: &mut [f32],
 ) -> usize {
     let (g, fw, lanes) = (run.g, run.fw, S::F32_LANES);
     let (st, ow) = (g.stride, g.ow);
-    let starts: [usize; NB] = std::array::from_fn(|b| offsets[b * R]);
-    let consecutive = (0..NB * R).all(|q| offsets[q] == starts[q / R] + q % R);
+    let heads: [usize; NB] = std::array::from_fn(|b| heads[b]);
+    let starts: [usize; NB] = heads.map(|h| run.offsets[h]);
+    let consecutive = heads
+        .iter()
+        .all(|&h| (0..R).all(|i| run.offsets[h + i] == run.offsets[h] + i));
     assert!(consecutive, "direct weight gradient: rows not consecutive");
     let last = row_start(g, run.count.max(1) - 1, g.oh.max(1) - 1) + (ow.max(1) - 1) * st + 1;
     let reach = starts.iter().max().map_or(0, |&o| o + R - 1 + last);
@@ -758,11 +856,17 @@ fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
         reach <= run.x.len(),
         "direct weight gradient: input run too short"
     );
-    let at = |b: usize, i: usize| (r + b * R + i) * fw + group;
+    let (k, taps) = (g.kernel, g.kernel * g.kernel);
+    let ky = (heads[0] % taps) / k;
+    let rows = match heads.iter().all(|&h| (h % taps) / k == ky) {
+        true => run.rows_inside(ky),
+        false => 0..g.oh,
+    };
+    let at = |b: usize, i: usize| (heads[b] + i) * fw + group;
     let mut a: [[S::f32s; R]; NB] =
         std::array::from_fn(|b| std::array::from_fn(|i| load::<S>(&acc[at(b, i)..][..lanes])));
     for n in 0..run.count {
-        for oy in 0..g.oh {
+        for oy in rows.clone() {
             let base = row_start(g, n, oy);
             let ds = &run.dyt[(n * g.oh + oy) * ow * fw..][..ow * fw];
             for ox in 0..ow {
@@ -784,7 +888,7 @@ fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
             acc[at(b, i)..][..lanes].copy_from_slice(values);
         }
     }
-    NB * R
+    NB
 }
 
 #[cfg(test)]

@@ -966,12 +966,20 @@ vectorized! {
 #[inline(always)]
 fn avg_pool_in(g: &Window, x: &[f32], y: &mut [f32]) {
     let (plane, out) = (g.h * g.w, g.out_plane());
+    if let Some(rows) = halving_rows(g) {
+        avg_2x2(rows, g.ow, g.w, x, &mut y[..rows * g.ow]);
+        return;
+    }
     let scale = 1.0 / (g.kernel * g.kernel) as f32;
     for (p, yp) in y[..g.channels * g.images * out]
         .chunks_exact_mut(out)
         .enumerate()
     {
         let src = &x[p * plane..][..plane];
+        if g.inside() && is_2x2(g) {
+            avg_2x2(g.oh, g.ow, g.w, src, yp);
+            continue;
+        }
         if g.inside() {
             // The same sums in the same order as below, without the bounds logic.
             for oy in 0..g.oh {
@@ -1011,6 +1019,10 @@ vectorized! {
 #[inline(always)]
 fn avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]) {
     let (plane, out) = (g.h * g.w, g.out_plane());
+    if let Some(rows) = halving_rows(g) {
+        avg_2x2_backward(rows, g.ow, g.w, &dy[..rows * g.ow], dx);
+        return;
+    }
     let scale = 1.0 / (g.kernel * g.kernel) as f32;
     for (p, dxp) in dx[..g.channels * g.images * plane]
         .chunks_exact_mut(plane)
@@ -1018,6 +1030,10 @@ fn avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]) {
     {
         dxp.fill(0.0);
         let dyp = &dy[p * out..][..out];
+        if g.inside() && is_2x2(g) {
+            avg_2x2_backward(g.oh, g.ow, g.w, dyp, dxp);
+            continue;
+        }
         if g.inside() {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
@@ -1041,6 +1057,54 @@ fn avg_pool_backward_in(g: &Window, dy: &[f32], dx: &mut [f32]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A 2×2 window with stride 2, undilated.
+fn is_2x2(g: &Window) -> bool {
+    g.kernel == 2 && g.stride == 2 && g.dilation == 1
+}
+
+/// Where a 2×2 / stride 2 pool without padding halves the maps exactly, the block's
+/// planes one after the other are one map of `planes × OH` output rows, each read from
+/// two input rows: that many rows, so each plane's few rows cost no loop of their own.
+fn halving_rows(g: &Window) -> Option<usize> {
+    let halves = g.pad == 0 && g.h == 2 * g.oh && g.w == 2 * g.ow && g.ow > 0;
+    (is_2x2(g) && halves).then_some(g.channels * g.images * g.oh)
+}
+
+/// `rows` output rows of `ow` averages of 2×2 windows, the input rows `w` apart: the
+/// general path's sums in its order (row by row, left to right).
+#[inline(always)]
+fn avg_2x2(rows: usize, ow: usize, w: usize, x: &[f32], y: &mut [f32]) {
+    for (r, yr) in y.chunks_exact_mut(ow.max(1)).take(rows).enumerate() {
+        let (r0, r1) = (&x[2 * r * w..][..2 * ow], &x[(2 * r + 1) * w..][..2 * ow]);
+        for ((o, a), b) in yr
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *o = (a[0] + a[1] + b[0] + b[1]) * 0.25;
+        }
+    }
+}
+
+/// Gradient of [`avg_2x2`]: a quarter of each output's gradient to its four inputs, which
+/// no other window reads; positions no window reads (an odd last row or column) are left
+/// as they are.
+#[inline(always)]
+fn avg_2x2_backward(rows: usize, ow: usize, w: usize, dy: &[f32], dx: &mut [f32]) {
+    for (r, dr) in dy.chunks_exact(ow.max(1)).take(rows).enumerate() {
+        let (top, bottom) = dx[2 * r * w..].split_at_mut(w);
+        for ((&d, t), b) in dr
+            .iter()
+            .zip(top.chunks_exact_mut(2))
+            .zip(bottom.chunks_exact_mut(2))
+        {
+            let q = d * 0.25;
+            t.copy_from_slice(&[q, q]);
+            b.copy_from_slice(&[q, q]);
         }
     }
 }
@@ -1402,7 +1466,7 @@ mod tests {
     /// and its gradient against the adjoint identity ⟨pool x, d⟩ = ⟨x, pool* d⟩.
     #[test]
     fn avg_pool_inside_windows_sum_like_the_general_path() {
-        for (h, k, s, d) in [(8, 2, 2, 1), (9, 3, 1, 2), (7, 3, 2, 1)] {
+        for (h, k, s, d) in [(8, 2, 2, 1), (9, 2, 2, 1), (9, 3, 1, 2), (7, 3, 2, 1)] {
             let oh = crate::net::spec::window_out(h, k, s, 0, d, false).expect("fits");
             let g = Window {
                 channels: 2,
