@@ -1653,7 +1653,9 @@ fn draw_mask(
 
 /// Mean cross-entropy of `logits` (`N × classes`) against the labels smoothed by `ε`
 /// (target `ε/K` for every class plus `1 − ε` for the label); writes its gradient w.r.t.
-/// the logits, `(softmax − target) / N`, into `grad`.
+/// the logits, `(softmax − target) / N`, into `grad`. Rows run in parallel, each on its
+/// own, and their losses are added in row order, so the result does not depend on the
+/// thread count.
 pub(crate) fn softmax_cross_entropy(
     logits: &[f32],
     (labels, eps): (&[u32], f32),
@@ -1661,39 +1663,42 @@ pub(crate) fn softmax_cross_entropy(
     grad: &mut [f32],
 ) -> Result<f32> {
     let n = labels.len();
-    let mut total = 0f64;
-    for (i, (row, &l)) in logits.chunks_exact(classes.max(1)).zip(labels).enumerate() {
-        let l = l as usize;
-        if l >= classes {
-            return Err(Error::invalid(format!(
-                "label {l} out of range for {classes} classes"
-            )));
-        }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let g = &mut grad[i * classes..][..classes];
-        let mut sum = 0f32;
-        for (gj, &v) in g.iter_mut().zip(row) {
-            *gj = (v - max).exp();
-            sum += *gj;
-        }
-        for gj in g.iter_mut() {
-            *gj /= sum * n as f32;
-        }
-        if eps == 0.0 {
-            total += f64::from(sum.ln() + max - row[l]);
-            g[l] -= 1.0 / n as f32;
-            continue;
-        }
-        // −Σ t·log p = logsumexp − Σ t·z, with Σ t·z = (1 − ε)·z_l + ε·mean(z).
-        let mean_logit = row.iter().sum::<f32>() / classes as f32;
-        total += f64::from(sum.ln() + max - (1.0 - eps) * row[l] - eps * mean_logit);
-        let uniform = eps / (classes * n) as f32;
-        for gj in g.iter_mut() {
-            *gj -= uniform;
-        }
-        g[l] -= (1.0 - eps) / n as f32;
+    if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(Error::invalid(format!(
+            "label {l} out of range for {classes} classes"
+        )));
     }
-    Ok((total / n.max(1) as f64) as f32)
+    let losses: Vec<f64> = logits
+        .par_chunks_exact(classes.max(1))
+        .zip(grad.par_chunks_exact_mut(classes.max(1)))
+        .zip(labels)
+        .with_min_len(16)
+        .map(|((row, g), &l)| row_cross_entropy(row, l as usize, (n, eps), g))
+        .collect();
+    Ok((losses.iter().sum::<f64>() / n.max(1) as f64) as f32)
+}
+
+/// One row of [`softmax_cross_entropy`]: its loss, and its gradient into `g`.
+fn row_cross_entropy(row: &[f32], l: usize, (n, eps): (usize, f32), g: &mut [f32]) -> f64 {
+    let classes = row.len();
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    g.copy_from_slice(row);
+    let sum = kernels::exp_sum(g, max);
+    for gj in g.iter_mut() {
+        *gj /= sum * n as f32;
+    }
+    if eps == 0.0 {
+        g[l] -= 1.0 / n as f32;
+        return f64::from(sum.ln() + max - row[l]);
+    }
+    // −Σ t·log p = logsumexp − Σ t·z, with Σ t·z = (1 − ε)·z_l + ε·mean(z).
+    let mean_logit = row.iter().sum::<f32>() / classes as f32;
+    let uniform = eps / (classes * n) as f32;
+    for gj in g.iter_mut() {
+        *gj -= uniform;
+    }
+    g[l] -= (1.0 - eps) / n as f32;
+    f64::from(sum.ln() + max - (1.0 - eps) * row[l] - eps * mean_logit)
 }
 
 /// `v ← μ·v − lr·(g + λ·w)` and `w ← w + v`, with `λ` applied where `decay` is set.
