@@ -123,6 +123,14 @@ fn images_per_run(g: &Window) -> usize {
     (COL_BUDGET / (g.col_rows() * g.out_plane()).max(1)).max(1)
 }
 
+/// A convolution's weights and bias with the batch norm after it folded in
+/// ([`NativeNet::folded_batch_norm`]), and that batch norm's ReLU.
+struct FoldedConv {
+    wt: Vec<f32>,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
 /// Per-block scratch buffers.
 #[derive(Debug, Default, Clone)]
 struct Scratch {
@@ -554,6 +562,14 @@ impl NativeNet {
         self.conv_steps(Algo::Winograd)
     }
 
+    /// Convolutions that inference runs with the batch norm after them folded in.
+    #[cfg(test)]
+    pub(crate) fn folded_steps(&self) -> usize {
+        (0..self.steps.len())
+            .filter(|&i| self.folded_batch_norm(i).is_some())
+            .count()
+    }
+
     /// Convolutions that run directly.
     #[cfg(test)]
     pub(crate) fn direct_steps(&self) -> usize {
@@ -647,11 +663,24 @@ impl NativeNet {
         let counts = block_images(&starts);
         let [c, h, w] = self.input;
         to_blocks(images, &mut ws.acts[0], &starts, c, h * w);
+        let mut folded_in = false;
         for (i, step) in self.steps.iter().enumerate() {
+            if std::mem::take(&mut folded_in) {
+                // A batch norm the convolution before it has applied.
+                if let Some(f) = after_step.as_deref_mut() {
+                    f(i);
+                }
+                continue;
+            }
+            let fold = match dropout {
+                None => self.folded_batch_norm(i),
+                Some(_) => None,
+            };
             let (before, after) = ws.acts.split_at_mut(i + 1);
             let src = self.src[i];
-            let (x, y) = (&before[src], &mut after[0]);
+            let (x, y) = (&before[src], &mut after[usize::from(fold.is_some())]);
             let (sx, sy) = (self.sizes[src], self.sizes[i + 1]);
+            folded_in = fold.is_some();
             match step {
                 Step::Conv {
                     param,
@@ -660,7 +689,10 @@ impl NativeNet {
                     relu,
                     algo,
                 } => {
-                    let (wt, bias) = (&self.params[*param], &self.params[*param + 1]);
+                    let (wt, bias, relu) = match &fold {
+                        Some(f) => (&f.wt, &f.bias, &f.relu),
+                        None => (&self.params[*param], &self.params[*param + 1], relu),
+                    };
                     let prepared = &mut ws.wino_u[i];
                     match algo {
                         Algo::Winograd => {
@@ -797,6 +829,46 @@ impl NativeNet {
                 f(i);
             }
         }
+    }
+
+    /// At inference, the convolution of step `i` with the batch norm after it folded in,
+    /// where that batch norm is all that reads the convolution and adds nothing: each
+    /// filter scaled by `γ/√(σ² + ε)` and the bias moved to match, so the normalisation
+    /// costs no pass over the maps (the sums differ from the two steps' in rounding only).
+    fn folded_batch_norm(&self, i: usize) -> Option<FoldedConv> {
+        let (Step::Conv { param, filters, .. }, Some(next)) =
+            (&self.steps[i], self.steps.get(i + 1))
+        else {
+            return None;
+        };
+        let &Step::BatchNorm {
+            param: bn,
+            eps,
+            add: None,
+            relu,
+            ..
+        } = next
+        else {
+            return None;
+        };
+        if !self.chain[i + 1] {
+            return None;
+        }
+        let p = &self.params[bn..bn + 4];
+        let inv: Vec<f32> = p[3].iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let (scale, shift) = bn_affine(&p[0], &p[1], &p[2], &inv);
+        let (wt, bias) = (&self.params[*param], &self.params[*param + 1]);
+        let k = wt.len() / (*filters).max(1);
+        let mut folded = wt.clone();
+        for (wf, a) in folded.chunks_exact_mut(k.max(1)).zip(&scale) {
+            wf.iter_mut().for_each(|v| *v *= a);
+        }
+        let bias = bias.iter().zip(&scale).zip(&shift);
+        Some(FoldedConv {
+            wt: folded,
+            bias: bias.map(|((b, a), t)| b.mul_add(*a, *t)).collect(),
+            relu,
+        })
     }
 
     fn check_input(&self, shape: [usize; 4], len: usize) -> Result<()> {
