@@ -103,8 +103,13 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     backend::simd_requested().map_err(anyhow::Error::msg)?;
     backend::winograd_requested().map_err(anyhow::Error::msg)?;
     backend::direct_requested().map_err(anyhow::Error::msg)?;
-    if let Some(n) = cli.threads {
-        backend::set_threads(n)?;
+    // `run` takes its count from the plan when none is given.
+    match cli.threads {
+        Some(n) => backend::set_threads(n)?,
+        None if !matches!(cli.cmd, Command::Run(_)) => {
+            backend::set_threads(backend::default_threads())?
+        }
+        None => {}
     }
     let bars = Bars::new(cli.quiet);
     match cli.cmd {

@@ -212,8 +212,9 @@ pub fn cmd_run(a: RunArgs, cli_threads: bool, bars: &Bars) -> Result<()> {
     let Some(out) = a.out else {
         bail!("give --out");
     };
-    if !cli_threads && let Some(n) = runs.first().and_then(|r| r.threads) {
-        backend::set_threads(n)?;
+    if !cli_threads {
+        let planned = runs.first().and_then(|r| r.threads);
+        backend::set_threads(planned.unwrap_or_else(backend::default_threads))?;
     }
     let compute = Compute::new(a.backend.parse::<BackendKind>()?)?;
     let opts = RunOptions {

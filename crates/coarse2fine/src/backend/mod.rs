@@ -151,7 +151,11 @@ impl Compute {
 }
 
 /// Sets the number of CPU threads used by the backend and data preparation. Must be called
-/// before any parallel work; a second call with a different count fails.
+/// before any parallel work; a second call with a different count fails. The calling thread
+/// becomes the pool's first thread, so the work it starts runs on it and `n − 1` others
+/// without being handed to the pool and back (two thread switches per call, a tenth of
+/// net-1's inference at one thread). Call it from the thread that runs the training, and
+/// keep that thread alive: jobs sent to the pool from elsewhere run only on the others.
 pub fn set_threads(n: usize) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     // More threads than this only time-slice the same cores (and the native engine splits a
@@ -165,12 +169,24 @@ pub fn set_threads(n: usize) -> Result<()> {
     }
     match rayon::ThreadPoolBuilder::new()
         .num_threads(n)
+        .use_current_thread()
         .build_global()
     {
         Ok(()) => Ok(()),
         Err(_) if rayon::current_num_threads() == n => Ok(()),
         Err(e) => Err(Error::invalid(format!("cannot set {n} threads: {e}"))),
     }
+}
+
+/// The thread count when none is given: `RAYON_NUM_THREADS` if it is a valid count, else
+/// one per logical CPU.
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| (1..=(4 * cores).max(16)).contains(&n))
+        .unwrap_or(cores)
 }
 
 /// Runs `f` on one of the thread pool's workers. The native engine's parallel loops then
