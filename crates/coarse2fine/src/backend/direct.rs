@@ -27,7 +27,8 @@
 //! ([`pack_transposed`]). The weight gradient reads the same padded buffer, with the
 //! output gradient laid out position by position ([`weight_gradient`]). Every output is a
 //! sum in a fixed order, with fused multiply-adds, so results depend neither on the thread count nor on
-//! the instruction set (the tile sizes only choose which sums are computed together).
+//! the instruction set (the tile sizes only choose which sums are computed together, and
+//! which products with padding zeros are skipped, which for finite values change no bit).
 
 use super::kernels::{self, Simd, SwitchMode, Window};
 
@@ -488,8 +489,9 @@ fn by_positions<S: pulp::Simd>(
 /// A run as [`position_tiles`] reads it: the valid output positions grouped into tiles
 /// that read the same kernel offsets, so that the offsets falling wholly in the padding
 /// are skipped. On a 4×4 map with padding 1 a third of a 3×3 kernel's reads are padding,
-/// on 2×2 over half; skipping them leaves every sum the same bits, since the accumulator
-/// starts at +0 and a product with a padding zero adds ±0.
+/// on 2×2 over half. With finite weights and inputs, skipping them leaves every sum the
+/// same bits, since the accumulator starts at +0 and a product with a padding zero adds
+/// ±0 (an infinite weight times a padding zero was NaN, which is no longer computed).
 struct PositionRun<'a> {
     channels: usize,
     /// Values of one channel of the padded input.
@@ -575,8 +577,9 @@ impl<'a> PositionRun<'a> {
 
 /// The outputs of filter vectors `v..v + NB` at every position, `R` positions at a time
 /// (a last short tile repeats its last position, whose copies are not stored); returns
-/// `NB`. Each output is the sum over channels and kernel offsets in order, as in [`strip`],
-/// so the two layouts give the same bits.
+/// `NB`. Each output is the sum over channels and kernel offsets in order, as in [`strip`]
+/// less products with padding zeros, so for finite values the two layouts give the same
+/// bits.
 #[inline(always)]
 #[allow(unsafe_code)]
 fn position_tiles<S: pulp::Simd, const NB: usize, const R: usize>(
@@ -586,10 +589,12 @@ fn position_tiles<S: pulp::Simd, const NB: usize, const R: usize>(
     stage: &mut [f32],
 ) -> usize {
     let (lanes, fw, taps) = (S::F32_LANES, run.fw, run.taps);
-    let (Some(&last), Some(reach)) = (run.bases.iter().max(), run.reads.iter().map(|r| r.1).max())
-    else {
+    let Some(&last) = run.bases.iter().max() else {
         return NB;
     };
+    // No reads at all (every window in the padding of an empty map): the tiles sum nothing
+    // and store zeros.
+    let reach = run.reads.iter().map(|r| r.1).max().unwrap_or(0);
     // Every read below is at `c·cs + base + offset` with `c < channels`.
     let end = (run.channels.max(1) - 1) * run.cs + last + reach;
     assert!(end < run.x.len(), "direct convolution: input run too short");
@@ -670,7 +675,8 @@ pub(crate) struct GradScratch<'a> {
 /// `unfold(x) · dyᵀ` without the unfolded matrix. Each row's filters are one vector
 /// register, the input value a broadcast, and every sum runs over the positions in
 /// order with fused multiply-adds, so the result depends neither on the thread count nor
-/// on the instruction set (the tile only chooses which rows are summed together).
+/// on the instruction set (the tile only chooses which rows are summed together, and which
+/// products with padding zeros are skipped, which for finite values change no bit).
 pub(crate) fn weight_gradient(
     g: &Window,
     filters: usize,

@@ -1138,7 +1138,8 @@ fn halving_rows(g: &Window) -> Option<usize> {
 }
 
 /// `rows` output rows of `ow` averages of 2×2 windows, the input rows `w` apart: the
-/// general path's sums in its order (row by row, left to right).
+/// general path's sums in its order (row by row, left to right; a window of four −0 gives
+/// −0 where the general path, starting from +0, gives +0).
 #[inline(always)]
 fn avg_2x2(rows: usize, ow: usize, w: usize, x: &[f32], y: &mut [f32]) {
     for (r, yr) in y.chunks_exact_mut(ow.max(1)).take(rows).enumerate() {

@@ -155,7 +155,10 @@ impl Compute {
 /// becomes the pool's first thread, so the work it starts runs on it and `n − 1` others
 /// without being handed to the pool and back (two thread switches per call, a tenth of
 /// net-1's inference at one thread). Call it from the thread that runs the training, and
-/// keep that thread alive: jobs sent to the pool from elsewhere run only on the others.
+/// keep that thread alive: work sent to the pool from another thread runs only on the
+/// other `n − 1` threads, or, with `n = 1`, only while the calling thread is itself inside
+/// a parallel call — so no other thread may wait on such work while the calling thread
+/// waits on it (nothing in coarse2fine does: its loader thread does no parallel work).
 pub fn set_threads(n: usize) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     // More threads than this only time-slice the same cores (and the native engine splits a
@@ -1331,7 +1334,12 @@ mod tests {
 
     #[test]
     fn backend_matches_reference_forward() -> Result<()> {
-        for spec in [mixed_spec(), modern_spec(), residual_spec()] {
+        // A ReLU between a convolution and its batch norm (c2 → relu → b2) is fused into the
+        // convolution, which then must not fold the batch norm in.
+        let mut relu_first = modern_spec();
+        relu_first.name = "relu-first".into();
+        relu_first.layers.insert(5, Layer::Relu);
+        for spec in [mixed_spec(), modern_spec(), residual_spec(), relu_first] {
             let spec = spec.bind(InputShape::square(2, 11), 3)?;
             let mut w = WeightMap::init(&spec, Init::Gaussian(0.5), 3)?;
             // Batch norms with statistics and an affine map of their own.

@@ -832,12 +832,21 @@ impl NativeNet {
     }
 
     /// At inference, the convolution of step `i` with the batch norm after it folded in,
-    /// where that batch norm is all that reads the convolution and adds nothing: each
+    /// where that batch norm is all that reads the convolution, adds nothing, and no ReLU
+    /// lies between them: each
     /// filter scaled by `γ/√(σ² + ε)` and the bias moved to match, so the normalisation
     /// costs no pass over the maps (the sums differ from the two steps' in rounding only).
     fn folded_batch_norm(&self, i: usize) -> Option<FoldedConv> {
-        let (Step::Conv { param, filters, .. }, Some(next)) =
-            (&self.steps[i], self.steps.get(i + 1))
+        // A convolution with a ReLU of its own (`conv → relu → batch_norm`) keeps it.
+        let (
+            Step::Conv {
+                param,
+                filters,
+                relu: false,
+                ..
+            },
+            Some(next),
+        ) = (&self.steps[i], self.steps.get(i + 1))
         else {
             return None;
         };
@@ -902,7 +911,8 @@ impl NativeNet {
         Ok(ws.acts.last().cloned().unwrap_or_default())
     }
 
-    /// Seconds per logit layer of an inference forward pass (a fused ReLU counts 0).
+    /// Seconds per logit layer of an inference forward pass (a fused ReLU counts 0, and so
+    /// does a batch norm folded into the convolution before it, whose time that counts).
     pub(crate) fn layer_times(
         &self,
         images: &[f32],
