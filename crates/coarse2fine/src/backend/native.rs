@@ -833,9 +833,9 @@ impl NativeNet {
 
     /// At inference, the convolution of step `i` with the batch norm after it folded in,
     /// where that batch norm is all that reads the convolution, adds nothing, and no ReLU
-    /// lies between them: each
-    /// filter scaled by `γ/√(σ² + ε)` and the bias moved to match, so the normalisation
-    /// costs no pass over the maps (the sums differ from the two steps' in rounding only).
+    /// lies between them: each filter scaled by `γ/√(σ² + ε)` and the bias moved to
+    /// match, so the normalisation costs no pass over the maps (the sums differ from the
+    /// two steps' in rounding only).
     fn folded_batch_norm(&self, i: usize) -> Option<FoldedConv> {
         // A convolution with a ReLU of its own (`conv → relu → batch_norm`) keeps it.
         let (
