@@ -20,7 +20,9 @@
 //! vector lanes and the input value a broadcast ([`Layout::Positions`]); so are those of
 //! a strided convolution, whose output `(oy, ox)` reads the same buffer from
 //! `(n·(H + P) + s·oy)·wp + s·ox`, and whose weight gradient visits the positions the
-//! same way. Its input gradient is no plain convolution, and stays unfolded.
+//! same way. Its input gradient is no plain convolution: each input position's phase
+//! (`(i + P) mod s`) picks its kernel offsets, so it runs position by position with the
+//! positions grouped by phase ([`input_gradient_by_phases`]).
 //!
 //! The input gradient of such a convolution is the same operation on the output gradient,
 //! with padding `k − 1 − P` and the kernels transposed and turned by 180°
@@ -57,7 +59,7 @@ pub(crate) fn force_on() {
 /// the padded rows can share their zeros, and the input gradient is a direct convolution
 /// too); under `C2F_DIRECT=auto`, also where it [`pays`]. A strided one runs its output
 /// position by position and its weight gradient directly; its input gradient, which is
-/// no plain convolution, stays unfolded ([`input_gradient_is_direct`]).
+/// no plain convolution, runs by phases ([`input_gradient_by_phases`]).
 pub(crate) fn applies(g: &Window, filters: usize) -> bool {
     let possible =
         g.dilation == 1 && g.kernel > 1 && g.pad < g.kernel && kernels::simd() != Simd::Baseline;
@@ -91,8 +93,9 @@ fn tile() -> Tile {
     }
 }
 
-/// Whether the input gradient runs directly too: at stride 1, where it is the
-/// convolution of the output gradient with the turned kernels ([`transposed_window`]).
+/// Whether the input gradient is a direct convolution too: at stride 1, where it is the
+/// convolution of the output gradient with the turned kernels ([`transposed_window`]);
+/// otherwise it runs by phases ([`input_gradient_by_phases`]).
 pub(crate) fn input_gradient_is_direct(g: &Window) -> bool {
     g.stride == 1
 }
@@ -462,8 +465,21 @@ fn by_positions<S: pulp::Simd>(
     w: &[f32],
     stage: &mut [f32],
 ) {
+    let make = |r: usize| PositionRun::new(g, (filters, count), r, (padded, w));
+    tiles_of_positions(simd, filters, make, stage);
+}
+
+/// [`by_positions`]' loop over the vectors of `outputs` outputs, each tile shape's run
+/// made by `make` (given the tile's positions).
+#[inline(always)]
+fn tiles_of_positions<'a, S: pulp::Simd>(
+    simd: S,
+    outputs: usize,
+    make: impl Fn(usize) -> PositionRun<'a>,
+    stage: &mut [f32],
+) {
     let wide = S::F32_LANES >= 16;
-    let vectors = filters.div_ceil(S::F32_LANES);
+    let vectors = outputs.div_ceil(S::F32_LANES);
     let mut v = 0;
     while v < vectors {
         let (nb, r) = match (wide, vectors - v) {
@@ -474,7 +490,7 @@ fn by_positions<S: pulp::Simd>(
             (false, 2..) => (2, 6),
             (false, _) => (1, 10),
         };
-        let run = PositionRun::new(g, (filters, count), r, (padded, w));
+        let run = make(r);
         v += match (nb, r) {
             (4, 6) => position_tiles::<S, 4, 6>(simd, &run, v, stage),
             (3, 6) => position_tiles::<S, 3, 6>(simd, &run, v, stage),
@@ -506,8 +522,8 @@ struct PositionRun<'a> {
     slots: Vec<usize>,
     /// Positions a tile.
     tile: usize,
-    /// Per tile: its first position in `bases` and its range in `reads`.
-    tiles: Vec<(usize, std::ops::Range<usize>)>,
+    /// Per tile: its first position in `bases`, its positions, and its range in `reads`.
+    tiles: Vec<(usize, usize, std::ops::Range<usize>)>,
     /// Kernel offsets `(t, offset in the padded input)` read by some position of a tile,
     /// in increasing `t`.
     reads: Vec<(usize, usize)>,
@@ -557,7 +573,7 @@ impl<'a> PositionRun<'a> {
             for ky in y0..y1 {
                 reads.extend((x0..x1).map(|kx| (ky * k + kx, ky * wp + kx)));
             }
-            tiles.push((i * r, from..reads.len()));
+            tiles.push((i * r, tile.len(), from..reads.len()));
         }
         PositionRun {
             channels: g.channels,
@@ -571,6 +587,175 @@ impl<'a> PositionRun<'a> {
             reads,
             x,
             w,
+        }
+    }
+}
+
+impl<'a> PositionRun<'a> {
+    /// The input gradient of the strided window `g` as a run: the positions are those of
+    /// the input (`count` images), read from the output gradient `dy` padded as window
+    /// `gd` ([`phase_window`]). Input row `iy` receives kernel row `ky = iy + P − s·oy`
+    /// from output row `oy`: with `oy₀ = ⌊(iy + P)/s⌋` and `ky₀ = iy + P − s·oy₀` (the
+    /// row's phase), kernel rows `ky₀ + j·s` from rows `oy₀ − j`; likewise the columns.
+    /// Positions of one phase read the same offsets (out of the map, the padding's zeros),
+    /// so tiles never mix phases.
+    fn phases(
+        g: &Window,
+        (filters, count): (usize, usize),
+        r: usize,
+        (x, w): (&'a [f32], &'a [f32]),
+    ) -> Self {
+        let gd = phase_window(g, filters);
+        let (k, s, wp, reach) = (g.kernel, g.stride, pitch(&gd), gd.pad);
+        let phase = |i: usize| ((i + g.pad) / s, (i + g.pad) % s);
+        // (row phase, column phase, place in the stage, in the padded gradient)
+        let mut order: Vec<(usize, usize, usize, usize)> = Vec::new();
+        for n in 0..count {
+            for iy in 0..g.h {
+                let (oy, py) = phase(iy);
+                let row = (n * (gd.h + gd.pad) + oy) * wp;
+                for ix in 0..g.w {
+                    let (ox, px) = phase(ix);
+                    order.push((py, px, (n * g.h + iy) * g.w + ix, row + ox));
+                }
+            }
+        }
+        order.sort_unstable();
+        let (mut tiles, mut reads) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for group in order.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (py, px) = (group[0].0, group[0].1);
+            let from = reads.len();
+            for (j, ky) in (py..k).step_by(s).enumerate() {
+                for (i, kx) in (px..k).step_by(s).enumerate() {
+                    reads.push((ky * k + kx, (reach - j) * wp + reach - i));
+                }
+            }
+            for t in (0..group.len()).step_by(r.max(1)) {
+                let len = r.min(group.len() - t);
+                tiles.push((at + t, len, from..reads.len()));
+            }
+            at += group.len();
+        }
+        PositionRun {
+            channels: filters,
+            cs: channel_len(&gd, count),
+            fw: grad_width(g.channels),
+            taps: k * k,
+            tile: r,
+            bases: order.iter().map(|p| p.3).collect(),
+            slots: order.iter().map(|p| p.2).collect(),
+            tiles,
+            reads,
+            x,
+            w,
+        }
+    }
+}
+
+/// The output gradient of the strided window `g` as the input of its phases' run
+/// ([`PositionRun::phases`]): `filters` channels of `OH × OW`, padded by as many rows and
+/// columns as a phase reads back from its first (`⌈k/s⌉`), at least one (an input row's
+/// first output row can lie one past the map).
+fn phase_window(g: &Window, filters: usize) -> Window {
+    Window {
+        pad: g.kernel.div_ceil(g.stride).max(1),
+        ..transposed_window(g, filters)
+    }
+}
+
+/// Packs `wt` (`filters × C·k·k`) for [`input_gradient_by_phases`]: row `f·k² + t` holds
+/// kernel offset `t` of filter `f` for every channel, [`grad_width`] values a row.
+pub(crate) fn pack_phases(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
+    let (taps, c_in, fw) = (g.kernel * g.kernel, g.channels, grad_width(g.channels));
+    out.clear();
+    out.resize(filters * taps * fw, 0.0);
+    for (f, wf) in wt.chunks_exact(c_in * taps).take(filters).enumerate() {
+        for (c, kernel) in wf.chunks_exact(taps).enumerate() {
+            for (t, &v) in kernel.iter().enumerate() {
+                out[(f * taps + t) * fw + c] = v;
+            }
+        }
+    }
+}
+
+/// The input gradient of a strided window (`dx`, `C × images × H × W`, overwritten) from
+/// its output gradient `dy`, with weights packed by [`pack_phases`]: each input position
+/// the sum over filters and the kernel offsets of its phase ([`PositionRun::phases`]),
+/// the channels in vector lanes, `budget` padded values at a time. No unfolded matrix and
+/// no folding back: every input position is computed once, as a fixed-order sum.
+pub(crate) fn input_gradient_by_phases(
+    g: &Window,
+    filters: usize,
+    packed: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    budget: usize,
+    s: RunScratch<'_>,
+) {
+    let gd = phase_window(g, filters);
+    let run = images_per_run(&gd, budget);
+    let (pn, sn) = (
+        filters * channel_len(&gd, run),
+        run * g.h * g.w * grad_width(g.channels),
+    );
+    if s.padded.len() < pn {
+        s.padded.resize(pn, 0.0);
+    }
+    if s.stage.len() < sn {
+        s.stage.resize(sn, 0.0);
+    }
+    kernels::dispatch(Phases {
+        g,
+        filters,
+        packed,
+        dy,
+        dx,
+        run,
+        s,
+    });
+}
+
+/// [`input_gradient_by_phases`]' loops as a [`pulp::WithSimd`] operation (see
+/// [`Convolve`]).
+struct Phases<'a, 'b> {
+    g: &'a Window,
+    filters: usize,
+    packed: &'a [f32],
+    dy: &'a [f32],
+    dx: &'a mut [f32],
+    run: usize,
+    s: RunScratch<'b>,
+}
+
+impl pulp::WithSimd for Phases<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let Phases {
+            g,
+            filters,
+            packed,
+            dy,
+            dx,
+            run,
+            s,
+        } = self;
+        let gd = phase_window(g, filters);
+        // The input positions, as the outputs of [`unstage_positions`].
+        let gx = Window {
+            oh: g.h,
+            ow: g.w,
+            ..gd
+        };
+        for first in (0..g.images).step_by(run) {
+            let count = run.min(g.images - first);
+            pad_run(&gd, dy, first, count, s.padded);
+            let (padded, stage) = (&s.padded[..], &mut s.stage[..]);
+            let make = |r: usize| PositionRun::phases(g, (filters, count), r, (padded, packed));
+            tiles_of_positions(simd, g.channels, make, stage);
+            unstage_positions(&gx, g.channels, (first, count), stage, dx);
         }
     }
 }
@@ -602,10 +787,9 @@ fn position_tiles<S: pulp::Simd, const NB: usize, const R: usize>(
         run.tile, R,
         "direct convolution: tiles cut for another kernel"
     );
-    let n = run.bases.len();
-    for (p0, reads) in &run.tiles {
-        let (p0, reads) = (*p0, &run.reads[reads.clone()]);
-        let tile: [usize; R] = std::array::from_fn(|i| run.bases[(p0 + i).min(n - 1)]);
+    for (p0, len, reads) in &run.tiles {
+        let (p0, len, reads) = (*p0, *len, &run.reads[reads.clone()]);
+        let tile: [usize; R] = std::array::from_fn(|i| run.bases[p0 + i.min(len - 1)]);
         let mut acc = [[simd.splat_f32s(0.0); NB]; R];
         for c in 0..run.channels {
             let xc = c * run.cs;
@@ -623,7 +807,7 @@ fn position_tiles<S: pulp::Simd, const NB: usize, const R: usize>(
                 }
             }
         }
-        for (ai, &slot) in acc.iter().zip(&run.slots[p0..]) {
+        for (ai, &slot) in acc.iter().zip(&run.slots[p0..p0 + len]) {
             let at = slot * fw + v * lanes;
             let values: &[f32] = pulp::bytemuck::cast_slice(ai.as_slice());
             stage[at..][..NB * lanes].copy_from_slice(values);
@@ -1035,7 +1219,7 @@ mod tests {
     }
 
     #[test]
-    fn strided_convolution_and_weight_gradient_match_the_unfolded_ones() {
+    fn strided_convolution_and_its_gradients_match_the_unfolded_ones() {
         // Channels, images, height, width, kernel, padding, stride, filters, budget:
         // ResNet's 3×3 stride-2 layers (even and odd maps), strides 2 and 3 with kernels 2
         // to 5, runs of one image and several.
@@ -1052,7 +1236,7 @@ mod tests {
             let wt = values(filters * g.col_rows(), 800 + i as u64);
             let x = values(c * images * h * w, 900 + i as u64);
             let dy = values(filters * images * g.out_plane(), 1000 + i as u64);
-            let (want_y, _) = unfolded(&g, filters, &wt, &x, &dy);
+            let (want_y, want_dx) = unfolded(&g, filters, &wt, &x, &dy);
             let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
             let mut y = vec![f32::NAN; want_y.len()];
             pack(&wt, filters, &g, &mut packed);
@@ -1061,6 +1245,19 @@ mod tests {
                 stage: &mut stage,
             };
             convolve(&g, filters, &packed, &x, &mut y, budget, s);
+            let mut dx = vec![f32::NAN; x.len()];
+            pack_phases(&wt, filters, &g, &mut packed);
+            let s = RunScratch {
+                padded: &mut padded,
+                stage: &mut stage,
+            };
+            input_gradient_by_phases(&g, filters, &packed, &dy, &mut dx, budget, s);
+            assert!(
+                dx.iter().all(|v| v.is_finite()),
+                "case {i}: input gradient not written"
+            );
+            let edx = worst(&dx, &want_dx);
+            assert!(edx < 1e-5, "case {i}: input gradient off by {edx}");
             let want_dw = unfolded_weight_gradient(&g, filters, &x, &dy);
             let mut dwt = vec![f32::NAN; want_dw.len()];
             let (mut dyt, mut acc) = (Vec::new(), Vec::new());

@@ -102,7 +102,7 @@ enum Algo {
     /// Winograd F(2×2, 3×3) ([`winograd::applies`]).
     Winograd,
     /// Shifted reads of a padded copy ([`direct::applies`]) for the output, the weight
-    /// gradient and, at stride 1, the input gradient (unfolded otherwise).
+    /// gradient and the input gradient (strided: by phases).
     Direct,
 }
 
@@ -1058,6 +1058,8 @@ impl NativeNet {
                             let packed = &mut ws.packed_t[i];
                             if direct::input_gradient_is_direct(geom) {
                                 direct::pack_transposed(wt, *filters, geom, packed);
+                            } else {
+                                direct::pack_phases(wt, *filters, geom, packed);
                             }
                             &packed[..]
                         }
@@ -1455,11 +1457,8 @@ fn conv_block_backward(
                     direct::convolve(&gt, g.channels, w.prepared, dy, dx, COL_BUDGET, s.direct());
                 }
                 Some(dx) => {
-                    let run = images_per_run(g);
-                    for first in (0..g.images).step_by(run) {
-                        let count = run.min(g.images - first);
-                        input_gradient_unfolded(g, filters, w.wt, dy, (first, count), dx, s);
-                    }
+                    let p = w.prepared;
+                    direct::input_gradient_by_phases(g, filters, p, dy, dx, COL_BUDGET, s.direct());
                 }
                 None => {}
             }
