@@ -1218,6 +1218,19 @@ mod tests {
         }
     }
 
+    /// [`input_gradient_by_phases`] of `dy` with fresh scratch; unwritten values are NaN.
+    fn by_phases(g: &Window, filters: usize, wt: &[f32], dy: &[f32], budget: usize) -> Vec<f32> {
+        let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut dx = vec![f32::NAN; g.channels * g.images * g.h * g.w];
+        pack_phases(wt, filters, g, &mut packed);
+        let s = RunScratch {
+            padded: &mut padded,
+            stage: &mut stage,
+        };
+        input_gradient_by_phases(g, filters, &packed, dy, &mut dx, budget, s);
+        dx
+    }
+
     #[test]
     fn strided_convolution_and_its_gradients_match_the_unfolded_ones() {
         // Channels, images, height, width, kernel, padding, stride, filters, budget:
@@ -1245,13 +1258,7 @@ mod tests {
                 stage: &mut stage,
             };
             convolve(&g, filters, &packed, &x, &mut y, budget, s);
-            let mut dx = vec![f32::NAN; x.len()];
-            pack_phases(&wt, filters, &g, &mut packed);
-            let s = RunScratch {
-                padded: &mut padded,
-                stage: &mut stage,
-            };
-            input_gradient_by_phases(&g, filters, &packed, &dy, &mut dx, budget, s);
+            let dx = by_phases(&g, filters, &wt, &dy, budget);
             assert!(
                 dx.iter().all(|v| v.is_finite()),
                 "case {i}: input gradient not written"
