@@ -589,9 +589,7 @@ impl<'a> PositionRun<'a> {
             w,
         }
     }
-}
 
-impl<'a> PositionRun<'a> {
     /// The input gradient of the strided window `g` as a run: the positions are those of
     /// the input (`count` images), read from the output gradient `dy` padded as window
     /// `gd` ([`phase_window`]). Input row `iy` receives kernel row `ky = iy + P − s·oy`
@@ -742,20 +740,16 @@ impl pulp::WithSimd for Phases<'_, '_> {
             run,
             s,
         } = self;
+        // Its outputs (`OH × OW` of it) are the input positions, as [`unstage_positions`]
+        // writes them.
         let gd = phase_window(g, filters);
-        // The input positions, as the outputs of [`unstage_positions`].
-        let gx = Window {
-            oh: g.h,
-            ow: g.w,
-            ..gd
-        };
         for first in (0..g.images).step_by(run) {
             let count = run.min(g.images - first);
             pad_run(&gd, dy, first, count, s.padded);
             let (padded, stage) = (&s.padded[..], &mut s.stage[..]);
             let make = |r: usize| PositionRun::phases(g, (filters, count), r, (padded, packed));
             tiles_of_positions(simd, g.channels, make, stage);
-            unstage_positions(&gx, g.channels, (first, count), stage, dx);
+            unstage_positions(&gd, g.channels, (first, count), stage, dx);
         }
     }
 }

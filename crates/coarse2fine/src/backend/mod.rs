@@ -160,10 +160,7 @@ impl Compute {
 /// a parallel call — so no other thread may wait on such work while the calling thread
 /// waits on it (nothing in coarse2fine does: its loader thread does no parallel work).
 pub fn set_threads(n: usize) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    // More threads than this only time-slice the same cores (and the native engine splits a
-    // batch into at most 16 blocks).
-    let most = (4 * cores).max(16);
+    let (cores, most) = thread_limit();
     if n == 0 || n > most {
         return Err(Error::invalid(format!(
             "--threads {n}: give 1 to {most} (this machine has {cores} core{})",
@@ -184,12 +181,20 @@ pub fn set_threads(n: usize) -> Result<()> {
 /// The thread count when none is given: `RAYON_NUM_THREADS` if it is a valid count, else
 /// one per logical CPU.
 pub fn default_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let (cores, most) = thread_limit();
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| (1..=(4 * cores).max(16)).contains(&n))
+        .filter(|&n| (1..=most).contains(&n))
         .unwrap_or(cores)
+}
+
+/// The machine's logical CPUs, and the most threads [`set_threads`] accepts: more only
+/// time-slice the same cores (and the native engine splits a batch into at most 16
+/// blocks).
+fn thread_limit() -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    (cores, (4 * cores).max(16))
 }
 
 /// Runs `f` on one of the thread pool's workers. The native engine's parallel loops then
