@@ -32,7 +32,7 @@
 //! the instruction set (the tile sizes only choose which sums are computed together, and
 //! which products with padding zeros are skipped, which for finite values change no bit).
 
-use super::kernels::{self, Simd, SwitchMode, Window};
+use super::kernels::{self, Epilogue, Simd, SwitchMode, Window};
 
 /// The environment variable that chooses where direct convolutions run: `auto`, the
 /// default, on the windows [`applies`] accepts and [`pays`] expects to be faster; `on`
@@ -252,19 +252,21 @@ pub(crate) struct RunScratch<'a> {
 
 /// `y = W ⊛ x` for one block (`C × images × H × W` in, `filters × images × OH × OW`
 /// out, overwritten), from weights packed by [`pack`] (or [`pack_transposed`] with
-/// [`transposed_window`] for an input gradient), `budget` padded values at a time.
+/// [`transposed_window`] for an input gradient), `budget` padded values at a time; `out`
+/// applied to each run's outputs as they are written.
 pub(crate) fn convolve(
     g: &Window,
     filters: usize,
     packed: &[f32],
-    x: &[f32],
-    y: &mut [f32],
+    (x, y): (&[f32], &mut [f32]),
     budget: usize,
     s: RunScratch<'_>,
+    out: Option<&Epilogue<'_>>,
 ) {
-    convolve_in(layout(g), g, filters, packed, (x, y), budget, s);
+    convolve_in(layout(g), g, filters, packed, (x, y), budget, s, out);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn convolve_in(
     layout: Layout,
     g: &Window,
@@ -273,6 +275,7 @@ fn convolve_in(
     (x, y): (&[f32], &mut [f32]),
     budget: usize,
     s: RunScratch<'_>,
+    out: Option<&Epilogue<'_>>,
 ) {
     let run = images_per_run(g, budget);
     let (pn, sn) = scratch_len_in(layout, g, filters, run);
@@ -291,6 +294,7 @@ fn convolve_in(
         y,
         run,
         s,
+        out,
     };
     kernels::dispatch(op);
 }
@@ -308,6 +312,7 @@ struct Convolve<'a, 'b> {
     y: &'a mut [f32],
     run: usize,
     s: RunScratch<'b>,
+    out: Option<&'a Epilogue<'a>>,
 }
 
 impl pulp::WithSimd for Convolve<'_, '_> {
@@ -324,6 +329,7 @@ impl pulp::WithSimd for Convolve<'_, '_> {
             y,
             run,
             s,
+            out,
         } = self;
         for first in (0..g.images).step_by(run) {
             let count = run.min(g.images - first);
@@ -332,6 +338,9 @@ impl pulp::WithSimd for Convolve<'_, '_> {
                 let stage = &mut s.stage[..];
                 by_positions(simd, (g, filters, count), s.padded, packed, stage);
                 unstage_positions(g, filters, (first, count), stage, y);
+                if let Some(out) = out {
+                    out.finish_images((g.images, g.out_plane()), (first, count), y);
+                }
                 continue;
             }
             let cs = channel_len(g, count);
@@ -343,7 +352,7 @@ impl pulp::WithSimd for Convolve<'_, '_> {
                     8 => strips::<S, 8>(simd, run, s.padded, w, stage),
                     _ => strips::<S, 6>(simd, run, s.padded, w, stage),
                 }
-                unstage(g, filters, block, first, count, stage, y);
+                unstage(g, (filters, block), (first, count), stage, y, out);
             }
         }
     }
@@ -424,27 +433,30 @@ fn load<S: pulp::Simd>(x: &[f32]) -> S::f32s {
     pulp::bytemuck::pod_read_unaligned(pulp::bytemuck::cast_slice(x))
 }
 
-/// Copies one block of filters' valid outputs from `stage` into `y`.
+/// Copies one block of filters' valid outputs from `stage` into `y`, through `out`.
 #[inline(always)]
 fn unstage(
     g: &Window,
-    filters: usize,
-    block: usize,
-    first: usize,
-    count: usize,
+    (filters, block): (usize, usize),
+    (first, count): (usize, usize),
     stage: &[f32],
     y: &mut [f32],
+    out: Option<&Epilogue<'_>>,
 ) {
     let (fb, wp, n) = (tile().fb, pitch(g), positions(g, count));
-    let out = g.out_plane();
+    let plane = g.out_plane();
     for f in 0..fb.min(filters - block * fb) {
-        let from = &stage[f * n..][..n];
+        let (from, c) = (&stage[f * n..][..n], block * fb + f);
         for i in 0..count {
-            let dst = &mut y[((block * fb + f) * g.images + first + i) * out..][..out];
+            let dst = &mut y[(c * g.images + first + i) * plane..][..plane];
             let base = i * (g.h + g.pad) * wp;
             for (oy, line) in dst.chunks_exact_mut(g.ow.max(1)).enumerate() {
                 kernels::copy_run(line, &from[base + oy * wp..][..g.ow]);
             }
+        }
+        // On the copied run as a whole: rows of a small map are too short to vectorise.
+        if let Some(out) = out {
+            out.finish(c, y, (c * g.images + first) * plane, count * plane);
         }
     }
 }
@@ -1177,7 +1189,7 @@ mod tests {
                 padded: &mut padded,
                 stage: &mut stage,
             };
-            convolve(&g, filters, &packed, &x, &mut y, budget, s);
+            convolve(&g, filters, &packed, (&x, &mut y), budget, s, None);
             let gt = transposed_window(&g, filters);
             let mut dx = vec![f32::NAN; x.len()];
             pack_transposed(&wt, filters, &g, &mut packed);
@@ -1185,7 +1197,7 @@ mod tests {
                 padded: &mut padded,
                 stage: &mut stage,
             };
-            convolve(&gt, c, &packed, &dy, &mut dx, budget, s);
+            convolve(&gt, c, &packed, (&dy, &mut dx), budget, s, None);
             let (ey, edx) = (worst(&y, &want_y), worst(&dx, &want_dx));
             assert!(
                 ey < 1e-5 && edx < 1e-5,
@@ -1251,7 +1263,7 @@ mod tests {
                 padded: &mut padded,
                 stage: &mut stage,
             };
-            convolve(&g, filters, &packed, &x, &mut y, budget, s);
+            convolve(&g, filters, &packed, (&x, &mut y), budget, s, None);
             let dx = by_phases(&g, filters, &wt, &dy, budget);
             assert!(
                 dx.iter().all(|v| v.is_finite()),
@@ -1310,14 +1322,14 @@ mod tests {
                     padded: &mut padded,
                     stage: &mut stage,
                 };
-                convolve_in(layout, &g, filters, &packed, (&x, &mut y), budget, s);
+                convolve_in(layout, &g, filters, &packed, (&x, &mut y), budget, s, None);
                 let mut dx = vec![f32::NAN; x.len()];
                 pack_transposed_in(layout, &wt, filters, &g, &mut packed);
                 let s = RunScratch {
                     padded: &mut padded,
                     stage: &mut stage,
                 };
-                convolve_in(layout, &gt, c, &packed, (&dy, &mut dx), budget, s);
+                convolve_in(layout, &gt, c, &packed, (&dy, &mut dx), budget, s, None);
                 (y, dx)
             };
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

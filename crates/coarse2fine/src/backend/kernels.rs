@@ -738,6 +738,59 @@ fn transpose8(x: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 
     ]
 }
 
+/// What a convolution does to its sums on the way out: adds its bias (one per output
+/// channel), then the other branch of a residual block if given (inference folds that
+/// block's last batch norm into the convolution), then a ReLU if asked. Applied to each
+/// run of images as it is written, while its values are in cache, so that no pass over
+/// the whole map follows the convolution.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: &'a [f32],
+    /// The residual branch, laid out as the output.
+    pub add: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Applies itself to `y[at..at + len]`, output channel `c`'s sums.
+    #[inline(always)]
+    pub(crate) fn finish(&self, c: usize, y: &mut [f32], at: usize, len: usize) {
+        let y = &mut y[at..][..len];
+        let z = self.add.map(|z| &z[at..][..len]);
+        match self.relu {
+            true => out_rows::<true>(y, z, self.bias[c]),
+            false => out_rows::<false>(y, z, self.bias[c]),
+        }
+    }
+
+    /// [`Epilogue::finish`] for images `first..first + count` of every output channel
+    /// of a block of `images` maps of `plane` values (channel-major).
+    #[inline(always)]
+    pub(crate) fn finish_images(
+        &self,
+        (images, plane): (usize, usize),
+        (first, count): (usize, usize),
+        y: &mut [f32],
+    ) {
+        for c in 0..self.bias.len() {
+            self.finish(c, y, (c * images + first) * plane, count * plane);
+        }
+    }
+}
+
+/// `y ← (y + b) + z`, then a ReLU if `RELU`.
+#[inline(always)]
+fn out_rows<const RELU: bool>(y: &mut [f32], z: Option<&[f32]>, b: f32) {
+    let out = |t: f32| if RELU { t.max(0.0) } else { t };
+    match z {
+        None => y.iter_mut().for_each(|o| *o = out(*o + b)),
+        Some(z) => y
+            .iter_mut()
+            .zip(z)
+            .for_each(|(o, &r)| *o = out((*o + b) + r)),
+    }
+}
+
 /// Copies a run of a map row (`src` as long as `dst`). Runs are as short as the map is
 /// wide (7 values at 8×8), where a `memcpy` call costs more than the copy, so short runs
 /// move in fixed-size pieces the compiler inlines: 16 values (one AVX-512 register), then

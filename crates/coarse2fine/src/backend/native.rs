@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::batch_norm::{self as bn, BatchStats};
 use super::direct;
-use super::kernels::{self, LrnParams, Mat, MatMut, Window};
+use super::kernels::{self, Epilogue, LrnParams, Mat, MatMut, Window};
 use super::winograd::{self, RunScratch};
 use crate::error::{Error, Result};
 use crate::net::spec::{Layer, NetSpec, Param, Shape, input_map, param_name};
@@ -124,10 +124,12 @@ fn images_per_run(g: &Window) -> usize {
 }
 
 /// A convolution's weights and bias with the batch norm after it folded in
-/// ([`NativeNet::folded_batch_norm`]), and that batch norm's ReLU.
+/// ([`NativeNet::folded_batch_norm`]), and what that batch norm adds (the activation of
+/// a residual block's other branch) and its ReLU.
 struct FoldedConv {
     wt: Vec<f32>,
     bias: Vec<f32>,
+    add: Option<usize>,
     relu: bool,
 }
 
@@ -689,9 +691,16 @@ impl NativeNet {
                     relu,
                     algo,
                 } => {
-                    let (wt, bias, relu) = match &fold {
-                        Some(f) => (&f.wt, &f.bias, &f.relu),
-                        None => (&self.params[*param], &self.params[*param + 1], relu),
+                    let (wt, bias, relu, add) = match &fold {
+                        Some(f) => (&f.wt, &f.bias, f.relu, f.add),
+                        None => (&self.params[*param], &self.params[*param + 1], *relu, None),
+                    };
+                    let adds: Vec<Option<&[f32]>> = match add {
+                        Some(o) => blocks(&before[o], &starts, sy)
+                            .into_iter()
+                            .map(Some)
+                            .collect(),
+                        None => vec![None; counts.len()],
                     };
                     let prepared = &mut ws.wino_u[i];
                     match algo {
@@ -707,15 +716,16 @@ impl NativeNet {
                         .zip(blocks_mut(y, &starts, sy))
                         .zip(ws.scratch.par_iter_mut())
                         .zip(&counts)
-                        .for_each(|(((xb, yb), s), &images)| {
+                        .zip(adds)
+                        .for_each(|((((xb, yb), s), &images), add)| {
                             let g = Window { images, ..*geom };
                             let w = Filters {
                                 wt,
                                 algo: *algo,
                                 prepared,
-                                bias,
                             };
-                            conv_block(&g, *filters, w, *relu, xb, yb, s);
+                            let out = Epilogue { bias, add, relu };
+                            conv_block(&g, *filters, w, &out, xb, yb, s);
                         });
                 }
                 Step::Pool(geom) => {
@@ -832,10 +842,11 @@ impl NativeNet {
     }
 
     /// At inference, the convolution of step `i` with the batch norm after it folded in,
-    /// where that batch norm is all that reads the convolution, adds nothing, and no ReLU
-    /// lies between them: each filter scaled by `γ/√(σ² + ε)` and the bias moved to
-    /// match, so the normalisation costs no pass over the maps (the sums differ from the
-    /// two steps' in rounding only).
+    /// where that batch norm is all that reads the convolution and no ReLU lies between
+    /// them: each filter scaled by `γ/√(σ² + ε)` and the bias moved to match, so the
+    /// normalisation costs no pass over the maps (the sums differ from the two steps' in
+    /// rounding only). A batch norm that ends a residual block adds the other branch,
+    /// which the convolution's [`Epilogue`] then adds as it writes.
     fn folded_batch_norm(&self, i: usize) -> Option<FoldedConv> {
         // A convolution with a ReLU of its own (`conv → relu → batch_norm`) keeps it.
         let (
@@ -853,14 +864,15 @@ impl NativeNet {
         let &Step::BatchNorm {
             param: bn,
             eps,
-            add: None,
+            add,
             relu,
             ..
         } = next
         else {
             return None;
         };
-        if !self.chain[i + 1] {
+        // The other branch must be written before the convolution runs.
+        if !self.chain[i + 1] || add.is_some_and(|o| o > i) {
             return None;
         }
         let p = &self.params[bn..bn + 4];
@@ -876,6 +888,7 @@ impl NativeNet {
         Some(FoldedConv {
             wt: folded,
             bias: bias.map(|((b, a), t)| b.mul_add(*a, *t)).collect(),
+            add,
             relu,
         })
     }
@@ -1069,7 +1082,6 @@ impl NativeNet {
                         wt,
                         algo: *algo,
                         prepared,
-                        bias: &self.params[*param + 1],
                     };
                     blocks(x, &starts, sx)
                         .into_par_iter()
@@ -1339,24 +1351,23 @@ fn relu_gradient_in(dx: &mut [f32], dy: &[f32], y: &[f32]) {
     }
 }
 
-/// A convolution's parameters: the weights (`C_out × C_in·k·k`), what its algorithm
+/// A convolution's parameters: the weights (`C_out × C_in·k·k`) and what its algorithm
 /// prepared from them (Winograd: the transformed filters; direct: the packed weights, for
-/// the input gradient in the backward pass), and the bias.
+/// the input gradient in the backward pass).
 #[derive(Debug, Clone, Copy)]
 struct Filters<'a> {
     wt: &'a [f32],
     algo: Algo,
     prepared: &'a [f32],
-    bias: &'a [f32],
 }
 
-/// One block's convolution: `y = W ⊛ x + b` (then a ReLU), a cache-sized run of images at
-/// a time, unfolded or in Winograd form.
+/// One block's convolution: `y = W ⊛ x` with `out` applied (the bias, a residual branch,
+/// a ReLU), a cache-sized run of images at a time, unfolded, directly or in Winograd form.
 fn conv_block(
     g: &Window,
     filters: usize,
     w: Filters<'_>,
-    relu: bool,
+    out: &Epilogue<'_>,
     x: &[f32],
     y: &mut [f32],
     s: &mut Scratch,
@@ -1368,32 +1379,48 @@ fn conv_block(
                 let count = run.min(g.images - first);
                 let u = w.prepared;
                 winograd::forward_run(g, filters, u, x, first, count, y, &mut s.winograd());
+                finish_run(g, out, (first, count), y);
             }
         }
-        Algo::Direct => direct::convolve(g, filters, w.prepared, x, y, COL_BUDGET, s.direct()),
-        Algo::Unfolded => conv_block_unfolded(g, filters, w.wt, x, y, s),
-    }
-    let (row, bias) = (g.images * g.out_plane(), w.bias);
-    kernels::vectorized!(add_bias_rows(y: &mut [f32], row: usize, bias: &[f32], relu: bool));
-}
-
-/// Adds `bias[c]` to row `c` of a matrix with rows of `row` values, then a ReLU.
-#[inline(always)]
-fn add_bias_rows(y: &mut [f32], row: usize, bias: &[f32], relu: bool) {
-    for (yc, &b) in y.chunks_exact_mut(row.max(1)).zip(bias) {
-        if relu {
-            yc.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-        } else {
-            yc.iter_mut().for_each(|v| *v += b);
+        Algo::Direct => {
+            let (p, ys) = (w.prepared, (x, y));
+            direct::convolve(g, filters, p, ys, COL_BUDGET, s.direct(), Some(out));
         }
+        Algo::Unfolded => conv_block_unfolded(g, filters, w.wt, out, x, y, s),
     }
 }
 
-/// `y = W · unfold(x)` for one block.
+/// [`Epilogue::finish_images`] on a run of images just written.
+fn finish_run(g: &Window, out: &Epilogue<'_>, (first, count): (usize, usize), y: &mut [f32]) {
+    let (images, plane) = (g.images, g.out_plane());
+    kernels::vectorized!(finish_images_in(
+        out: &Epilogue<'_>,
+        images: usize,
+        plane: usize,
+        first: usize,
+        count: usize,
+        y: &mut [f32]
+    ));
+}
+
+#[inline(always)]
+fn finish_images_in(
+    out: &Epilogue<'_>,
+    images: usize,
+    plane: usize,
+    first: usize,
+    count: usize,
+    y: &mut [f32],
+) {
+    out.finish_images((images, plane), (first, count), y);
+}
+
+/// `y = W · unfold(x)` for one block, with `out` applied run by run.
 fn conv_block_unfolded(
     g: &Window,
     filters: usize,
     wt: &[f32],
+    out: &Epilogue<'_>,
     x: &[f32],
     y: &mut [f32],
     s: &mut Scratch,
@@ -1417,6 +1444,7 @@ fn conv_block_unfolded(
             false,
             false,
         );
+        finish_run(g, out, (first, count), y);
     }
 }
 
@@ -1454,7 +1482,8 @@ fn conv_block_backward(
             match dx {
                 Some(dx) if direct::input_gradient_is_direct(g) => {
                     let gt = direct::transposed_window(g, filters);
-                    direct::convolve(&gt, g.channels, w.prepared, dy, dx, COL_BUDGET, s.direct());
+                    let (p, ys) = (w.prepared, (dy, dx));
+                    direct::convolve(&gt, g.channels, p, ys, COL_BUDGET, s.direct(), None);
                 }
                 Some(dx) => {
                     let p = w.prepared;
