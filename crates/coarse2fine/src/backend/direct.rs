@@ -561,17 +561,22 @@ impl<'a> PositionRun<'a> {
         };
         // (kernel rows inside, kernel columns inside, place in the stage, in the input)
         type Visit = ((usize, usize), (usize, usize), usize, usize);
-        let mut order: Vec<Visit> = (0..count * g.oh)
-            .flat_map(|row| {
-                let (n, oy) = (row / g.oh, row % g.oh);
-                let ys = inside(oy, g.h);
-                (0..g.ow).map(move |ox| {
-                    let base = row_start(g, n, oy) + ox * g.stride;
-                    (ys, inside(ox, g.w), row * g.ow + ox, base)
-                })
-            })
+        // Every image has the same kinds of positions: one image's are sorted, and each
+        // kind then takes its positions image by image, as sorting the whole run would.
+        let plane = g.out_plane();
+        let mut one: Vec<Visit> = (0..plane)
+            .map(|p| (inside(p / g.ow, g.h), inside(p % g.ow, g.w), p, 0))
             .collect();
-        order.sort_unstable();
+        one.sort_unstable();
+        let mut order: Vec<Visit> = Vec::with_capacity(count * plane);
+        for kind in one.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            for n in 0..count {
+                order.extend(kind.iter().map(|&(ys, xs, p, _)| {
+                    let base = row_start(g, n, p / g.ow) + (p % g.ow) * g.stride;
+                    (ys, xs, n * plane + p, base)
+                }));
+            }
+        }
         let (k, wp) = (g.kernel, pitch(g));
         let mut tiles = Vec::with_capacity(order.len().div_ceil(r));
         let mut reads = Vec::new();
@@ -1203,6 +1208,40 @@ mod tests {
                 ey < 1e-5 && edx < 1e-5,
                 "case {i}: output off by {ey}, input gradient by {edx}"
             );
+        }
+    }
+
+    /// The positions of a run in the order of sorting all of them by the kernel rows and
+    /// columns they read inside the image and then by place (what [`PositionRun::new`]
+    /// builds from one image's order), with the right place in the input.
+    #[test]
+    fn positions_are_ordered_as_the_whole_run_sorted() {
+        for (hw, k, pad, stride, count) in [
+            ((4, 4), 3, 1, 1, 3),
+            ((2, 3), 3, 1, 1, 2),
+            ((7, 6), 3, 1, 2, 3),
+            ((5, 5), 2, 0, 2, 1),
+            ((9, 9), 5, 2, 3, 2),
+        ] {
+            let g = strided(2, count, hw, k, pad, stride);
+            let run = PositionRun::new(&g, (4, count), 5, (&[], &[]));
+            let inside = |o: usize, size: usize| {
+                let lo = pad.saturating_sub(o * stride).min(k);
+                (lo, (size + pad).saturating_sub(o * stride).min(k).max(lo))
+            };
+            let mut want: Vec<_> = (0..count * g.out_plane())
+                .map(|slot| {
+                    let (row, ox) = (slot / g.ow, slot % g.ow);
+                    let (n, oy) = (row / g.oh, row % g.oh);
+                    let base = (n * (g.h + pad) + oy * stride) * (g.w + pad) + ox * stride;
+                    (inside(oy, g.h), inside(ox, g.w), slot, base)
+                })
+                .collect();
+            want.sort_unstable();
+            let slots: Vec<usize> = want.iter().map(|p| p.2).collect();
+            let bases: Vec<usize> = want.iter().map(|p| p.3).collect();
+            assert_eq!(run.slots, slots, "{hw:?} k {k} stride {stride}");
+            assert_eq!(run.bases, bases, "{hw:?} k {k} stride {stride}");
         }
     }
 

@@ -884,18 +884,31 @@ fn im2col_in(
                     let off = ky * g.dilation * wp + kx * g.dilation;
                     for (oy, o) in out.chunks_exact_mut(g.ow).enumerate() {
                         let start = off + oy * g.stride * wp;
-                        if g.stride == 1 {
-                            copy_run(o, &src[start..start + g.ow]);
-                        } else {
-                            for (ox, v) in o.iter_mut().enumerate() {
-                                *v = src[start + ox * g.stride];
-                            }
+                        match g.stride {
+                            1 => copy_run(o, &src[start..start + g.ow]),
+                            2 => every_second(o, &src[start..]),
+                            s => o
+                                .iter_mut()
+                                .zip(src[start..].iter().step_by(s))
+                                .for_each(|(v, &x)| *v = x),
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// `dst[i] = src[2i]`: in pairs, which the compiler turns into shuffles of whole
+/// vectors (a read at a variable stride stays one value at a time), then the last.
+#[inline(always)]
+fn every_second(dst: &mut [f32], src: &[f32]) {
+    let Some((last, head)) = dst.split_last_mut() else {
+        return;
+    };
+    let pairs = src[..2 * head.len()].as_chunks::<2>().0;
+    head.iter_mut().zip(pairs).for_each(|(v, p)| *v = p[0]);
+    *last = src[2 * head.len()];
 }
 
 vectorized! {
@@ -1481,6 +1494,8 @@ mod tests {
             (9, 3, 2, 2, 2),
             (5, 5, 1, 2, 1),
             (6, 1, 3, 0, 1),
+            (7, 1, 2, 0, 1),
+            (10, 3, 2, 1, 1),
         ] {
             let oh = crate::net::spec::window_out(h, k, s, pad, d, false).expect("fits");
             let (images, first, count) = (4, 1, 2);
