@@ -312,6 +312,23 @@ fn blocks_mut<'a, T>(mut buf: &'a mut [T], starts: &[usize], per: usize) -> Vec<
     out
 }
 
+/// The blocks of activation `add` (a residual block's other branch, `per` values per
+/// image), or none for each block.
+fn other_branch<'a>(
+    acts: &'a [Vec<f32>],
+    add: Option<usize>,
+    starts: &[usize],
+    per: usize,
+) -> Vec<Option<&'a [f32]>> {
+    match add {
+        Some(o) => blocks(&acts[o], starts, per)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => vec![None; starts.len().saturating_sub(1)],
+    }
+}
+
 /// Images per block: the block's share of `starts`.
 fn block_images(starts: &[usize]) -> Vec<usize> {
     starts.windows(2).map(|w| w[1] - w[0]).collect()
@@ -695,13 +712,6 @@ impl NativeNet {
                         Some(f) => (&f.wt, &f.bias, f.relu, f.add),
                         None => (&self.params[*param], &self.params[*param + 1], *relu, None),
                     };
-                    let adds: Vec<Option<&[f32]>> = match add {
-                        Some(o) => blocks(&before[o], &starts, sy)
-                            .into_iter()
-                            .map(Some)
-                            .collect(),
-                        None => vec![None; counts.len()],
-                    };
                     let prepared = &mut ws.wino_u[i];
                     match algo {
                         Algo::Winograd => {
@@ -716,7 +726,7 @@ impl NativeNet {
                         .zip(blocks_mut(y, &starts, sy))
                         .zip(ws.scratch.par_iter_mut())
                         .zip(&counts)
-                        .zip(adds)
+                        .zip(other_branch(before, add, &starts, sy))
                         .for_each(|((((xb, yb), s), &images), add)| {
                             let g = Window { images, ..*geom };
                             let w = Filters {
@@ -827,9 +837,14 @@ impl NativeNet {
                     outputs,
                     relu,
                 } => {
-                    let wt = &self.params[*param];
-                    fc_forward(y, x, wt, (n, *inputs, *outputs), &mut ws.fc_t);
-                    add_bias_cols(y, &self.params[*param + 1], *relu);
+                    let (wt, bias) = (&self.params[*param], &self.params[*param + 1]);
+                    fc_forward(
+                        y,
+                        x,
+                        (wt, bias, *relu),
+                        (n, *inputs, *outputs),
+                        &mut ws.fc_t,
+                    );
                 }
                 Step::Add { other, relu } => {
                     elementwise(y, x, &before[*other], |y, a, b| add_relu(y, a, b, *relu));
@@ -1571,7 +1586,11 @@ fn input_gradient_unfolded(
 /// computes transposed.
 const FC_TRANSPOSED_MIN_INPUTS: usize = 128;
 
-/// A fully connected layer's product `y = x · Wᵀ` (`n × outputs`, row-major). From
+/// Images of `y` a task of [`fc_forward`] transposes and adds the bias to.
+const FC_IMAGES_PER_TASK: usize = 16;
+
+/// A fully connected layer's `y = x · Wᵀ + b` (`n × outputs`, row-major), then a ReLU if
+/// `relu`. From
 /// [`FC_TRANSPOSED_MIN_INPUTS`] inputs on it is computed as `yᵀ = W · xᵀ` into `scratch`
 /// and transposed into `y`: `gemm` writes an output with a row per layer output and a
 /// column per image much faster than the transposed one (on one Zen 4 core, 128 images,
@@ -1579,14 +1598,16 @@ const FC_TRANSPOSED_MIN_INPUTS: usize = 128;
 /// against 99 with 128), and the transposition costs a pass over `y`, which with 64
 /// inputs (111 against 99) takes back what the product gains. The products split the
 /// work across threads by outputs and images, never within a sum, so the bits stay
-/// independent of the thread count.
+/// independent of the thread count; so do the transposition and the bias, by images
+/// (alone, they were a tenth of net-3's inference at two threads).
 fn fc_forward(
     y: &mut [f32],
     x: &[f32],
-    wt: &[f32],
+    (wt, bias, relu): (&[f32], &[f32], bool),
     (n, inputs, outputs): (usize, usize, usize),
     scratch: &mut Vec<f32>,
 ) {
+    let task = FC_IMAGES_PER_TASK * outputs.max(1);
     if inputs < FC_TRANSPOSED_MIN_INPUTS {
         kernels::matmul(
             MatMut::rows(y, n, outputs),
@@ -1595,6 +1616,8 @@ fn fc_forward(
             false,
             true,
         );
+        y.par_chunks_mut(task)
+            .for_each(|yc| add_bias_cols(yc, bias, relu));
         return;
     }
     if scratch.len() < n * outputs {
@@ -1608,7 +1631,12 @@ fn fc_forward(
         false,
         true,
     );
-    kernels::transpose(yt, n, (outputs, n), y, outputs);
+    let yt = &*yt;
+    y.par_chunks_mut(task).enumerate().for_each(|(i, yc)| {
+        let (first, images) = (i * FC_IMAGES_PER_TASK, yc.len() / outputs.max(1));
+        kernels::transpose(&yt[first..], n, (outputs, images), yc, outputs);
+        add_bias_cols(yc, bias, relu);
+    });
 }
 
 /// A batch norm's batch statistics over every block of `x`, summed in block order.
@@ -1849,23 +1877,38 @@ mod tests {
     use super::*;
 
     /// Both ways of [`fc_forward`] (below and from [`FC_TRANSPOSED_MIN_INPUTS`] inputs,
-    /// batches that are and are not whole register tiles) against the sums written out.
+    /// batches that are and are not whole register tiles and tasks of images) against the
+    /// sums written out, with a bias and a ReLU.
     #[test]
     fn fc_forward_is_the_product_either_way() {
-        for (n, inputs, outputs) in [(5, 60, 7), (3, 130, 9), (128, 300, 1000), (17, 256, 24)] {
+        for (n, inputs, outputs) in [
+            (5, 60, 7),
+            (40, 100, 33),
+            (3, 130, 9),
+            (128, 300, 1000),
+            (17, 256, 24),
+        ] {
             let x: Vec<f32> = (0..n * inputs)
                 .map(|i| ((i * 7) % 13) as f32 - 6.0)
                 .collect();
             let wt: Vec<f32> = (0..outputs * inputs)
                 .map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.0)
                 .collect();
+            let bias: Vec<f32> = (0..outputs).map(|o| (o % 5) as f32 - 2.0).collect();
             let mut y = vec![f32::NAN; n * outputs];
-            fc_forward(&mut y, &x, &wt, (n, inputs, outputs), &mut Vec::new());
+            fc_forward(
+                &mut y,
+                &x,
+                (&wt, &bias, true),
+                (n, inputs, outputs),
+                &mut Vec::new(),
+            );
             for i in 0..n {
                 for o in 0..outputs {
-                    let want: f64 = (0..inputs)
+                    let sum: f64 = (0..inputs)
                         .map(|k| x[i * inputs + k] as f64 * wt[o * inputs + k] as f64)
                         .sum();
+                    let want = (sum + f64::from(bias[o])).max(0.0);
                     let got = y[i * outputs + o] as f64;
                     assert!(
                         (got - want).abs() <= 1e-4 * want.abs().max(1.0),
