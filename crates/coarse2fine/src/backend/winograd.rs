@@ -807,6 +807,7 @@ mod tests {
     fn max_err(got: impl Iterator<Item = f32>, want: &[f64]) -> f64 {
         got.zip(want)
             .map(|(a, b)| (f64::from(a) - b).abs())
+            .map(|d| if d.is_nan() { f64::INFINITY } else { d })
             .fold(0.0, f64::max)
     }
 
