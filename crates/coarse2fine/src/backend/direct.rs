@@ -140,32 +140,84 @@ fn layout(g: &Window) -> Layout {
     }
 }
 
-/// Outputs a row of packed weights holds, and how many blocks of such rows cover
-/// `outputs` outputs (filters, or channels for an input gradient): blocks of `fb` for
-/// strips, one block of [`grad_width`] for positions.
-fn packed_blocks(layout: Layout, outputs: usize) -> (usize, usize) {
+/// The blocks of `outputs` outputs (filters, or channels for an input gradient) that
+/// packed weights hold, `(first output, width)`, the last one padded with zero outputs
+/// where it reaches past them: one block of [`grad_width`] for positions; for strips,
+/// [`strip_blocks`].
+fn packed_blocks(layout: Layout, outputs: usize) -> Vec<(usize, usize)> {
     match layout {
-        Layout::Strips => (tile().fb, outputs.div_ceil(tile().fb)),
-        Layout::Positions => (grad_width(outputs), 1),
+        Layout::Strips => strip_blocks(outputs),
+        Layout::Positions => vec![(0, grad_width(outputs))],
     }
 }
 
-/// Packs `wt` (`filters × C·k·k`, row-major) for `convolve` over `g`: in blocks of `fb`
-/// filters, `[block][c·k·k + ky·k + kx][f]` (strips), or transposed, `[c·k·k + ky·k +
-/// kx][f]` with [`grad_width`] values a row (positions); zero for filters past the last.
+/// Outputs of a strip's narrow block: a third fewer accumulators than AVX2's 6, half of
+/// AVX-512's 8.
+const NARROW: usize = 4;
+
+/// Blocks of `fb` outputs, and where the rest would leave a wide block mostly empty, one
+/// or two of [`NARROW`]: 16 filters on AVX2 run as 6 + 6 + 4 and 32 as 6 × 4 + 4 + 4
+/// rather than in blocks of 6 whose last is a third or two thirds padding (measured on
+/// ResNet-20's first two stages, docs/performance.md).
+fn strip_blocks(outputs: usize) -> Vec<(usize, usize)> {
+    blocks_of(outputs, tile().fb)
+}
+
+/// [`strip_blocks`] for wide blocks of `fb`.
+fn blocks_of(outputs: usize, fb: usize) -> Vec<(usize, usize)> {
+    let (mut wide, rest) = (outputs / fb, outputs % fb);
+    let narrow = match rest {
+        0 => 0,
+        // A wide block and a short rest as two narrow ones.
+        r if wide > 0 && 2 * NARROW >= fb + r => {
+            wide -= 1;
+            2
+        }
+        r if r <= NARROW => 1,
+        _ => {
+            wide += 1;
+            0
+        }
+    };
+    let widths = std::iter::repeat_n(fb, wide).chain(std::iter::repeat_n(NARROW, narrow));
+    let mut first = 0;
+    widths
+        .map(|w| {
+            first += w;
+            (first - w, w)
+        })
+        .collect()
+}
+
+/// Values of packed weights of `rows` rows: through the last block's padding.
+fn packed_len(blocks: &[(usize, usize)], rows: usize) -> usize {
+    blocks.last().map_or(0, |&(first, w)| (first + w) * rows)
+}
+
+/// Where output `o`'s value of row `r` lies in the packed weights.
+fn packed_at(blocks: &[(usize, usize)], rows: usize, o: usize, r: usize) -> usize {
+    let &(first, w) = blocks
+        .iter()
+        .find(|&&(first, w)| o < first + w)
+        .expect("the blocks cover every output");
+    first * rows + r * w + o - first
+}
+
+/// Packs `wt` (`filters × C·k·k`, row-major) for `convolve` over `g`: in blocks of
+/// filters ([`packed_blocks`]), `[block][c·k·k + ky·k + kx][f]`, the block's width of
+/// values a row; zero for filters past the last.
 pub(crate) fn pack(wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
     pack_in(layout(g), wt, filters, g, out);
 }
 
 fn pack_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, out: &mut Vec<f32>) {
     let rows = g.col_rows();
-    let (fb, blocks) = packed_blocks(layout, filters);
+    let blocks = packed_blocks(layout, filters);
     out.clear();
-    out.resize(blocks * fb * rows, 0.0);
+    out.resize(packed_len(&blocks, rows), 0.0);
     for (f, wf) in wt.chunks_exact(rows).take(filters).enumerate() {
-        let block = &mut out[(f / fb) * rows * fb..][..rows * fb];
         for (r, &v) in wf.iter().enumerate() {
-            block[r * fb + f % fb] = v;
+            out[packed_at(&blocks, rows, f, r)] = v;
         }
     }
 }
@@ -181,15 +233,13 @@ fn pack_transposed_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, ou
     let (k, c_in) = (g.kernel, g.channels);
     let taps = k * k;
     let rows = filters * taps;
-    let (fb, blocks) = packed_blocks(layout, c_in);
+    let blocks = packed_blocks(layout, c_in);
     out.clear();
-    out.resize(blocks * fb * rows, 0.0);
+    out.resize(packed_len(&blocks, rows), 0.0);
     for (f, wf) in wt.chunks_exact(c_in * taps).take(filters).enumerate() {
         for (c, kernel) in wf.chunks_exact(taps).enumerate() {
-            let block = &mut out[(c / fb) * rows * fb..][..rows * fb];
             for (t, &v) in kernel.iter().enumerate() {
-                let r = f * taps + (taps - 1 - t);
-                block[r * fb + c % fb] = v;
+                out[packed_at(&blocks, rows, c, f * taps + (taps - 1 - t))] = v;
             }
         }
     }
@@ -331,6 +381,7 @@ impl pulp::WithSimd for Convolve<'_, '_> {
             s,
             out,
         } = self;
+        let blocks = packed_blocks(layout, filters);
         for first in (0..g.images).step_by(run) {
             let count = run.min(g.images - first);
             pad_run(g, x, first, count, s.padded);
@@ -344,22 +395,24 @@ impl pulp::WithSimd for Convolve<'_, '_> {
                 continue;
             }
             let cs = channel_len(g, count);
-            for block in 0..filters.div_ceil(tile().fb) {
-                let w = &packed[block * tile().fb * g.col_rows()..][..tile().fb * g.col_rows()];
+            for &block in &blocks {
+                let w = &packed[block.0 * g.col_rows()..][..block.1 * g.col_rows()];
                 let run = (g, count, cs);
                 if g.ow % S::F32_LANES == 0 {
-                    let to = (filters, block, first);
-                    match tile().fb {
+                    let to = (filters, block.0, first);
+                    match block.1 {
                         8 => row_strips::<S, 8>(simd, run, s.padded, w, to, y),
-                        _ => row_strips::<S, 6>(simd, run, s.padded, w, to, y),
+                        6 => row_strips::<S, 6>(simd, run, s.padded, w, to, y),
+                        _ => row_strips::<S, NARROW>(simd, run, s.padded, w, to, y),
                     }
                     finish_block(g, (filters, block), (first, count), y, out);
                     continue;
                 }
                 let stage = &mut s.stage[..];
-                match tile().fb {
+                match block.1 {
                     8 => strips::<S, 8>(simd, run, s.padded, w, stage),
-                    _ => strips::<S, 6>(simd, run, s.padded, w, stage),
+                    6 => strips::<S, 6>(simd, run, s.padded, w, stage),
+                    _ => strips::<S, NARROW>(simd, run, s.padded, w, stage),
                 }
                 unstage(g, (filters, block), (first, count), stage, y, out);
             }
@@ -407,7 +460,7 @@ fn strips<S: pulp::Simd, const FB: usize>(
 }
 
 /// Every valid output of a run for one block of `FB` filters, written straight into `y`
-/// (`to`: the filters, the block, the run's first image). For maps whose rows are whole
+/// (`to`: the filters, the block's first, the run's first image). For maps whose rows are whole
 /// vectors (`ow` a multiple of the lanes): a strip is two such row pieces, so no output
 /// in a padding gap is computed (a sixth of the work at 16×16 with a pad of 1) and none
 /// is staged.
@@ -417,7 +470,7 @@ fn row_strips<S: pulp::Simd, const FB: usize>(
     (g, count, cs): (&Window, usize, usize),
     padded: &[f32],
     w: &[f32],
-    (filters, block, first): (usize, usize, usize),
+    (filters, f0, first): (usize, usize, usize),
     y: &mut [f32],
 ) {
     let lanes = S::F32_LANES;
@@ -428,14 +481,14 @@ fn row_strips<S: pulp::Simd, const FB: usize>(
         let row = v / per_row;
         row_start(g, row / g.oh, row % g.oh) + (v % per_row) * lanes
     };
-    let valid = FB.min(filters - block * FB);
+    let valid = FB.min(filters - f0);
     for v in (0..vectors).step_by(2) {
         // An odd last vector is computed twice and stored once.
         let v1 = (v + 1).min(vectors - 1);
         let x = (&padded[at(v)..], at(v1) - at(v));
         let acc = strip::<S, FB>(simd, (g.channels, cs), x, w, &offsets);
         for (f, a) in acc.iter().enumerate().take(valid) {
-            let dst = &mut y[((block * FB + f) * g.images + first) * plane..][..count * plane];
+            let dst = &mut y[((f0 + f) * g.images + first) * plane..][..count * plane];
             let values: &[f32] = pulp::bytemuck::cast_slice(a);
             dst[v1 * lanes..][..lanes].copy_from_slice(&values[lanes..]);
             dst[v * lanes..][..lanes].copy_from_slice(&values[..lanes]);
@@ -478,20 +531,21 @@ fn load<S: pulp::Simd>(x: &[f32]) -> S::f32s {
     pulp::bytemuck::pod_read_unaligned(pulp::bytemuck::cast_slice(x))
 }
 
-/// Copies one block of filters' valid outputs from `stage` into `y`, through `out`.
+/// Copies one block of filters' (`(first filter, width)`) valid outputs from `stage` into
+/// `y`, through `out`.
 #[inline(always)]
 fn unstage(
     g: &Window,
-    (filters, block): (usize, usize),
+    (filters, block): (usize, (usize, usize)),
     (first, count): (usize, usize),
     stage: &[f32],
     y: &mut [f32],
     out: Option<&Epilogue<'_>>,
 ) {
-    let (fb, wp, n) = (tile().fb, pitch(g), positions(g, count));
+    let (wp, n) = (pitch(g), positions(g, count));
     let plane = g.out_plane();
-    for f in 0..fb.min(filters - block * fb) {
-        let (from, c) = (&stage[f * n..][..n], block * fb + f);
+    for f in 0..block.1.min(filters - block.0) {
+        let (from, c) = (&stage[f * n..][..n], block.0 + f);
         for i in 0..count {
             let dst = &mut y[(c * g.images + first + i) * plane..][..plane];
             let base = i * (g.h + g.pad) * wp;
@@ -508,14 +562,14 @@ fn unstage(
 #[inline(always)]
 fn finish_block(
     g: &Window,
-    (filters, block): (usize, usize),
+    (filters, (f0, width)): (usize, (usize, usize)),
     (first, count): (usize, usize),
     y: &mut [f32],
     out: Option<&Epilogue<'_>>,
 ) {
-    let (fb, plane) = (tile().fb, g.out_plane());
+    let plane = g.out_plane();
     if let Some(out) = out {
-        for c in block * fb..filters.min((block + 1) * fb) {
+        for c in f0..filters.min(f0 + width) {
             out.finish(c, y, (c * g.images + first) * plane, count * plane);
         }
     }
@@ -1278,6 +1332,37 @@ mod tests {
                 "case {i}: output off by {ey}, input gradient by {edx}"
             );
         }
+    }
+
+    /// Blocks of filters cover every filter once, in order, with less padding than a
+    /// narrow block; the shapes the engine's nets use split as documented.
+    #[test]
+    fn strip_blocks_cover_the_filters_with_little_padding() {
+        for fb in [6, 8] {
+            for outputs in 1..70 {
+                let blocks = blocks_of(outputs, fb);
+                let mut next = 0;
+                for &(first, w) in &blocks {
+                    assert_eq!(first, next, "{outputs} outputs by {fb}: {blocks:?}");
+                    assert!(w == fb || w == NARROW, "{outputs} by {fb}: {blocks:?}");
+                    next += w;
+                }
+                assert!(
+                    next >= outputs && next - outputs < NARROW,
+                    "{outputs} by {fb}: {blocks:?}"
+                );
+            }
+        }
+        let widths = |o, fb| blocks_of(o, fb).iter().map(|b| b.1).collect::<Vec<_>>();
+        assert_eq!(widths(16, 6), [6, 6, 4]);
+        assert_eq!(widths(32, 6), [6, 6, 6, 6, 4, 4]);
+        assert_eq!(
+            widths(64, 6),
+            [6; 10].iter().copied().chain([4]).collect::<Vec<_>>()
+        );
+        assert_eq!(widths(16, 8), [8, 8]);
+        assert_eq!(widths(12, 8), [8, 4]);
+        assert_eq!(widths(3, 6), [4]);
     }
 
     /// The positions of a run in the order of sorting all of them by the kernel rows and
