@@ -837,14 +837,8 @@ impl NativeNet {
                     outputs,
                     relu,
                 } => {
-                    let (wt, bias) = (&self.params[*param], &self.params[*param + 1]);
-                    fc_forward(
-                        y,
-                        x,
-                        (wt, bias, *relu),
-                        (n, *inputs, *outputs),
-                        &mut ws.fc_t,
-                    );
+                    let p = (&self.params[*param..*param + 2], *relu);
+                    fc_forward(y, x, p, (n, *inputs, *outputs), &mut ws.fc_t);
                 }
                 Step::Add { other, relu } => {
                     elementwise(y, x, &before[*other], |y, a, b| add_relu(y, a, b, *relu));
@@ -1586,12 +1580,12 @@ fn input_gradient_unfolded(
 /// computes transposed.
 const FC_TRANSPOSED_MIN_INPUTS: usize = 128;
 
-/// Images of `y` a task of [`fc_forward`] transposes and adds the bias to.
+/// Images of `y` a task of [`fc_forward`] transposes and adds the bias to: tasks of 64
+/// (one a thread) cost net-3's inference at two threads 3 % against these.
 const FC_IMAGES_PER_TASK: usize = 16;
 
-/// A fully connected layer's `y = x · Wᵀ + b` (`n × outputs`, row-major), then a ReLU if
-/// `relu`. From
-/// [`FC_TRANSPOSED_MIN_INPUTS`] inputs on it is computed as `yᵀ = W · xᵀ` into `scratch`
+/// A fully connected layer's `y = x · Wᵀ + b` (`n × outputs`, row-major; `params` holds
+/// `W` and `b`), then a ReLU if `relu`. From [`FC_TRANSPOSED_MIN_INPUTS`] inputs on it is computed as `yᵀ = W · xᵀ` into `scratch`
 /// and transposed into `y`: `gemm` writes an output with a row per layer output and a
 /// column per image much faster than the transposed one (on one Zen 4 core, 128 images,
 /// 1000 outputs: 104 against 62 GFLOP/s with 512 inputs, 111 against 86 with 256, 112
@@ -1603,11 +1597,18 @@ const FC_IMAGES_PER_TASK: usize = 16;
 fn fc_forward(
     y: &mut [f32],
     x: &[f32],
-    (wt, bias, relu): (&[f32], &[f32], bool),
+    (params, relu): (&[Vec<f32>], bool),
     (n, inputs, outputs): (usize, usize, usize),
     scratch: &mut Vec<f32>,
 ) {
-    let task = FC_IMAGES_PER_TASK * outputs.max(1);
+    let (wt, bias) = (&params[0], &params[1]);
+    // In tasks where threads can share the work; one thread runs it in one piece, as
+    // tasks cost it 2–4 % of net-4's inference.
+    let per_task = match rayon::current_num_threads() {
+        1 => n.max(1),
+        _ => FC_IMAGES_PER_TASK,
+    };
+    let task = per_task * outputs.max(1);
     if inputs < FC_TRANSPOSED_MIN_INPUTS {
         kernels::matmul(
             MatMut::rows(y, n, outputs),
@@ -1633,7 +1634,7 @@ fn fc_forward(
     );
     let yt = &*yt;
     y.par_chunks_mut(task).enumerate().for_each(|(i, yc)| {
-        let (first, images) = (i * FC_IMAGES_PER_TASK, yc.len() / outputs.max(1));
+        let (first, images) = (i * per_task, yc.len() / outputs.max(1));
         kernels::transpose(&yt[first..], n, (outputs, images), yc, outputs);
         add_bias_cols(yc, bias, relu);
     });
@@ -1895,26 +1896,36 @@ mod tests {
                 .map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.0)
                 .collect();
             let bias: Vec<f32> = (0..outputs).map(|o| (o % 5) as f32 - 2.0).collect();
-            let mut y = vec![f32::NAN; n * outputs];
-            fc_forward(
-                &mut y,
-                &x,
-                (&wt, &bias, true),
-                (n, inputs, outputs),
-                &mut Vec::new(),
-            );
-            for i in 0..n {
-                for o in 0..outputs {
-                    let sum: f64 = (0..inputs)
-                        .map(|k| x[i * inputs + k] as f64 * wt[o * inputs + k] as f64)
-                        .sum();
-                    let want = (sum + f64::from(bias[o])).max(0.0);
-                    let got = y[i * outputs + o] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                        "{n}×{inputs}→{outputs}: y[{i}][{o}] = {got}, want {want}"
-                    );
-                }
+            let params = [wt.clone(), bias.clone()];
+            for threads in [1, 3] {
+                let mut y = vec![f32::NAN; n * outputs];
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a pool");
+                pool.install(|| {
+                    let shape = (n, inputs, outputs);
+                    fc_forward(&mut y, &x, (&params, true), shape, &mut Vec::new())
+                });
+                check_fc(&y, &x, (&wt, &bias), (n, inputs, outputs));
+            }
+        }
+    }
+
+    /// Asserts that `y` is `x · Wᵀ + b` through a ReLU, the sums written out in `f64`.
+    fn check_fc(y: &[f32], x: &[f32], (wt, bias): (&[f32], &[f32]), shape: (usize, usize, usize)) {
+        let (n, inputs, outputs) = shape;
+        for i in 0..n {
+            for o in 0..outputs {
+                let sum: f64 = (0..inputs)
+                    .map(|k| x[i * inputs + k] as f64 * wt[o * inputs + k] as f64)
+                    .sum();
+                let want = (sum + f64::from(bias[o])).max(0.0);
+                let got = y[i * outputs + o] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{n}×{inputs}→{outputs}: y[{i}][{o}] = {got}, want {want}"
+                );
             }
         }
     }
