@@ -460,10 +460,10 @@ fn strips<S: pulp::Simd, const FB: usize>(
 }
 
 /// Every valid output of a run for one block of `FB` filters, written straight into `y`
-/// (`to`: the filters, the block's first, the run's first image). For maps whose rows are whole
-/// vectors (`ow` a multiple of the lanes): a strip is two such row pieces, so no output
-/// in a padding gap is computed (a sixth of the work at 16×16 with a pad of 1) and none
-/// is staged.
+/// (`to`: the filters, the block's first, the run's first image). For maps whose rows
+/// are whole vectors (`ow` a multiple of the lanes): a strip is two such row pieces, so
+/// no output in a padding gap is computed (a ninth of the work at 16×16 with a pad of 1)
+/// and none is staged.
 #[inline(always)]
 fn row_strips<S: pulp::Simd, const FB: usize>(
     simd: S,
