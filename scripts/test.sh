@@ -13,3 +13,6 @@ fi
 # The tensorboard feature adds only the event-file writer; building it here costs nothing
 # extra and lets its test run.
 cargo test --locked --workspace --features c2f/tensorboard "$@"
+# The engine's kernels again with their own loops capped to AVX2: the narrower tiles and
+# filter blocks an AVX-512 machine otherwise never runs (a no-op cap where AVX2 is missing).
+C2F_SIMD=avx2 cargo test --locked --workspace --features c2f/tensorboard --lib backend::

@@ -13,7 +13,9 @@
 //! `o + ky·wp + kx` for every kernel offset: one contiguous run of positions covers all
 //! images of the run, and positions with `ox ≥ OW` or `oy ≥ OH` are computed and dropped.
 //! Positions go `S` at a time (two vector registers) for `FB` filters at once, so each
-//! vector of input read feeds `FB` fused multiply-adds from registers.
+//! vector of input read feeds `FB` fused multiply-adds from registers. Where the output
+//! rows are whole vectors, the two vectors are row pieces instead and only valid
+//! positions are computed, written straight into the output ([`row_strips`]).
 //!
 //! On maps of at most 4×4 outputs the padding positions would be a third or more of the
 //! work, so there the outputs are computed position by position instead, the filters in
@@ -78,7 +80,7 @@ fn pays(_g: &Window, filters: usize) -> bool {
     filters <= AUTO_MAX_FILTERS
 }
 
-/// Filters per packed block and output positions per strip, for the running CPU: as
+/// Filters per wide packed block and output positions per strip, for the running CPU: as
 /// many accumulators as leave registers for the input and the broadcast weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tile {
@@ -194,13 +196,17 @@ fn packed_len(blocks: &[(usize, usize)], rows: usize) -> usize {
     blocks.last().map_or(0, |&(first, w)| (first + w) * rows)
 }
 
-/// Where output `o`'s value of row `r` lies in the packed weights.
-fn packed_at(blocks: &[(usize, usize)], rows: usize, o: usize, r: usize) -> usize {
-    let &(first, w) = blocks
+/// For each output, where its values lie in the packed weights: `at(o, r)`, that of row
+/// `r`.
+fn packed_places(blocks: &[(usize, usize)], rows: usize) -> impl Fn(usize, usize) -> usize {
+    let owner: Vec<(usize, usize)> = blocks
         .iter()
-        .find(|&&(first, w)| o < first + w)
-        .expect("the blocks cover every output");
-    first * rows + r * w + o - first
+        .flat_map(|&b| std::iter::repeat_n(b, b.1))
+        .collect();
+    move |o, r| {
+        let (first, w) = owner[o];
+        first * rows + r * w + o - first
+    }
 }
 
 /// Packs `wt` (`filters × C·k·k`, row-major) for `convolve` over `g`: in blocks of
@@ -215,9 +221,10 @@ fn pack_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, out: &mut Vec
     let blocks = packed_blocks(layout, filters);
     out.clear();
     out.resize(packed_len(&blocks, rows), 0.0);
+    let at = packed_places(&blocks, rows);
     for (f, wf) in wt.chunks_exact(rows).take(filters).enumerate() {
         for (r, &v) in wf.iter().enumerate() {
-            out[packed_at(&blocks, rows, f, r)] = v;
+            out[at(f, r)] = v;
         }
     }
 }
@@ -236,10 +243,11 @@ fn pack_transposed_in(layout: Layout, wt: &[f32], filters: usize, g: &Window, ou
     let blocks = packed_blocks(layout, c_in);
     out.clear();
     out.resize(packed_len(&blocks, rows), 0.0);
+    let at = packed_places(&blocks, rows);
     for (f, wf) in wt.chunks_exact(c_in * taps).take(filters).enumerate() {
         for (c, kernel) in wf.chunks_exact(taps).enumerate() {
             for (t, &v) in kernel.iter().enumerate() {
-                out[packed_at(&blocks, rows, c, f * taps + (taps - 1 - t))] = v;
+                out[at(c, f * taps + (taps - 1 - t))] = v;
             }
         }
     }
@@ -281,7 +289,7 @@ pub(crate) fn images_per_run(g: &Window, budget: usize) -> usize {
 }
 
 /// Scratch values a run needs: the padded input, and the staged outputs (of one block of
-/// filters for strips, of every filter for positions).
+/// filters for strips, unused by [`row_strips`]; of every filter for positions).
 pub(crate) fn scratch_len(g: &Window, filters: usize, run: usize) -> (usize, usize) {
     scratch_len_in(layout(g), g, filters, run)
 }
@@ -403,7 +411,8 @@ impl pulp::WithSimd for Convolve<'_, '_> {
                     match block.1 {
                         8 => row_strips::<S, 8>(simd, run, s.padded, w, to, y),
                         6 => row_strips::<S, 6>(simd, run, s.padded, w, to, y),
-                        _ => row_strips::<S, NARROW>(simd, run, s.padded, w, to, y),
+                        NARROW => row_strips::<S, NARROW>(simd, run, s.padded, w, to, y),
+                        _ => unreachable!("blocks are 8, 6 or {NARROW} filters wide"),
                     }
                     finish_block(g, (filters, block), (first, count), y, out);
                     continue;
@@ -412,7 +421,8 @@ impl pulp::WithSimd for Convolve<'_, '_> {
                 match block.1 {
                     8 => strips::<S, 8>(simd, run, s.padded, w, stage),
                     6 => strips::<S, 6>(simd, run, s.padded, w, stage),
-                    _ => strips::<S, NARROW>(simd, run, s.padded, w, stage),
+                    NARROW => strips::<S, NARROW>(simd, run, s.padded, w, stage),
+                    _ => unreachable!("blocks are 8, 6 or {NARROW} filters wide"),
                 }
                 unstage(g, (filters, block), (first, count), stage, y, out);
             }
@@ -483,7 +493,7 @@ fn row_strips<S: pulp::Simd, const FB: usize>(
     };
     let valid = FB.min(filters - f0);
     for v in (0..vectors).step_by(2) {
-        // An odd last vector is computed twice and stored once.
+        // An odd last vector is both halves of the strip, stored twice in one place.
         let v1 = (v + 1).min(vectors - 1);
         let x = (&padded[at(v)..], at(v1) - at(v));
         let acc = strip::<S, FB>(simd, (g.channels, cs), x, w, &offsets);
@@ -1365,6 +1375,51 @@ mod tests {
         assert_eq!(widths(3, 6), [4]);
     }
 
+    /// The epilogue (bias, the other branch, ReLU) on every way a run's outputs are
+    /// written: staged strips, row pieces (16 wide for AVX-512, 8 for AVX2) and
+    /// positions, over runs of one image and several.
+    #[test]
+    fn direct_convolution_applies_its_epilogue() {
+        let cases = [
+            (3, 3, 7, 7, 3, 1, 10, 1 << 17),
+            (4, 3, 5, 16, 3, 1, 13, 1 << 17),
+            (2, 3, 6, 8, 3, 1, 9, 300),
+            (5, 2, 4, 4, 3, 1, 11, 1 << 17),
+        ];
+        for (i, &(c, images, h, w, k, pad, filters, budget)) in cases.iter().enumerate() {
+            let g = window(c, images, h, w, k, pad);
+            let wt = values(filters * g.col_rows(), 800 + i as u64);
+            let x = values(c * images * h * w, 900 + i as u64);
+            let dy = vec![0.0; filters * images * g.out_plane()];
+            let (want, _) = unfolded(&g, filters, &wt, &x, &dy);
+            let bias = values(filters, 1000 + i as u64);
+            let other = values(want.len(), 1100 + i as u64);
+            let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
+            let mut y = vec![f32::NAN; want.len()];
+            pack(&wt, filters, &g, &mut packed);
+            let s = RunScratch {
+                padded: &mut padded,
+                stage: &mut stage,
+            };
+            let out = Epilogue {
+                bias: &bias,
+                add: Some(&other),
+                relu: true,
+            };
+            convolve(&g, filters, &packed, (&x, &mut y), budget, s, Some(&out));
+            let per_filter = images * g.out_plane();
+            let want: Vec<f32> = want
+                .iter()
+                .zip(&other)
+                .enumerate()
+                .map(|(j, (v, z))| (v + bias[j / per_filter] + z).max(0.0))
+                .collect();
+            assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
+            let e = worst(&y, &want);
+            assert!(e < 1e-5, "case {i}: off by {e}");
+        }
+    }
+
     /// The positions of a run in the order of sorting all of them by the kernel rows and
     /// columns they read inside the image and then by place (what [`PositionRun::new`]
     /// builds from one image's order), with the right place in the input.
@@ -1492,11 +1547,12 @@ mod tests {
     #[test]
     fn positions_and_strips_give_the_same_bits() {
         // Channels, images, height, width, kernel, padding, filters, budget: maps of 2×2 to
-        // 8×8, filters below, at and past vectors of 8 and 16, tiles with a short remainder.
+        // 8×8 and 4×16, filters below, at and past vectors of 8 and 16, tiles with a short remainder.
         let cases = [
             (64, 5, 2, 2, 3, 1, 64, 1 << 17),
             (32, 3, 4, 4, 3, 1, 32, 1 << 17),
             (16, 4, 8, 8, 3, 1, 16, 3000),
+            (8, 3, 4, 16, 3, 1, 12, 1 << 17),
             (3, 2, 4, 4, 3, 1, 7, 1 << 17),
             (5, 3, 3, 5, 2, 0, 40, 200),
             (9, 2, 6, 6, 5, 2, 50, 1 << 17),

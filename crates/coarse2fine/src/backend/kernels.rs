@@ -887,10 +887,12 @@ fn im2col_in(
                         match g.stride {
                             1 => copy_run(o, &src[start..start + g.ow]),
                             2 => every_second(o, &src[start..]),
-                            s => o
-                                .iter_mut()
-                                .zip(src[start..].iter().step_by(s))
-                                .for_each(|(v, &x)| *v = x),
+                            s => {
+                                debug_assert!(src.len() > start + (g.ow - 1) * s);
+                                o.iter_mut()
+                                    .zip(src[start..].iter().step_by(s))
+                                    .for_each(|(v, &x)| *v = x)
+                            }
                         }
                     }
                 }

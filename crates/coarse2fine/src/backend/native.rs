@@ -1584,16 +1584,16 @@ const FC_TRANSPOSED_MIN_INPUTS: usize = 128;
 /// (one a thread) cost net-3's inference at two threads 3 % against these.
 const FC_IMAGES_PER_TASK: usize = 16;
 
-/// A fully connected layer's `y = x · Wᵀ + b` (`n × outputs`, row-major; `params` holds
-/// `W` and `b`), then a ReLU if `relu`. From [`FC_TRANSPOSED_MIN_INPUTS`] inputs on it is computed as `yᵀ = W · xᵀ` into `scratch`
-/// and transposed into `y`: `gemm` writes an output with a row per layer output and a
-/// column per image much faster than the transposed one (on one Zen 4 core, 128 images,
-/// 1000 outputs: 104 against 62 GFLOP/s with 512 inputs, 111 against 86 with 256, 112
-/// against 99 with 128), and the transposition costs a pass over `y`, which with 64
-/// inputs (111 against 99) takes back what the product gains. The products split the
-/// work across threads by outputs and images, never within a sum, so the bits stay
-/// independent of the thread count; so do the transposition and the bias, by images
-/// (alone, they were a tenth of net-3's inference at two threads).
+/// A fully connected layer's `y = x · Wᵀ + b` (`n × outputs`, row-major; `params` holds `W`
+/// and `b`), then a ReLU if `relu`. From [`FC_TRANSPOSED_MIN_INPUTS`] inputs on it is
+/// computed as `yᵀ = W · xᵀ` into `scratch` and transposed into `y`: `gemm` writes an
+/// output with a row per layer output and a column per image much faster than the
+/// transposed one (on one Zen 4 core, 128 images, 1000 outputs: 104 against 62 GFLOP/s with
+/// 512 inputs, 111 against 86 with 256, 112 against 99 with 128), and the transposition
+/// costs a pass over `y`, which with 64 inputs (111 against 99) takes back what the product
+/// gains. The products split the work across threads by outputs and images, never within a
+/// sum, so the bits stay independent of the thread count; so do the transposition and the
+/// bias, by images (alone, they were a tenth of net-3's inference at two threads).
 fn fc_forward(
     y: &mut [f32],
     x: &[f32],
@@ -1897,7 +1897,7 @@ mod tests {
                 .collect();
             let bias: Vec<f32> = (0..outputs).map(|o| (o % 5) as f32 - 2.0).collect();
             let params = [wt.clone(), bias.clone()];
-            for threads in [1, 3] {
+            for (threads, relu) in [(1, true), (3, true), (1, false), (3, false)] {
                 let mut y = vec![f32::NAN; n * outputs];
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -1905,22 +1905,29 @@ mod tests {
                     .expect("a pool");
                 pool.install(|| {
                     let shape = (n, inputs, outputs);
-                    fc_forward(&mut y, &x, (&params, true), shape, &mut Vec::new())
+                    fc_forward(&mut y, &x, (&params, relu), shape, &mut Vec::new())
                 });
-                check_fc(&y, &x, (&wt, &bias), (n, inputs, outputs));
+                check_fc(&y, &x, (&wt, &bias, relu), (n, inputs, outputs));
             }
         }
     }
 
-    /// Asserts that `y` is `x · Wᵀ + b` through a ReLU, the sums written out in `f64`.
-    fn check_fc(y: &[f32], x: &[f32], (wt, bias): (&[f32], &[f32]), shape: (usize, usize, usize)) {
+    /// Asserts that `y` is `x · Wᵀ + b`, through a ReLU if `relu`, the sums written out in
+    /// `f64`; a NaN (an output never written) fails.
+    fn check_fc(
+        y: &[f32],
+        x: &[f32],
+        (wt, bias, relu): (&[f32], &[f32], bool),
+        shape: (usize, usize, usize),
+    ) {
         let (n, inputs, outputs) = shape;
         for i in 0..n {
             for o in 0..outputs {
                 let sum: f64 = (0..inputs)
                     .map(|k| x[i * inputs + k] as f64 * wt[o * inputs + k] as f64)
                     .sum();
-                let want = (sum + f64::from(bias[o])).max(0.0);
+                let sum = sum + f64::from(bias[o]);
+                let want = if relu { sum.max(0.0) } else { sum };
                 let got = y[i * outputs + o] as f64;
                 assert!(
                     (got - want).abs() <= 1e-4 * want.abs().max(1.0),
