@@ -1220,6 +1220,7 @@ fn grad_rows<S: pulp::Simd, const NB: usize, const R: usize>(
 mod tests {
     use super::*;
     use crate::backend::kernels::{Mat, MatMut, col2im, im2col, matmul};
+    use crate::backend::max_abs_err;
 
     fn window(c: usize, images: usize, h: usize, w: usize, k: usize, pad: usize) -> Window {
         Window {
@@ -1283,17 +1284,6 @@ mod tests {
         (y, dx)
     }
 
-    /// The largest difference; infinite where either side is NaN (an output never
-    /// written keeps the NaN it started as, which `f32::max` alone would pass over).
-    fn worst(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(p, q)| (p - q).abs())
-            .map(|d| if d.is_nan() { f32::INFINITY } else { d })
-            .fold(0.0, f32::max)
-    }
-
     #[test]
     fn direct_convolution_and_its_input_gradient_match_the_unfolded_ones() {
         // Channels, images, height, width, kernel, padding, filters; small budgets force
@@ -1336,7 +1326,7 @@ mod tests {
                 stage: &mut stage,
             };
             convolve(&gt, c, &packed, (&dy, &mut dx), budget, s, None);
-            let (ey, edx) = (worst(&y, &want_y), worst(&dx, &want_dx));
+            let (ey, edx) = (max_abs_err(&y, &want_y), max_abs_err(&dx, &want_dx));
             assert!(
                 ey < 1e-5 && edx < 1e-5,
                 "case {i}: output off by {ey}, input gradient by {edx}"
@@ -1415,7 +1405,7 @@ mod tests {
                 .map(|(j, (v, z))| (v + bias[j / per_filter] + z).max(0.0))
                 .collect();
             assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
-            let e = worst(&y, &want);
+            let e = max_abs_err(&y, &want);
             assert!(e < 1e-5, "case {i}: off by {e}");
         }
     }
@@ -1517,7 +1507,7 @@ mod tests {
                 dx.iter().all(|v| v.is_finite()),
                 "case {i}: input gradient not written"
             );
-            let edx = worst(&dx, &want_dx);
+            let edx = max_abs_err(&dx, &want_dx);
             assert!(edx < 1e-5, "case {i}: input gradient off by {edx}");
             let want_dw = unfolded_weight_gradient(&g, filters, &x, &dy);
             let mut dwt = vec![f32::NAN; want_dw.len()];
@@ -1529,7 +1519,7 @@ mod tests {
             };
             weight_gradient(&g, filters, &x, &dy, &mut dwt, budget, s);
             let scale = (images * g.out_plane()) as f32;
-            let (ey, edw) = (worst(&y, &want_y), worst(&dwt, &want_dw));
+            let (ey, edw) = (max_abs_err(&y, &want_y), max_abs_err(&dwt, &want_dw));
             assert!(ey < 1e-5, "case {i}: output off by {ey}");
             assert!(
                 edw <= 1e-7 * scale,
@@ -1547,7 +1537,8 @@ mod tests {
     #[test]
     fn positions_and_strips_give_the_same_bits() {
         // Channels, images, height, width, kernel, padding, filters, budget: maps of 2×2 to
-        // 8×8 and 4×16, filters below, at and past vectors of 8 and 16, tiles with a short remainder.
+        // 8×8 and 4×16, filters below, at and past vectors of 8 and 16, tiles with a short
+        // remainder.
         let cases = [
             (64, 5, 2, 2, 3, 1, 64, 1 << 17),
             (32, 3, 4, 4, 3, 1, 32, 1 << 17),
@@ -1644,7 +1635,7 @@ mod tests {
             // Sums of up to 3 072 terms below 1/4 in `f32`, in another order: measured 3e-5 at
             // most, against errors of order 1 from a wrong offset or filter.
             let scale = (images * g.out_plane()) as f32;
-            let err = worst(&dwt, &want);
+            let err = max_abs_err(&dwt, &want);
             assert!(err <= 1e-7 * scale, "case {i}: off by {err}");
         }
     }

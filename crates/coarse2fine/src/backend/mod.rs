@@ -604,6 +604,19 @@ pub fn top_class(row: &[f32]) -> usize {
         .0
 }
 
+/// The largest absolute difference of two equally long outputs; infinite where either
+/// side is NaN (an output never written keeps the NaN the tests start it at, or a
+/// blow-up), which `f32::max` alone would pass over.
+#[cfg(test)]
+pub(crate) fn max_abs_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .map(|d| if d.is_nan() { f32::INFINITY } else { d })
+        .fold(0.0, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,15 +641,8 @@ mod tests {
     }
 
     fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
-        assert_eq!(got.len(), want.len());
         let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max).max(1e-3);
-        // NaN (an output never written, or a blow-up) counts as infinitely far off.
-        got.iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .map(|d| if d.is_nan() { f32::INFINITY } else { d })
-            .fold(0.0, f32::max)
-            / scale
+        max_abs_err(got, want) / scale
     }
 
     /// Trains the same net on both CPU engines for a few steps (momentum, weight decay,
@@ -1399,13 +1405,7 @@ mod tests {
             labels: vec![0; n],
             shape: [n, 2, 11, 11],
         })?;
-        assert_eq!(got.len(), want.len());
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .map(|d| if d.is_nan() { f32::INFINITY } else { d })
-            .fold(0.0, f32::max);
+        let err = max_abs_err(&got, &want);
         let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
         assert!(
             err <= 1e-4 * scale.max(1.0),
