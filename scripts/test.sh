@@ -16,3 +16,7 @@ cargo test --locked --workspace --features c2f/tensorboard "$@"
 # The engine's kernels again with their own loops capped to AVX2: the narrower tiles and
 # filter blocks an AVX-512 machine otherwise never runs (a no-op cap where AVX2 is missing).
 C2F_SIMD=avx2 cargo test --locked --workspace --features c2f/tensorboard --lib backend::
+# And built without AVX-512 products, as for a CPU without it: the engine then takes the
+# sparse fully connected product where an input is mostly zero, and its tests through the
+# engine run that way.
+cargo test --locked -p coarse2fine --no-default-features --features training --lib backend::

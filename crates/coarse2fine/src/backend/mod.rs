@@ -22,6 +22,7 @@ mod burn_net;
 mod direct;
 mod kernels;
 mod native;
+mod sparse_fc;
 mod winograd;
 
 pub use direct::{DIRECT_ENV, direct_requested};
