@@ -32,7 +32,7 @@ const WORD: usize = 64;
 /// Densest input (the share of nonzero values) the sparse product takes; a denser one
 /// goes to the dense product, which runs nearer the machine's peak. About where the two
 /// take as long: net-3's classifier, about half its inputs nonzero, took 0.83 × the
-/// dense product's time (0.851 against 1.026 ms a batch on one Zen 5 core with AVX2).
+/// dense product's time (0.85 against 1.03 ms a batch on one Zen 5 core with AVX2).
 pub(crate) const MAX_DENSITY: f64 = 0.6;
 
 /// Most bytes of weights the sparse product packs (a copy of the layer's, kept between
@@ -64,9 +64,10 @@ pub(crate) fn forward(
 ) -> bool {
     // Not with AVX-512: there the dense product's multiply-adds take their broadcast
     // operand from memory, and this one, bound by a load of weights per multiply-add,
-    // came out slower (net-3's inference took 4–7 % longer on one Zen 5 core). The choice follows the
-    // products' instruction set, not `C2F_SIMD`, which caps the engine's own loops and
-    // must leave the bits as they are (this product's are the same on every set).
+    // came out slower (net-3's inference took 4–7 % longer on one Zen 5 core). The
+    // choice follows the products' instruction set, not `C2F_SIMD`, which caps the
+    // engine's own loops and must leave the bits as they are (this product's are the same
+    // on every set).
     if kernels::gemm_simd() != Simd::Avx2 || !packs_within(inputs, outputs) || n == 0 {
         return false;
     }
