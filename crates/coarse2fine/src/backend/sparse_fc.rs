@@ -216,12 +216,11 @@ impl pulp::WithSimd for Sums<'_, '_> {
 }
 
 /// Adds one image's products over one word of inputs to `acc` (`V` vectors of outputs,
-/// taken as zero on the first word):
-/// `mask` marks the word's nonzero inputs, `x` starts at its first, `rows` holds the
-/// tile's rows for them. In input order, two inputs a pass: each multiply-add loads its
-/// weights, and a pass over one input adds the mask's bookkeeping and a broadcast to every
-/// `V` of them. After the last word, `last` takes the sums plus the bias, through a ReLU
-/// if asked.
+/// taken as zero on the first word): `mask` marks the word's nonzero inputs, `x` starts at
+/// its first, `rows` holds the tile's rows for them. In input order, two inputs a pass:
+/// each multiply-add loads its weights, and a pass over one input adds the mask's
+/// bookkeeping and a broadcast to every `V` of them. After the last word, `last` takes the
+/// sums plus the bias, through a ReLU if asked.
 #[inline(always)]
 fn tile_sums<S: pulp::Simd, const V: usize>(
     simd: S,
