@@ -618,6 +618,42 @@ pub(crate) fn max_abs_err(got: &[f32], want: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Asserts that `y` is `x · Wᵀ + b`, through a ReLU if `relu`, the sums written out in
+/// `f64`; a NaN (an output never written) fails.
+#[cfg(test)]
+pub(crate) fn check_fc(
+    y: &[f32],
+    x: &[f32],
+    (wt, bias, relu): (&[f32], &[f32], bool),
+    shape: (usize, usize, usize),
+) {
+    let (n, inputs, outputs) = shape;
+    for i in 0..n {
+        for o in 0..outputs {
+            let sum: f64 = (0..inputs)
+                .map(|k| x[i * inputs + k] as f64 * wt[o * inputs + k] as f64)
+                .sum();
+            let sum = sum + f64::from(bias[o]);
+            let want = if relu { sum.max(0.0) } else { sum };
+            let got = y[i * outputs + o] as f64;
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{n}×{inputs}→{outputs}: y[{i}][{o}] = {got}, want {want}"
+            );
+        }
+    }
+}
+
+/// Runs `f` on a pool of `threads` threads, for the tests that compare thread counts.
+#[cfg(test)]
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a pool")
+        .install(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1898,6 +1898,7 @@ fn sgd_chunk(w: &mut [f32], v: &mut [f32], g: &[f32], lr: f32, momentum: f32, de
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{check_fc, on_threads};
 
     /// Every way of [`fc_forward`] (below and from [`FC_TRANSPOSED_MIN_INPUTS`] inputs,
     /// batches that are and are not whole register tiles and tasks of images, and with
@@ -1927,40 +1928,11 @@ mod tests {
                 .flat_map(|x| ways.map(|w| (x, w)))
             {
                 let mut y = vec![f32::NAN; n * outputs];
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("a pool");
-                pool.install(|| {
+                on_threads(threads, || {
                     let shape = (n, inputs, outputs);
                     fc_forward(&mut y, x, (&params, relu), shape, &mut FcScratch::default())
                 });
                 check_fc(&y, x, (&wt, &bias, relu), (n, inputs, outputs));
-            }
-        }
-    }
-
-    /// Asserts that `y` is `x · Wᵀ + b`, through a ReLU if `relu`, the sums written out in
-    /// `f64`; a NaN (an output never written) fails.
-    fn check_fc(
-        y: &[f32],
-        x: &[f32],
-        (wt, bias, relu): (&[f32], &[f32], bool),
-        shape: (usize, usize, usize),
-    ) {
-        let (n, inputs, outputs) = shape;
-        for i in 0..n {
-            for o in 0..outputs {
-                let sum: f64 = (0..inputs)
-                    .map(|k| x[i * inputs + k] as f64 * wt[o * inputs + k] as f64)
-                    .sum();
-                let sum = sum + f64::from(bias[o]);
-                let want = if relu { sum.max(0.0) } else { sum };
-                let got = y[i * outputs + o] as f64;
-                assert!(
-                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                    "{n}×{inputs}→{outputs}: y[{i}][{o}] = {got}, want {want}"
-                );
             }
         }
     }

@@ -291,6 +291,7 @@ fn mark_nonzero_in(x: &[f32], masks: &mut [u64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{check_fc, on_threads};
 
     /// Values like a ReLU's outputs: `zeros` in 1000 of them zero, the rest positive.
     fn relu_like(len: usize, zeros: usize) -> Vec<f32> {
@@ -310,13 +311,9 @@ mod tests {
         (w, b, relu): (&[f32], &[f32], bool),
         (n, inputs, outputs): (usize, usize, usize),
     ) -> (bool, Vec<f32>) {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("a pool");
         let mut y = vec![f32::NAN; n * outputs];
         let s = &mut Scratch::default();
-        let took = pool.install(|| {
+        let took = on_threads(threads, || {
             let took = sparse_enough(x, inputs, s);
             if took {
                 product(&mut y, x, (w, b, relu), (inputs, outputs), s);
@@ -345,19 +342,7 @@ mod tests {
             for relu in [true, false] {
                 let (took, y) = run(1, &x, (&w, &b, relu), (n, inputs, outputs));
                 assert!(took, "half the inputs are zero");
-                for (i, row) in y.chunks(outputs).enumerate() {
-                    for (o, &got) in row.iter().enumerate() {
-                        let sum: f64 = (0..inputs)
-                            .map(|k| f64::from(x[i * inputs + k]) * f64::from(w[o * inputs + k]))
-                            .sum::<f64>()
-                            + f64::from(b[o]);
-                        let want = if relu { sum.max(0.0) } else { sum };
-                        assert!(
-                            (f64::from(got) - want).abs() <= 1e-4 * want.abs().max(1.0),
-                            "{n}×{inputs}→{outputs}: y[{i}][{o}] = {got}, want {want}"
-                        );
-                    }
-                }
+                check_fc(&y, &x, (&w, &b, relu), (n, inputs, outputs));
                 let (_, y3) = run(3, &x, (&w, &b, relu), (n, inputs, outputs));
                 let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&y), bits(&y3), "the same bits at 1 and 3 threads");
