@@ -63,9 +63,12 @@ pub(crate) fn force_on() {
 /// position by position and its weight gradient directly; its input gradient, which is
 /// no plain convolution, runs by phases ([`input_gradient_by_phases`]).
 pub(crate) fn applies(g: &Window, filters: usize) -> bool {
-    let possible =
-        g.dilation == 1 && g.kernel > 1 && g.pad < g.kernel && kernels::simd() != Simd::Baseline;
-    possible && SWITCH.chooses(|| pays(g, filters))
+    possible(g) && SWITCH.chooses(|| pays(g, filters))
+}
+
+/// Whether a direct convolution can compute the window at all, whatever the switch says.
+pub(crate) fn possible(g: &Window) -> bool {
+    g.dilation == 1 && g.kernel > 1 && g.pad < g.kernel && kernels::simd() != Simd::Baseline
 }
 
 /// Most filters of a convolution that `auto` runs directly.

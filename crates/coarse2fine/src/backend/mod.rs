@@ -701,13 +701,30 @@ mod tests {
         spec: &NetSpec,
         n: usize,
         steps: u64,
+        seed: (u64, f32),
+    ) -> Result<[f64; 2]> {
+        differences_adjusted(reference, spec, n, steps, seed, |_| ())
+    }
+
+    /// [`differences_from`] with the native net changed by `adjust` before its first
+    /// step.
+    fn differences_adjusted(
+        reference: &Compute,
+        spec: &NetSpec,
+        n: usize,
+        steps: u64,
         (seed, smoothing): (u64, f32),
+        adjust: impl FnOnce(&mut NativeNet),
     ) -> Result<[f64; 2]> {
         let mut worst = [0.0f64; 2];
         let input = spec.input.expect("bound");
         let classes = spec.classes.expect("bound");
         let w = WeightMap::init(spec, Init::Kaiming, seed)?;
         let mut fast = Network::new(spec, &w, &cpu())?;
+        let Engine::Native { net, .. } = &mut fast.engine else {
+            panic!("the cpu backend is the native engine");
+        };
+        adjust(net);
         let mut slow = Network::new(spec, &w, reference)?;
         let sgd_fast = Sgd::new(&fast, 0.9, 5e-3).with_label_smoothing(smoothing);
         let sgd_slow = Sgd::new(&slow, 0.9, 5e-3).with_label_smoothing(smoothing);
@@ -841,6 +858,46 @@ mod tests {
         assert_eq!(net.winograd_steps(), 2, "c2 and c3 run as Winograd");
         let [logits, weights] = engine_differences(&spec, 19, 4, 5)?;
         eprintln!("Winograd vs burn over 4 steps: logits {logits:.1e}, weights {weights:.1e}");
+        Ok(())
+    }
+
+    /// Convolutions that run forward as Winograd and backward directly, as `auto` runs
+    /// some where the matrix products are AVX2 (`Algo::forward`), train like burn's within
+    /// the engine's tolerances: the forward pass transforms the filters, the backward
+    /// packs them for the direct input gradient, and inference folds the batch norm
+    /// into the Winograd filters.
+    #[test]
+    fn winograd_forward_with_direct_backward_trains_like_burn() -> Result<()> {
+        let spec = NetSpec {
+            name: "winograd-forward".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                conv("c1", 16, 3, 1),
+                Layer::Relu,
+                conv("c2", 24, 3, 1),
+                Layer::BatchNorm(BatchNorm::new("b2")),
+                Layer::Relu,
+                conv("c3", 16, 3, 0),
+                Layer::Relu,
+                Layer::Fc(Fc {
+                    name: "f".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+        .bind(InputShape::square(3, 11), 5)?;
+        let mut changed = 0;
+        let [logits, weights] = differences_adjusted(&flex(), &spec, 19, 4, (5, 0.0), |net| {
+            changed = net.run_winograd_forward_only();
+        })?;
+        assert_eq!(
+            changed, 2,
+            "c2 and c3 run forward as Winograd, backward directly"
+        );
+        eprintln!(
+            "Winograd forward vs burn over 4 steps: logits {logits:.1e}, weights {weights:.1e}"
+        );
         Ok(())
     }
 

@@ -48,7 +48,10 @@ enum Step {
         geom: Window,
         filters: usize,
         relu: bool,
-        algo: Algo,
+        /// How the forward pass runs ([`Algo::forward`]).
+        forward: Algo,
+        /// How the backward pass runs ([`Algo::choose`]).
+        backward: Algo,
     },
     Pool(Window),
     AvgPool(Window),
@@ -108,6 +111,8 @@ enum Algo {
 }
 
 impl Algo {
+    /// How a convolution's backward pass runs, and its forward unless [`Algo::forward`]
+    /// says otherwise.
     fn choose(g: &Window, filters: usize) -> Self {
         if winograd::applies(g, filters) {
             Algo::Winograd
@@ -115,6 +120,17 @@ impl Algo {
             Algo::Direct
         } else {
             Algo::Unfolded
+        }
+    }
+
+    /// How a convolution's forward pass runs, given its `backward`: as Winograd on more
+    /// windows than the backward ([`winograd::applies_forward`]), never on fewer, so a
+    /// Winograd backward finds the filters its forward transformed.
+    fn forward(g: &Window, filters: usize, backward: Algo) -> Self {
+        if winograd::applies_forward(g, filters) {
+            Algo::Winograd
+        } else {
+            backward
         }
     }
 }
@@ -413,12 +429,14 @@ impl Compiler {
             let step = match layer {
                 Layer::Conv(c) => {
                     let geom = window(shape, out, c.kernel, c.stride, c.padding, c.dilation);
+                    let backward = Algo::choose(&geom, c.filters);
                     Step::Conv {
                         param: index(param_name(&c.name, Param::Weight))?,
                         geom,
                         filters: c.filters,
                         relu: false,
-                        algo: Algo::choose(&geom, c.filters),
+                        forward: Algo::forward(&geom, c.filters, backward),
+                        backward,
                     }
                 }
                 Layer::MaxPool(p) => Step::Pool(window(
@@ -605,10 +623,39 @@ impl NativeNet {
         self.conv_steps(Algo::Direct)
     }
 
+    /// Convolutions whose backward pass runs with `algo` (and so does their forward,
+    /// but for the Winograd forward passes of [`Algo::forward`]).
     #[cfg(test)]
     fn conv_steps(&self, algo: Algo) -> usize {
-        let runs = |s: &Step| matches!(s, Step::Conv { algo: a, .. } if *a == algo);
+        let runs = |s: &Step| matches!(s, Step::Conv { backward, .. } if *backward == algo);
         self.steps.iter().filter(|s| runs(s)).count()
+    }
+
+    /// Runs every convolution that Winograd can take forward as Winograd and backward
+    /// directly (unfolded where direct convolutions cannot run), as [`Algo::forward`]
+    /// does on some machines whatever the switches say; returns how many it set so.
+    #[cfg(test)]
+    pub(crate) fn run_winograd_forward_only(&mut self) -> usize {
+        let mut changed = 0;
+        for s in &mut self.steps {
+            if let Step::Conv {
+                geom,
+                filters,
+                forward,
+                backward,
+                ..
+            } = s
+                && winograd::possible(geom, *filters)
+            {
+                *forward = Algo::Winograd;
+                *backward = match direct::possible(geom) {
+                    true => Algo::Direct,
+                    false => Algo::Unfolded,
+                };
+                changed += 1;
+            }
+        }
+        changed
     }
 
     fn prepare(&self, ws: &mut Workspace, n: usize) {
@@ -643,15 +690,17 @@ impl NativeNet {
                 Step::Conv {
                     geom,
                     filters,
-                    algo,
+                    forward,
+                    backward,
                     ..
                 } => {
                     let g = Window {
                         images: most,
                         ..*geom
                     };
-                    scratch.fit(&g, *filters, *algo);
-                    if *algo == Algo::Winograd {
+                    scratch.fit(&g, *filters, *forward);
+                    scratch.fit(&g, *filters, *backward);
+                    if *forward == Algo::Winograd {
                         ws.wino_u[i] = vec![0.0; winograd::XI * filters * g.channels];
                     }
                 }
@@ -716,7 +765,8 @@ impl NativeNet {
                     geom,
                     filters,
                     relu,
-                    algo,
+                    forward: algo,
+                    ..
                 } => {
                     let (wt, bias, relu, add) = match &fold {
                         Some(f) => (&f.wt, &f.bias, f.relu, f.add),
@@ -1082,7 +1132,8 @@ impl NativeNet {
                     geom,
                     filters,
                     relu,
-                    algo,
+                    backward: algo,
+                    ..
                 } => {
                     let wt = &self.params[*param];
                     let prepared = match algo {

@@ -13,7 +13,7 @@
 //! like the unfolded convolution it replaces; tiles past the output's edge read zeros and
 //! their outputs are dropped.
 
-use super::kernels::{self, Mat, MatMut, SwitchMode, Window};
+use super::kernels::{self, Mat, MatMut, Simd, SwitchMode, Window};
 
 /// The environment variable that chooses where Winograd convolutions run: `auto`, the
 /// default, on the windows [`applies`] accepts and [`pays`] expects to be faster; `on`
@@ -45,12 +45,28 @@ pub(crate) fn force_on() {
 /// dilation, and enough channels and filters; under `C2F_WINOGRAD=auto`, also where it
 /// [`pays`].
 pub(crate) fn applies(g: &Window, filters: usize) -> bool {
-    let possible = g.kernel == 3
+    possible(g, filters) && SWITCH.chooses(|| pays(g, filters))
+}
+
+/// Whether a convolution's forward pass runs as Winograd: where [`applies`] holds, and
+/// under `auto` also where [`pays_forward`] expects the forward pass alone to be faster
+/// on the matrix products' instruction set. Its backward pass then runs as
+/// [`applies`] says, so a convolution whose backward runs as Winograd always runs
+/// forward as Winograd too, and the backward can reuse the forward's transformed filters.
+pub(crate) fn applies_forward(g: &Window, filters: usize) -> bool {
+    let products = kernels::gemm_simd();
+    possible(g, filters)
+        && SWITCH.chooses(|| pays(g, filters) || pays_forward(g, filters, products))
+}
+
+/// Whether Winograd F(2×2, 3×3) can compute a convolution at all, whatever the switch
+/// says.
+pub(crate) fn possible(g: &Window, filters: usize) -> bool {
+    g.kernel == 3
         && g.stride == 1
         && g.dilation == 1
         && g.channels >= MIN_CHANNELS
-        && filters >= MIN_CHANNELS;
-    possible && SWITCH.chooses(|| pays(g, filters))
+        && filters >= MIN_CHANNELS
 }
 
 /// Fewest output rows and columns, and fewest channels and filters, of a convolution
@@ -67,7 +83,26 @@ const AUTO_MIN_CHANNELS: usize = 64;
 /// second the direct convolution runs 1.2× faster backward since its weight gradient
 /// transposes the output gradient in registers).
 fn pays(g: &Window, filters: usize) -> bool {
-    g.oh >= AUTO_MIN_SIDE && g.ow >= AUTO_MIN_SIDE && g.channels.min(filters) >= AUTO_MIN_CHANNELS
+    wide_enough(g, filters, AUTO_MIN_CHANNELS)
+}
+
+/// Fewest channels and filters of a convolution that `auto` runs forward as Winograd
+/// where the matrix products run AVX2.
+const AUTO_MIN_CHANNELS_FORWARD_AVX2: usize = 32;
+
+/// Where the forward pass alone was measured faster as Winograd than direct
+/// (docs/performance.md): with AVX2 products, from 32 channels and filters on maps of at
+/// least 8 × 8 — ResNet-20's second stage 1.19 × faster, alexnet-s3's last three layers
+/// (15 × 15) 1.3–1.4 ×, small32's last (8 × 8) 1.2 × — while ResNet-20's first stage
+/// (16 channels) ran 1.12 × slower. With AVX-512 the direct convolution's wider vectors
+/// keep it ahead (ResNet-20's second stage 1.3 × slower as Winograd), so the forward rule
+/// is the backward's there.
+fn pays_forward(g: &Window, filters: usize, products: Simd) -> bool {
+    products == Simd::Avx2 && wide_enough(g, filters, AUTO_MIN_CHANNELS_FORWARD_AVX2)
+}
+
+fn wide_enough(g: &Window, filters: usize, channels: usize) -> bool {
+    g.oh >= AUTO_MIN_SIDE && g.ow >= AUTO_MIN_SIDE && g.channels.min(filters) >= channels
 }
 
 /// Tiles per image: rows, columns.
@@ -866,6 +901,9 @@ mod tests {
             (2, 2, 6, 5, 0, 3, 2),
             (1, 16, 4, 4, 1, 16, 1),
             (3, 2, 3, 3, 0, 2, 3),
+            // Longer rows of tiles, of even and odd outputs.
+            (2, 3, 16, 17, 1, 2, 1),
+            (1, 2, 20, 18, 0, 3, 1),
         ];
         for (images, c, h, w, pad, k, run) in cases {
             let g = geometry(images, c, h, w, pad);
@@ -924,5 +962,25 @@ mod tests {
         assert!(!pays(&geometry(8, 24, 15, 15, 1), 24));
         assert!(!pays(&geometry(8, 32, 4, 4, 1), 64));
         assert!(!pays(&geometry(8, 32, 4, 4, 1), 32));
+    }
+
+    /// `auto`'s forward rule where the products run AVX2: ResNet-20's second stage,
+    /// alexnet-s3's last three layers and small32's last run forward as Winograd too;
+    /// ResNet-20's first stage and 4 × 4 maps do not. With AVX-512 (or no vector) products
+    /// the forward rule adds nothing to the backward's.
+    #[test]
+    fn auto_runs_the_forward_pass_as_winograd_from_32_channels_with_avx2_products() {
+        let stage2 = geometry(8, 32, 16, 16, 1);
+        assert!(pays_forward(&stage2, 32, Simd::Avx2));
+        assert!(pays_forward(&geometry(8, 32, 15, 15, 1), 48, Simd::Avx2));
+        assert!(pays_forward(&geometry(8, 48, 15, 15, 1), 32, Simd::Avx2));
+        assert!(pays_forward(&geometry(8, 32, 8, 8, 1), 48, Simd::Avx2));
+        assert!(!pays_forward(&geometry(8, 16, 32, 32, 1), 16, Simd::Avx2));
+        assert!(!pays_forward(&geometry(8, 24, 15, 15, 1), 24, Simd::Avx2));
+        assert!(!pays_forward(&geometry(8, 32, 4, 4, 1), 64, Simd::Avx2));
+        for products in [Simd::Avx512, Simd::Baseline] {
+            assert!(!pays_forward(&stage2, 32, products));
+            assert!(!pays_forward(&geometry(8, 64, 8, 8, 1), 64, products));
+        }
     }
 }
