@@ -20,9 +20,12 @@
 //! On maps of at most 4×4 outputs the padding positions would be a third or more of the
 //! work, so there the outputs are computed position by position instead, the filters in
 //! vector lanes and the input value a broadcast ([`Layout::Positions`]); so are those of
-//! a strided convolution, whose output `(oy, ox)` reads the same buffer from
-//! `(n·(H + P) + s·oy)·wp + s·ox`, and whose weight gradient visits the positions the
-//! same way. Its input gradient is no plain convolution: each input position's phase
+//! a strided convolution whose output rows are not whole vectors, whose output `(oy, ox)`
+//! reads the same buffer from `(n·(H + P) + s·oy)·wp + s·ox`. Where they are, its padded
+//! rows are stored split into their `s` column phases ([`Layout::Split`]), so that the
+//! inputs of consecutive outputs are consecutive again and the strips run as at stride 1.
+//! A strided convolution's weight gradient visits the positions one by one, the same way
+//! for every map. Its input gradient is no plain convolution: each input position's phase
 //! (`(i + P) mod s`) picks its kernel offsets, so it runs position by position with the
 //! positions grouped by phase ([`input_gradient_by_phases`]).
 //!
@@ -125,11 +128,16 @@ pub(crate) fn transposed_window(g: &Window, filters: usize) -> Window {
 /// for 4. `Positions`: the output positions one by one with the filters in vector lanes
 /// and the input value a broadcast, so only valid positions are computed; it needs more
 /// loads per multiply-add, so it is used where the strips would waste most, and for
-/// strided windows, which strips cannot run.
+/// strided windows that `Split` cannot run. `Split`: strips for a strided window, each
+/// padded row stored as its `s` column phases one after the other ([`pad_split`]), so that
+/// the inputs of consecutive outputs of a row are consecutive values again; only for rows
+/// of whole vectors ([`row_strips`]), as positions between the rows would be `s²` times
+/// as many as the outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Strips,
     Positions,
+    Split,
 }
 
 /// Largest output map (positions) computed position by position: measured faster on
@@ -137,12 +145,24 @@ enum Layout {
 /// (docs/performance.md).
 const POSITIONS_MAX_PLANE: usize = 16;
 
+/// `Split` where it was measured faster (docs/performance.md): on AVX2 it ran
+/// ResNet-20's strided 16 → 32 and 32 → 64 layers 1.3 and 1.2 × as fast as `Positions`;
+/// on AVX-512, whose positions put 16 filters in a vector, its 16 → 32 layer 0.9 ×.
 fn layout(g: &Window) -> Layout {
-    if g.stride > 1 || g.out_plane() <= POSITIONS_MAX_PLANE {
+    if g.out_plane() <= POSITIONS_MAX_PLANE {
         Layout::Positions
-    } else {
+    } else if g.stride == 1 {
         Layout::Strips
+    } else if kernels::simd() == Simd::Avx2 && g.ow.is_multiple_of(lanes()) {
+        Layout::Split
+    } else {
+        Layout::Positions
     }
+}
+
+/// Values of a vector of the running CPU's instruction set (a strip is two).
+fn lanes() -> usize {
+    tile().strip / 2
 }
 
 /// The blocks of `outputs` outputs (filters, or channels for an input gradient) that
@@ -151,7 +171,7 @@ fn layout(g: &Window) -> Layout {
 /// [`strip_blocks`].
 fn packed_blocks(layout: Layout, outputs: usize) -> Vec<(usize, usize)> {
     match layout {
-        Layout::Strips => strip_blocks(outputs),
+        Layout::Strips | Layout::Split => strip_blocks(outputs),
         Layout::Positions => vec![(0, grad_width(outputs))],
     }
 }
@@ -284,11 +304,77 @@ fn channel_len(g: &Window, count: usize) -> usize {
     positions(g, count) + (g.kernel + g.pad) * pitch(g) + g.kernel
 }
 
+/// A column phase's values in a [`Layout::Split`] row: the padded row's columns, both
+/// paddings included, `s` to a phase (the right padding cannot be the next row's left
+/// one, as the columns of a phase are not the row's last).
+fn phase_len(g: &Window) -> usize {
+    (g.w + 2 * g.pad).div_ceil(g.stride)
+}
+
+/// Values of one channel's [`Layout::Split`] buffer for `count` images: image `n`'s
+/// padded row `r` (its top padding first) is row `n·(H + P) + r`, `s` phases long. The
+/// last output row of the last image reads at most `s·(OH − 1) + k ≤ H + 2P` rows from
+/// its image's first, so `P` rows past the images are enough.
+fn split_len(g: &Window, count: usize) -> usize {
+    (count * (g.h + g.pad) + g.pad) * g.stride * phase_len(g)
+}
+
+/// [`channel_len`] for `layout`'s padded buffer.
+fn channel_len_in(layout: Layout, g: &Window, count: usize) -> usize {
+    match layout {
+        Layout::Split => split_len(g, count),
+        _ => channel_len(g, count),
+    }
+}
+
 /// Images of a block handled at once, so that the padded run stays near the core's L2
 /// cache (`budget` values).
 pub(crate) fn images_per_run(g: &Window, budget: usize) -> usize {
-    let per_image = g.channels * (g.h + g.pad) * pitch(g);
+    images_per_run_in(layout(g), g, budget)
+}
+
+fn images_per_run_in(layout: Layout, g: &Window, budget: usize) -> usize {
+    let row = match layout {
+        Layout::Split => g.stride * phase_len(g),
+        _ => pitch(g),
+    };
+    let per_image = g.channels * (g.h + g.pad) * row;
     (budget / per_image.max(1)).clamp(1, g.images.max(1))
+}
+
+/// Where [`row_strips`] reads a run's padded input: output row `oy` of image `n` from
+/// `n · image + oy · row`, the row's output `ox` `ox` further, and kernel offset `t`
+/// `offsets[t]` further than its output.
+struct Rows {
+    image: usize,
+    row: usize,
+    offsets: Vec<usize>,
+}
+
+impl Rows {
+    fn of(layout: Layout, g: &Window) -> Rows {
+        let (k, s) = (g.kernel, g.stride);
+        if layout != Layout::Split {
+            let wp = pitch(g);
+            let offsets = kernel_offsets(g);
+            return Rows {
+                image: (g.h + g.pad) * wp,
+                row: s * wp,
+                offsets,
+            };
+        }
+        // Column `j` of a padded row is value `j / s` of phase `j mod s`; `s·ox + kx / s`
+        // stays inside the phase (`phase_len`).
+        let q = phase_len(g);
+        let offsets = (0..k * k)
+            .map(|t| (t / k) * s * q + (t % k % s) * q + t % k / s)
+            .collect();
+        Rows {
+            image: (g.h + g.pad) * s * q,
+            row: s * s * q,
+            offsets,
+        }
+    }
 }
 
 /// Scratch values a run needs: the padded input, and the staged outputs (of one block of
@@ -301,8 +387,9 @@ fn scratch_len_in(layout: Layout, g: &Window, filters: usize, run: usize) -> (us
     let stage = match layout {
         Layout::Strips => tile().fb * positions(g, run),
         Layout::Positions => run * g.out_plane() * grad_width(filters),
+        Layout::Split => 0,
     };
-    (g.channels * channel_len(g, run), stage)
+    (g.channels * channel_len_in(layout, g, run), stage)
 }
 
 /// Scratch of one block's direct convolutions.
@@ -338,7 +425,7 @@ fn convolve_in(
     s: RunScratch<'_>,
     out: Option<&Epilogue<'_>>,
 ) {
-    let run = images_per_run(g, budget);
+    let run = images_per_run_in(layout, g, budget);
     let (pn, sn) = scratch_len_in(layout, g, filters, run);
     if s.padded.len() < pn {
         s.padded.resize(pn, 0.0);
@@ -393,9 +480,13 @@ impl pulp::WithSimd for Convolve<'_, '_> {
             out,
         } = self;
         let blocks = packed_blocks(layout, filters);
+        let rows = Rows::of(layout, g);
         for first in (0..g.images).step_by(run) {
             let count = run.min(g.images - first);
-            pad_run(g, x, first, count, s.padded);
+            match layout {
+                Layout::Split => pad_split(g, x, first, count, s.padded),
+                _ => pad_run(g, x, first, count, s.padded),
+            }
             if layout == Layout::Positions {
                 let stage = &mut s.stage[..];
                 by_positions(simd, (g, filters, count), s.padded, packed, stage);
@@ -405,16 +496,19 @@ impl pulp::WithSimd for Convolve<'_, '_> {
                 }
                 continue;
             }
-            let cs = channel_len(g, count);
+            let cs = channel_len_in(layout, g, count);
             for &block in &blocks {
                 let w = &packed[block.0 * g.col_rows()..][..block.1 * g.col_rows()];
                 let run = (g, count, cs);
+                // `layout` chose `Split` for rows of whole vectors of this instruction set.
+                debug_assert!(layout != Layout::Split || g.ow % S::F32_LANES == 0);
                 if g.ow % S::F32_LANES == 0 {
                     let to = (filters, block.0, first);
+                    let x = (&s.padded[..], &rows);
                     match block.1 {
-                        8 => row_strips::<S, 8>(simd, run, s.padded, w, to, y),
-                        6 => row_strips::<S, 6>(simd, run, s.padded, w, to, y),
-                        NARROW => row_strips::<S, NARROW>(simd, run, s.padded, w, to, y),
+                        8 => row_strips::<S, 8>(simd, run, x, w, to, y),
+                        6 => row_strips::<S, 6>(simd, run, x, w, to, y),
+                        NARROW => row_strips::<S, NARROW>(simd, run, x, w, to, y),
                         _ => unreachable!("blocks are 8, 6 or {NARROW} filters wide"),
                     }
                     finish_block(g, (filters, block), (first, count), y, out);
@@ -430,6 +524,55 @@ impl pulp::WithSimd for Convolve<'_, '_> {
                 unstage(g, (filters, block), (first, count), stage, y, out);
             }
         }
+    }
+}
+
+/// Copies images `first..first + count` of `x` into [`Layout::Split`]'s padded buffer
+/// ([`split_len`]): padded column `j` of a row at `(j mod s)·q + j / s` in it.
+#[inline(always)]
+fn pad_split(g: &Window, x: &[f32], first: usize, count: usize, padded: &mut [f32]) {
+    let (s, q, plane, cs) = (g.stride, phase_len(g), g.h * g.w, split_len(g, count));
+    let padded = &mut padded[..g.channels * cs];
+    padded.fill(0.0);
+    for (c, dst) in padded.chunks_exact_mut(cs).enumerate() {
+        for n in 0..count {
+            let src = &x[(c * g.images + first + n) * plane..][..plane];
+            let top = n * (g.h + g.pad) + g.pad;
+            for (iy, line) in src.chunks_exact(g.w.max(1)).enumerate() {
+                let row = &mut dst[(top + iy) * s * q..][..s * q];
+                match s {
+                    2 => split_row::<2>(line, row, q, g.pad),
+                    _ => split_row_any(line, row, (s, q), g.pad),
+                }
+            }
+        }
+    }
+}
+
+/// Copies one input row into its padded row's `S` phases in `row` (`q` values each):
+/// input `ix` is padded column `P + ix`. The stride a constant, so that the copy is
+/// vector shuffles rather than a division per value.
+#[inline(always)]
+fn split_row<const S: usize>(line: &[f32], row: &mut [f32], q: usize, pad: usize) {
+    let (whole, rest) = line.as_chunks::<S>();
+    for r in 0..S {
+        let j = pad + r;
+        let to = &mut row[(j % S) * q + j / S..][..whole.len()];
+        for (t, c) in to.iter_mut().zip(whole) {
+            *t = c[r];
+        }
+    }
+    for (r, &v) in rest.iter().enumerate() {
+        let j = pad + whole.len() * S + r;
+        row[(j % S) * q + j / S] = v;
+    }
+}
+
+/// [`split_row`] for any stride `s`.
+fn split_row_any(line: &[f32], row: &mut [f32], (s, q): (usize, usize), pad: usize) {
+    for (ix, &v) in line.iter().enumerate() {
+        let j = pad + ix;
+        row[(j % s) * q + j / s] = v;
     }
 }
 
@@ -481,25 +624,25 @@ fn strips<S: pulp::Simd, const FB: usize>(
 fn row_strips<S: pulp::Simd, const FB: usize>(
     simd: S,
     (g, count, cs): (&Window, usize, usize),
-    padded: &[f32],
+    (padded, rows): (&[f32], &Rows),
     w: &[f32],
     (filters, f0, first): (usize, usize, usize),
     y: &mut [f32],
 ) {
     let lanes = S::F32_LANES;
-    let offsets = kernel_offsets(g);
+    let offsets = &rows.offsets;
     let (per_row, plane) = (g.ow / lanes, g.out_plane());
     let vectors = count * g.oh * per_row;
     let at = |v: usize| {
         let row = v / per_row;
-        row_start(g, row / g.oh, row % g.oh) + (v % per_row) * lanes
+        (row / g.oh) * rows.image + (row % g.oh) * rows.row + (v % per_row) * lanes
     };
     let valid = FB.min(filters - f0);
     for v in (0..vectors).step_by(2) {
         // An odd last vector is both halves of the strip, stored twice in one place.
         let v1 = (v + 1).min(vectors - 1);
         let x = (&padded[at(v)..], at(v1) - at(v));
-        let acc = strip::<S, FB>(simd, (g.channels, cs), x, w, &offsets);
+        let acc = strip::<S, FB>(simd, (g.channels, cs), x, w, offsets);
         for (f, a) in acc.iter().enumerate().take(valid) {
             let dst = &mut y[((f0 + f) * g.images + first) * plane..][..count * plane];
             let values: &[f32] = pulp::bytemuck::cast_slice(a);
@@ -836,7 +979,7 @@ pub(crate) fn input_gradient_by_phases(
     s: RunScratch<'_>,
 ) {
     let gd = phase_window(g, filters);
-    let run = images_per_run(&gd, budget);
+    let run = images_per_run_in(Layout::Positions, &gd, budget);
     let (pn, sn) = (
         filters * channel_len(&gd, run),
         run * g.h * g.w * grad_width(g.channels),
@@ -1537,6 +1680,26 @@ mod tests {
 
     /// Both layouts on windows where either could be chosen: the same bits, forward and
     /// input gradient (each output is the same sum in the same order).
+    /// The convolution of `x` by `wt` (`filters × C·k·k`) over `g` in `layout`, from
+    /// fresh buffers; outputs never written stay NaN.
+    fn convolve_as(
+        layout: Layout,
+        g: &Window,
+        (filters, wt): (usize, &[f32]),
+        x: &[f32],
+        budget: usize,
+    ) -> Vec<f32> {
+        let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut y = vec![f32::NAN; filters * g.images * g.out_plane()];
+        pack_in(layout, wt, filters, g, &mut packed);
+        let s = RunScratch {
+            padded: &mut padded,
+            stage: &mut stage,
+        };
+        convolve_in(layout, g, filters, &packed, (x, &mut y), budget, s, None);
+        y
+    }
+
     #[test]
     fn positions_and_strips_give_the_same_bits() {
         // Channels, images, height, width, kernel, padding, filters, budget: maps of 2×2 to
@@ -1558,14 +1721,8 @@ mod tests {
             let x = values(c * images * h * w, 600 + i as u64);
             let dy = values(filters * images * g.out_plane(), 700 + i as u64);
             let run = |layout: Layout| {
+                let y = convolve_as(layout, &g, (filters, &wt), &x, budget);
                 let (mut padded, mut stage, mut packed) = (Vec::new(), Vec::new(), Vec::new());
-                let mut y = vec![f32::NAN; filters * images * g.out_plane()];
-                pack_in(layout, &wt, filters, &g, &mut packed);
-                let s = RunScratch {
-                    padded: &mut padded,
-                    stage: &mut stage,
-                };
-                convolve_in(layout, &g, filters, &packed, (&x, &mut y), budget, s, None);
                 let mut dx = vec![f32::NAN; x.len()];
                 pack_transposed_in(layout, &wt, filters, &g, &mut packed);
                 let s = RunScratch {
@@ -1588,6 +1745,76 @@ mod tests {
             assert_eq!(bits(&ys), bits(&yp), "case {i}: outputs differ");
             assert_eq!(bits(&dxs), bits(&dxp), "case {i}: input gradients differ");
         }
+    }
+
+    #[test]
+    fn split_rows_and_positions_give_strided_windows_the_same_bits() {
+        // Channels, images, height, width, kernel, stride, padding, filters, budget: output
+        // rows of 16 (one or two vectors) and 8 (one of AVX2; AVX-512 builds skip them),
+        // odd and even inputs, kernels past the stride, short runs.
+        let cases = [
+            (16, 3, 32, 32, 3, 2, 1, 32, 1 << 17),
+            (5, 4, 16, 16, 3, 2, 1, 13, 1 << 17),
+            (3, 3, 33, 31, 3, 2, 1, 7, 1 << 17),
+            (4, 5, 34, 30, 4, 2, 2, 6, 3000),
+            (2, 2, 24, 48, 5, 3, 2, 9, 1 << 17),
+            (3, 3, 32, 32, 2, 2, 0, 16, 1 << 17),
+            (7, 4, 16, 16, 3, 2, 1, 17, 200),
+        ];
+        let mut split = 0;
+        for (i, &(c, images, h, w, k, s, pad, filters, budget)) in cases.iter().enumerate() {
+            let g = Window {
+                stride: s,
+                oh: (h + 2 * pad - k) / s + 1,
+                ow: (w + 2 * pad - k) / s + 1,
+                ..window(c, images, h, w, k, pad)
+            };
+            if !g.ow.is_multiple_of(lanes()) {
+                continue;
+            }
+            split += 1;
+            let wt = values(filters * g.col_rows(), 800 + i as u64);
+            let x = values(c * images * h * w, 900 + i as u64);
+            let ys = convolve_as(Layout::Split, &g, (filters, &wt), &x, budget);
+            let yp = convolve_as(Layout::Positions, &g, (filters, &wt), &x, budget);
+            assert!(
+                ys.iter().all(|v| v.is_finite()),
+                "case {i}: output not written"
+            );
+            let dy = vec![0.0; ys.len()];
+            let (reference, _) = unfolded(&g, filters, &wt, &x, &dy);
+            let err = max_abs_err(&ys, &reference);
+            assert!(
+                err < 1e-5,
+                "case {i}: split rows off the unfolded output by {err}"
+            );
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ys), bits(&yp), "case {i}: outputs differ");
+        }
+        assert!(split >= 5, "only {split} cases ran as split rows");
+    }
+
+    #[test]
+    fn strided_windows_run_as_split_rows_on_avx2_where_their_rows_are_whole_vectors() {
+        let strided = |h: usize| Window {
+            stride: 2,
+            oh: h / 2,
+            ow: h / 2,
+            ..window(16, 4, h, h, 3, 1)
+        };
+        let avx2 = kernels::simd() == Simd::Avx2;
+        // ResNet-20's two strided layers: rows of 16 and 8 outputs.
+        let split = if avx2 {
+            Layout::Split
+        } else {
+            Layout::Positions
+        };
+        assert_eq!(layout(&strided(32)), split);
+        assert_eq!(layout(&strided(16)), split);
+        // Rows of a vector and a half, and maps of at most 16 outputs, stay positions.
+        assert_eq!(layout(&strided(24)), Layout::Positions);
+        assert_eq!(layout(&strided(8)), Layout::Positions);
+        assert_eq!(layout(&window(16, 4, 16, 16, 3, 1)), Layout::Strips);
     }
 
     /// The unfolded weight gradient `unfold(x) · dyᵀ` (`C·k·k × filters`).
