@@ -20,10 +20,11 @@
 //! On maps of at most 4×4 outputs the padding positions would be a third or more of the
 //! work, so there the outputs are computed position by position instead, the filters in
 //! vector lanes and the input value a broadcast ([`Layout::Positions`]); so are those of
-//! a strided convolution whose output rows are not whole vectors, whose output `(oy, ox)`
-//! reads the same buffer from `(n·(H + P) + s·oy)·wp + s·ox`. Where they are, its padded
-//! rows are stored split into their `s` column phases ([`Layout::Split`]), so that the
-//! inputs of consecutive outputs are consecutive again and the strips run as at stride 1.
+//! a strided convolution, whose output `(oy, ox)` reads the same buffer from
+//! `(n·(H + P) + s·oy)·wp + s·ox`, except where the own loops run AVX2 and its output
+//! rows are whole vectors: there its padded rows are stored split into their `s` column
+//! phases ([`Layout::Split`]), so that the inputs of consecutive outputs are consecutive
+//! again and the strips run as at stride 1.
 //! A strided convolution's weight gradient visits the positions one by one, the same way
 //! for every map. Its input gradient is no plain convolution: each input position's phase
 //! (`(i + P) mod s`) picks its kernel offsets, so it runs position by position with the
@@ -63,8 +64,10 @@ pub(crate) fn force_on() {
 /// one (a 1×1 one is a plain product already), and padding below the kernel's width (so
 /// the padded rows can share their zeros, and the input gradient is a direct convolution
 /// too); under `C2F_DIRECT=auto`, also where it [`pays`]. A strided one runs its output
-/// position by position and its weight gradient directly; its input gradient, which is
-/// no plain convolution, runs by phases ([`input_gradient_by_phases`]).
+/// position by position, or, where the own loops run AVX2 and its output rows are whole
+/// vectors, as strips over split rows ([`Layout::Split`]), and its weight gradient
+/// directly; its input gradient, which is no plain convolution, runs by phases
+/// ([`input_gradient_by_phases`]).
 pub(crate) fn applies(g: &Window, filters: usize) -> bool {
     possible(g) && SWITCH.chooses(|| pays(g, filters))
 }
@@ -128,11 +131,12 @@ pub(crate) fn transposed_window(g: &Window, filters: usize) -> Window {
 /// for 4. `Positions`: the output positions one by one with the filters in vector lanes
 /// and the input value a broadcast, so only valid positions are computed; it needs more
 /// loads per multiply-add, so it is used where the strips would waste most, and for
-/// strided windows that `Split` cannot run. `Split`: strips for a strided window, each
-/// padded row stored as its `s` column phases one after the other ([`pad_split`]), so that
-/// the inputs of consecutive outputs of a row are consecutive values again; only for rows
-/// of whole vectors ([`row_strips`]), as positions between the rows would be `s²` times
-/// as many as the outputs.
+/// strided windows that [`layout`] gives no `Split`. `Split`: strips for a strided
+/// window, each padded row stored as its `s` column phases one after the other
+/// ([`pad_split`]), so that the inputs of consecutive outputs of a row are consecutive
+/// values again; only for rows of whole vectors ([`row_strips`]), as positions between
+/// the rows would be `s²` times as many as the outputs, and only where the own loops run
+/// AVX2 (measured, [`layout`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Strips,
@@ -145,9 +149,10 @@ enum Layout {
 /// (docs/performance.md).
 const POSITIONS_MAX_PLANE: usize = 16;
 
-/// `Split` where it was measured faster (docs/performance.md): on AVX2 it ran
-/// ResNet-20's strided 16 → 32 and 32 → 64 layers 1.3 and 1.2 × as fast as `Positions`;
-/// on AVX-512, whose positions put 16 filters in a vector, its 16 → 32 layer 0.9 ×.
+/// `Split` where it was measured faster (docs/performance.md): on AVX2 the ResNet-20
+/// blocks that hold its strided 16 → 32 and 32 → 64 layers ran 1.16 and 1.10 × as fast
+/// as with `Positions` (1.5 and 0.75 ms less); on AVX-512, whose positions put 16 filters
+/// in a vector, the 16 → 32 one 0.90 × (0.77 ms more).
 fn layout(g: &Window) -> Layout {
     if g.out_plane() <= POSITIONS_MAX_PLANE {
         Layout::Positions
@@ -363,8 +368,8 @@ impl Rows {
                 offsets,
             };
         }
-        // Column `j` of a padded row is value `j / s` of phase `j mod s`; `s·ox + kx / s`
-        // stays inside the phase (`phase_len`).
+        // Column `j` of a padded row is value `j / s` of phase `j mod s`; output `ox` reads
+        // value `ox + kx / s`, inside the phase as `s·(OW − 1) + kx ≤ W + 2P − 1`.
         let q = phase_len(g);
         let offsets = (0..k * k)
             .map(|t| (t / k) * s * q + (t % k % s) * q + t % k / s)
@@ -378,7 +383,8 @@ impl Rows {
 }
 
 /// Scratch values a run needs: the padded input, and the staged outputs (of one block of
-/// filters for strips, unused by [`row_strips`]; of every filter for positions).
+/// filters for strips, unused by [`row_strips`] and so by split rows; of every filter
+/// for positions).
 pub(crate) fn scratch_len(g: &Window, filters: usize, run: usize) -> (usize, usize) {
     scratch_len_in(layout(g), g, filters, run)
 }
@@ -1678,8 +1684,6 @@ mod tests {
         }
     }
 
-    /// Both layouts on windows where either could be chosen: the same bits, forward and
-    /// input gradient (each output is the same sum in the same order).
     /// The convolution of `x` by `wt` (`filters × C·k·k`) over `g` in `layout`, from
     /// fresh buffers; outputs never written stay NaN.
     fn convolve_as(
@@ -1700,6 +1704,8 @@ mod tests {
         y
     }
 
+    /// Both layouts on windows where either could be chosen: the same bits, forward and
+    /// input gradient (each output is the same sum in the same order).
     #[test]
     fn positions_and_strips_give_the_same_bits() {
         // Channels, images, height, width, kernel, padding, filters, budget: maps of 2×2 to
@@ -1750,8 +1756,10 @@ mod tests {
     #[test]
     fn split_rows_and_positions_give_strided_windows_the_same_bits() {
         // Channels, images, height, width, kernel, stride, padding, filters, budget: output
-        // rows of 16 (one or two vectors) and 8 (one of AVX2; AVX-512 builds skip them),
-        // odd and even inputs, kernels past the stride, short runs.
+        // rows of 16 (one or two vectors) and 8 (one of AVX2; skipped where the vectors are
+        // AVX-512's), odd and even inputs, kernels past the stride, runs of one image, a
+        // short last run (5 images in runs of 2), an odd number of vectors (a strip that
+        // repeats its last).
         let cases = [
             (16, 3, 32, 32, 3, 2, 1, 32, 1 << 17),
             (5, 4, 16, 16, 3, 2, 1, 13, 1 << 17),
@@ -1760,6 +1768,8 @@ mod tests {
             (2, 2, 24, 48, 5, 3, 2, 9, 1 << 17),
             (3, 3, 32, 32, 2, 2, 0, 16, 1 << 17),
             (7, 4, 16, 16, 3, 2, 1, 17, 200),
+            (2, 5, 32, 32, 3, 2, 1, 8, 5000),
+            (3, 3, 33, 15, 3, 2, 1, 7, 1 << 17),
         ];
         let mut split = 0;
         for (i, &(c, images, h, w, k, s, pad, filters, budget)) in cases.iter().enumerate() {
@@ -1791,7 +1801,7 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&ys), bits(&yp), "case {i}: outputs differ");
         }
-        assert!(split >= 5, "only {split} cases ran as split rows");
+        assert!(split >= 6, "only {split} cases ran as split rows");
     }
 
     #[test]

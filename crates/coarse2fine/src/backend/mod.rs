@@ -934,16 +934,66 @@ mod tests {
             ],
         }
         .bind(InputShape::square(3, 11), 5)?;
+        direct_against_burn(&spec, 5, (19, 4, 5))
+    }
+
+    /// Trains `spec` with direct convolutions switched on against burn ([`engine_differences`]
+    /// over `n` images, `steps` steps, from `seed`), after checking that its `convs`
+    /// convolutions all run directly (none without fused multiply-adds).
+    fn direct_against_burn(
+        spec: &NetSpec,
+        convs: usize,
+        (n, steps, seed): (usize, u64, u64),
+    ) -> Result<()> {
         super::direct::force_on();
-        let w = WeightMap::init(&spec, Init::Kaiming, 0)?;
-        let Engine::Native { net, .. } = &Network::new(&spec, &w, &cpu())?.engine else {
+        let w = WeightMap::init(spec, Init::Kaiming, 0)?;
+        let Engine::Native { net, .. } = &Network::new(spec, &w, &cpu())?.engine else {
             panic!("the cpu backend is the native engine");
         };
-        let want = if simd() == Simd::Baseline { 0 } else { 5 };
-        assert_eq!(net.direct_steps(), want, "every convolution runs directly");
-        let [logits, weights] = engine_differences(&spec, 19, 4, 5)?;
-        eprintln!("direct vs burn over 4 steps: logits {logits:.1e}, weights {weights:.1e}");
+        let want = if simd() == Simd::Baseline { 0 } else { convs };
+        assert_eq!(
+            net.direct_steps(),
+            want,
+            "{}: every convolution runs directly",
+            spec.name
+        );
+        let [logits, weights] = engine_differences(spec, n, steps, seed)?;
+        eprintln!(
+            "{} vs burn over {steps} steps: logits {logits:.1e}, weights {weights:.1e}",
+            spec.name
+        );
         Ok(())
+    }
+
+    /// Strided direct convolutions whose output rows are 16 and 8 wide train like burn's:
+    /// where the own loops run AVX2 (as in the suite's `C2F_SIMD=avx2` pass) they run
+    /// forward over split rows, elsewhere position by position. Under 16 filters, so
+    /// Winograd leaves them alone.
+    #[test]
+    fn strided_convolutions_with_rows_of_whole_vectors_train_like_burn() -> Result<()> {
+        let strided = |name: &str, filters| {
+            Layer::Conv(Conv {
+                stride: 2,
+                ..conv_spec(name, filters, 3, 1)
+            })
+        };
+        let spec = NetSpec {
+            name: "strided".into(),
+            input: None,
+            classes: None,
+            layers: vec![
+                strided("s1", 12),
+                Layer::Relu,
+                strided("s2", 14),
+                Layer::Relu,
+                Layer::Fc(Fc {
+                    name: "f".into(),
+                    outputs: Units::Classes,
+                }),
+            ],
+        }
+        .bind(InputShape::square(3, 32), 5)?;
+        direct_against_burn(&spec, 2, (9, 4, 7))
     }
 
     /// Layers with a single output: a conv with one filter, an fc with one unit, and a
