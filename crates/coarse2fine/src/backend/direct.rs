@@ -321,7 +321,15 @@ fn phase_len(g: &Window) -> usize {
 /// last output row of the last image reads at most `s·(OH − 1) + k ≤ H + 2P` rows from
 /// its image's first, so `P` rows past the images are enough.
 fn split_len(g: &Window, count: usize) -> usize {
-    (count * (g.h + g.pad) + g.pad) * g.stride * phase_len(g)
+    (count * (g.h + g.pad) + g.pad) * row_len(Layout::Split, g)
+}
+
+/// Values between one padded row and the next in `layout`'s padded buffer.
+fn row_len(layout: Layout, g: &Window) -> usize {
+    match layout {
+        Layout::Split => g.stride * phase_len(g),
+        _ => pitch(g),
+    }
 }
 
 /// [`channel_len`] for `layout`'s padded buffer.
@@ -339,11 +347,7 @@ pub(crate) fn images_per_run(g: &Window, budget: usize) -> usize {
 }
 
 fn images_per_run_in(layout: Layout, g: &Window, budget: usize) -> usize {
-    let row = match layout {
-        Layout::Split => g.stride * phase_len(g),
-        _ => pitch(g),
-    };
-    let per_image = g.channels * (g.h + g.pad) * row;
+    let per_image = g.channels * (g.h + g.pad) * row_len(layout, g);
     (budget / per_image.max(1)).clamp(1, g.images.max(1))
 }
 
@@ -358,25 +362,20 @@ struct Rows {
 
 impl Rows {
     fn of(layout: Layout, g: &Window) -> Rows {
-        let (k, s) = (g.kernel, g.stride);
-        if layout != Layout::Split {
-            let wp = pitch(g);
-            let offsets = kernel_offsets(g);
-            return Rows {
-                image: (g.h + g.pad) * wp,
-                row: s * wp,
-                offsets,
-            };
-        }
-        // Column `j` of a padded row is value `j / s` of phase `j mod s`; output `ox` reads
-        // value `ox + kx / s`, inside the phase as `s·(OW − 1) + kx ≤ W + 2P − 1`.
-        let q = phase_len(g);
-        let offsets = (0..k * k)
-            .map(|t| (t / k) * s * q + (t % k % s) * q + t % k / s)
-            .collect();
+        let (k, s, len) = (g.kernel, g.stride, row_len(layout, g));
+        let offsets = if layout == Layout::Split {
+            // Column `j` of a padded row is value `j / s` of phase `j mod s`; output `ox`
+            // reads value `ox + kx / s`, inside the phase as `s·(OW − 1) + kx ≤ W + 2P − 1`.
+            let q = phase_len(g);
+            (0..k * k)
+                .map(|t| (t / k) * len + (t % k % s) * q + t % k / s)
+                .collect()
+        } else {
+            kernel_offsets(g)
+        };
         Rows {
-            image: (g.h + g.pad) * s * q,
-            row: s * s * q,
+            image: (g.h + g.pad) * len,
+            row: s * len,
             offsets,
         }
     }
@@ -538,6 +537,7 @@ impl pulp::WithSimd for Convolve<'_, '_> {
 #[inline(always)]
 fn pad_split(g: &Window, x: &[f32], first: usize, count: usize, padded: &mut [f32]) {
     let (s, q, plane, cs) = (g.stride, phase_len(g), g.h * g.w, split_len(g, count));
+    let len = row_len(Layout::Split, g);
     let padded = &mut padded[..g.channels * cs];
     padded.fill(0.0);
     for (c, dst) in padded.chunks_exact_mut(cs).enumerate() {
@@ -545,7 +545,7 @@ fn pad_split(g: &Window, x: &[f32], first: usize, count: usize, padded: &mut [f3
             let src = &x[(c * g.images + first + n) * plane..][..plane];
             let top = n * (g.h + g.pad) + g.pad;
             for (iy, line) in src.chunks_exact(g.w.max(1)).enumerate() {
-                let row = &mut dst[(top + iy) * s * q..][..s * q];
+                let row = &mut dst[(top + iy) * len..][..len];
                 match s {
                     2 => split_row::<2>(line, row, q, g.pad),
                     _ => split_row_any(line, row, (s, q), g.pad),

@@ -648,9 +648,10 @@ impl NativeNet {
                 && winograd::possible(geom, *filters)
             {
                 *forward = Algo::Winograd;
-                *backward = match direct::possible(geom) {
-                    true => Algo::Direct,
-                    false => Algo::Unfolded,
+                *backward = if direct::possible(geom) {
+                    Algo::Direct
+                } else {
+                    Algo::Unfolded
                 };
                 changed += 1;
             }

@@ -36,8 +36,9 @@ const WORD: usize = 64;
 pub(crate) const MAX_DENSITY: f64 = 0.6;
 
 /// Most bytes of weights the sparse product packs (a copy of the layer's, packed anew
-/// each call into a buffer kept between calls); a larger layer, such as the full-size AlexNet's first classifier layer
-/// (151 MiB), keeps the dense product, which packs block by block.
+/// each call into a buffer kept between calls); a larger layer, such as the full-size
+/// AlexNet's first classifier layer (151 MiB), keeps the dense product, which packs block
+/// by block.
 const MAX_PACKED_BYTES: usize = 32 << 20;
 
 /// Buffers of [`forward`], kept between calls.
